@@ -1,0 +1,71 @@
+"""Atomic artefact writes: write to a temporary sibling, then rename, so a crash never leaves half a file."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class ResultExistsError(FileExistsError):
+    """Raised instead of silently overwriting a finished result."""
+
+
+@contextmanager
+def atomic_path(path: str | Path, overwrite: bool = True):
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ResultExistsError(f"{path} already exists; refusing to overwrite a finished result. "
+                                "Delete it or choose another run directory.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path, text: str, overwrite: bool = True) -> Path:
+    with atomic_path(path, overwrite) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
+
+
+def write_json(path, obj, overwrite: bool = True) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", overwrite)
+
+
+def write_csv(path, df, overwrite: bool = True) -> Path:
+    with atomic_path(path, overwrite) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def write_npy(path, array, overwrite: bool = True) -> Path:
+    import numpy as np
+
+    with atomic_path(path, overwrite) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+    return Path(path)
+
+
+def save_torch(path, obj, overwrite: bool = True) -> Path:
+    import torch
+
+    with atomic_path(path, overwrite) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def save_image(path, image, overwrite: bool = True) -> Path:
+    """Save a PIL image atomically; the format comes from ``path``'s suffix."""
+    path = Path(path)
+    with atomic_path(path, overwrite) as tmp:
+        image.save(tmp, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG"))
+    return path
