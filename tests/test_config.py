@@ -1,0 +1,59 @@
+"""The parameter loader: schema, types, ranges, overrides, the shipped sets."""
+import pytest
+
+from lib import config, paths
+from lib.config import ParamError
+
+
+@pytest.mark.parametrize("name", ["smoke", "demo", "thesis"])
+def test_shipped_sets_load(name):
+    cfg = config.load(f"params/{name}.yaml")
+    assert cfg.experiment == name
+
+
+def test_unknown_key_names_key_and_allowed():
+    with pytest.raises(ParamError, match=r"unknown parameter 'gating.treshold'.*allowed keys: .*threshold"):
+        config.from_dict({"gating": {"treshold": 0.3}})
+    with pytest.raises(ParamError, match="unknown parameter 'seeds'"):
+        config.from_dict({"seeds": 1})
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ParamError, match=r"pools.test = 'many' has the wrong type; expected int"):
+        config.from_dict({"pools": {"test": "many"}})
+    with pytest.raises(ParamError, match="data.source = 'kaggle' is not allowed"):
+        config.from_dict({"data": {"source": "kaggle"}})
+    with pytest.raises(ParamError, match="must be a section"):
+        config.from_dict({"data": 3})
+
+
+def test_ranges():
+    with pytest.raises(ParamError, match=r"outside \[-1, 1\]"):
+        config.from_dict({"gating": {"threshold": 1.5}})
+    with pytest.raises(ParamError, match="quota of 0"):
+        config.from_dict({"selection": {"per_label": 0}})
+
+
+def test_overrides_and_int_to_float():
+    cfg = config.load("params/smoke.yaml", {"gating.threshold": 1, "seed": None, "pools.test": 50})
+    assert cfg.gating.threshold == 1.0 and isinstance(cfg.gating.threshold, float)
+    assert cfg.seed == 0 and cfg.pools.test == 50
+
+
+def test_base_inheritance(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(f"base: {paths.PARAMS / 'smoke.yaml'}\nseed: 7\n")
+    cfg = config.load(f)
+    assert cfg.seed == 7 and cfg.experiment == "smoke"
+
+
+def test_missing_file_lists_sets():
+    with pytest.raises(ParamError, match="smoke.yaml"):
+        config.load("params/nope.yaml")
+
+
+def test_section_hash_changes_only_with_its_sections():
+    a = config.from_dict({})
+    b = config.from_dict({"gating": {"threshold": 0.5}})
+    assert a.section_hash("data", "pools") == b.section_hash("data", "pools")
+    assert a.section_hash("gating") != b.section_hash("gating")
