@@ -23,6 +23,7 @@ test: $(STAMP)
 		--nbval-cell-timeout 900 notebooks
 
 demo: $(STAMP)
+	mkdir -p runs/demo/notebooks
 	$(PY) -m papermill -k $(KERNEL) --log-output --no-progress-bar notebooks/01_data_curation.ipynb \
 		runs/demo/notebooks/01_data_curation.ipynb -p params_file $(PARAMS) -p figures_dir figures
 
