@@ -22,10 +22,19 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-kernel-name $(KERNEL) \
 		--nbval-cell-timeout 900 notebooks
 
+# The demo grid end to end (random, spectral-CLIP, active gating, no-fine-tune and random-skip
+# controls), then the FTER table and the figure paths. Finished points are skipped on a rerun.
 demo: $(STAMP)
-	mkdir -p runs/demo/notebooks
-	$(PY) -m papermill -k $(KERNEL) --log-output --no-progress-bar notebooks/01_data_curation.ipynb \
-		runs/demo/notebooks/01_data_curation.ipynb -p params_file $(PARAMS) -p figures_dir figures
+	$(PY) -m lib.sweeps params/sweeps/demo.yaml $(if $(JOBS),--jobs $(JOBS))
+	$(PY) -m lib.analysis --root runs/demo --sweep params/sweeps/demo.yaml
+
+# One pipeline run, notebooks 01-06: make run PARAMS=params/demo.yaml SET="gating.threshold=0.5 seed=1"
+run: $(STAMP)
+	$(PY) -m lib.runner $(PARAMS) $(foreach s,$(SET),--set $(s))
+
+# A sweep: make sweep SWEEP=params/sweeps/threshold.yaml [JOBS=2] [DRY=1]
+sweep: $(STAMP)
+	$(PY) -m lib.sweeps $(SWEEP) $(if $(JOBS),--jobs $(JOBS)) $(if $(DRY),--dry-run)
 
 lab: $(STAMP)
 	.venv/bin/jupyter lab --notebook-dir=notebooks

@@ -15,12 +15,34 @@ import seaborn as sns  # noqa: E402
 
 from . import atomic, paths  # noqa: E402
 
-TEXT_WIDTH_PT = 426.79  # LaTeX \textwidth of a standard 12pt thesis page; pass your own to figure()
+import os  # noqa: E402
+import re  # noqa: E402
+
+# LaTeX \textwidth in points (\the\textwidth) of a standard 12pt thesis page. Every figure's size is a
+# fraction of it: set SUITE_TEXT_WIDTH_PT, call set_text_width(), or pass text_width_pt to figure().
+TEXT_WIDTH_PT = float(os.environ.get("SUITE_TEXT_WIDTH_PT", 426.79))
 METHODS = ["random", "spectral-pixel", "spectral-clip", "textbook", "active-gating",
            "random-skip", "no-fine-tune", "real"]
 _PALETTE = sns.color_palette("colorblind", len(METHODS))
 METHOD_COLORS = dict(zip(METHODS, _PALETTE))
 LABEL_COLORS = {"No Finding": _PALETTE[0], "Unhealthy": _PALETTE[3]}
+
+
+SIZE_MARKERS = ["o", "s", "D", "^", "v", "P"]    # one marker per tuning size, in increasing order
+
+
+def set_text_width(pt: float) -> None:
+    """Size every later figure for a document whose \\textwidth is ``pt`` points."""
+    global TEXT_WIDTH_PT
+    if not 100 <= pt <= 2000:
+        raise ValueError(f"text width {pt} pt is implausible; print \\the\\textwidth in your LaTeX document.")
+    TEXT_WIDTH_PT = float(pt)
+
+
+def method_order(methods) -> list[str]:
+    """Methods in the suite's fixed order (unknown ones last, alphabetically)."""
+    known = [m for m in METHODS if m in set(methods)]
+    return known + sorted(set(methods) - set(known))
 
 
 def apply(font_scale: float = 1.0) -> None:
@@ -37,16 +59,21 @@ def color(method: str):
     return METHOD_COLORS.get(method, (0.5, 0.5, 0.5))
 
 
-def figure(width_fraction: float = 1.0, aspect: float = 0.62, text_width_pt: float = TEXT_WIDTH_PT,
+def figure(width_fraction: float = 1.0, aspect: float = 0.62, text_width_pt: float | None = None,
            nrows: int = 1, ncols: int = 1, **kw):
-    """A figure sized to a fraction of the LaTeX text width."""
+    """A figure sized to a fraction of the LaTeX text width (``aspect`` = height / width)."""
     apply()
-    w = text_width_pt / 72.27 * width_fraction
+    w = (text_width_pt or TEXT_WIDTH_PT) / 72.27 * width_fraction
     return plt.subplots(nrows, ncols, figsize=(w, w * aspect), **kw)
 
 
 def save(fig, name: str, out_dir: str | Path = "figures") -> list[Path]:
-    """Write ``name``.pdf and ``name``.png atomically; no timestamps, so identical inputs give identical files."""
+    """Write ``name``.pdf and ``name``.png atomically; no timestamps, so identical inputs give identical files.
+
+    ``name`` starts with the notebook's number (``06_tgap_plane``), so figures/ sorts by notebook.
+    """
+    if not re.fullmatch(r"0[1-9]_[A-Za-z0-9_\-]+", name):
+        raise ValueError(f"figure name {name!r} must start with its notebook's number, e.g. '06_tgap_plane'.")
     out_dir = paths.resolve(out_dir)
     written = []
     for ext, meta in (("pdf", {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}),

@@ -1,0 +1,370 @@
+"""Run the pipeline's notebooks 01-06 in order with papermill, for one parameter set.
+
+A run lives in ``runs/<experiment>/<run-id>/``: the resolved parameters (``params.yaml``), a status
+record (``run.json``) and one output notebook per executed stage. The run id is built from the
+parameters that vary between runs (method, tuning size, threshold, control, seed and any override),
+e.g. ``spectral-clip_n100_thr0.3_seed0``.
+
+- A finished run is never overwritten; running it again is a no-op that says so.
+- An unfinished run resumes at its first unfinished stage.
+- A stage already finished for these parameters (its folder holds DONE.json, e.g. curation when only
+  the gating threshold changed) is not executed again: the run records it as reused and points at the
+  notebook that produced it.
+- A failing cell stops the run; the partial output notebook is kept and the error names the notebook
+  and the cell.
+
+CLI: ``python -m lib.runner PARAMS [--set key=value ...] [--runs-root DIR] [--notebooks DIR]``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import atomic, config, paths, stages
+
+NOTEBOOKS = paths.ROOT / "notebooks"
+ANALYSIS = "06_fter_analysis"
+log = logging.getLogger("lib.runner")
+
+
+class RunFailed(RuntimeError):
+    """A notebook cell failed; the message names the notebook, the cell and the partial output."""
+
+
+# ------------------------------------------------------------------------------------- naming
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(_fmt(v) for v in value)
+    return str(value).replace("/", "-").replace(" ", "")
+
+
+def method_label(cfg: config.Config) -> str:
+    """The method as results tables name it (lib.results.method_name when it exists)."""
+    try:
+        from .results import method_name
+        return method_name(cfg)
+    except ImportError:  # evaluation module not there yet: same rule, kept local
+        if cfg.finetune.control != "none":
+            return cfg.finetune.control
+        return "active-gating" if cfg.gating.enabled else cfg.finetune.method
+
+
+def run_id(cfg: config.Config, overrides: dict | None = None) -> str:
+    """Readable id from the parameters that vary: method, size, threshold, control, seed, other overrides."""
+    parts = [cfg.finetune.method, f"n{cfg.selection.per_label}"]
+    named = {"experiment", "finetune.method", "selection.per_label", "finetune.control", "seed",
+             "gating.enabled"}
+    if cfg.gating.enabled:
+        quantile = cfg.gating.mode == "quantile"
+        parts.append(f"q{_fmt(cfg.gating.skip_fraction)}" if quantile else f"thr{_fmt(cfg.gating.threshold)}")
+        named |= {"gating.mode", "gating.skip_fraction" if quantile else "gating.threshold"}
+    if cfg.finetune.control != "none":
+        parts.append(cfg.finetune.control)
+    if cfg.finetune.control == "random-skip":
+        named.add("gating.skip_rate")      # filled from the gated run; its id stays the same
+    parts.append(f"seed{cfg.seed}")
+    for k in sorted(set(overrides or {}) - named):
+        parts.append(f"{k.split('.')[-1]}{_fmt(overrides[k])}")
+    return "_".join(parts)
+
+
+def params_hash(cfg: config.Config) -> str:
+    return cfg.section_hash(*cfg.to_dict().keys())
+
+
+# ------------------------------------------------------------------------------- notebooks
+def notebook_for(stage: str, notebooks_dir: str | Path = NOTEBOOKS) -> Path:
+    """The notebook of a stage: the one file in notebooks_dir whose name starts with the stage number."""
+    nb_dir = paths.resolve(notebooks_dir)
+    found = sorted(p for p in nb_dir.glob(f"{stage[:2]}_*.ipynb") if not p.name.startswith("."))
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one notebook {stage[:2]}_*.ipynb for stage {stage} in {nb_dir}, "
+                                f"found {[p.name for p in found] or 'none'}.")
+    return found[0]
+
+
+def default_kernel() -> str:
+    """The project's kernel when registered (make setup does it), else the current python's."""
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+        return "synth-suite" if "synth-suite" in KernelSpecManager().find_kernel_specs() else "python3"
+    except Exception:
+        return "python3"
+
+
+@contextlib.contextmanager
+def batch_environment(progress: bool = False):
+    """Kernel environment for batch runs: no tqdm line per update in the logs."""
+    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "TQDM_MININTERVAL", "PYTHONWARNINGS")}
+    os.environ["TQDM_MININTERVAL"] = "30"
+    if not progress:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def stage_lock(lock_path: Path):
+    """One process at a time per stage folder, so parallel sweep points never run one stage twice."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------------- the run
+@dataclass
+class Run:
+    cfg: config.Config
+    overrides: dict
+    runs_root: Path
+    directory: Path
+    status: dict = field(default_factory=dict)
+
+    @property
+    def record_path(self) -> Path:
+        return self.directory / "run.json"
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.status.get("finished"))
+
+    def save(self) -> None:
+        atomic.write_json(self.record_path, self.status)
+
+
+def resolve_config(params_file: str | Path, overrides: dict | None, runs_root: str | Path) -> config.Config:
+    """Load the parameters; a random-skip control with no rate takes the gated run's measured skip rate."""
+    overrides = dict(overrides or {})
+    cfg = config.load(params_file, overrides)
+    if cfg.finetune.control == "random-skip" and cfg.gating.skip_rate is None:
+        overrides["gating.skip_rate"] = gated_skip_rate(cfg, runs_root)
+        cfg = config.load(params_file, overrides)
+    return canonical(cfg)
+
+
+def canonical(cfg: config.Config) -> config.Config:
+    """Gating settings mean nothing when gating is off (and no random-skip control copies them): reset
+    them to the defaults, so an ungated run's stage keys do not change with the threshold and a
+    threshold sweep never redoes the ungated points."""
+    if cfg.gating.enabled or cfg.finetune.control == "random-skip":
+        return cfg
+    raw = cfg.to_dict()
+    raw["gating"] = dataclasses.asdict(config.GatingConfig(enabled=False))
+    return config.from_dict(raw)
+
+
+def gated_counterpart(cfg: config.Config) -> config.Config:
+    """The gated run a random-skip control copies its skip rate from: same parameters, gating on."""
+    raw = cfg.to_dict()
+    raw["finetune"]["control"] = "none"
+    raw["gating"]["enabled"] = True
+    raw["gating"]["skip_rate"] = None
+    return config.from_dict(raw)
+
+
+def gated_skip_rate(cfg: config.Config, runs_root: str | Path) -> float:
+    gated = gated_counterpart(cfg)
+    d = stages.stage_dir(gated, "03_dreambooth", runs_root)
+    summary = d / "train_summary.json"
+    if not (stages.is_done(d) and summary.exists()):
+        raise config.ParamError(
+            "finetune.control = random-skip with gating.skip_rate = null needs the gated run's skip rate, "
+            f"but the gated run (same parameters, gating.enabled = true) has not finished stage 03 "
+            f"(looked for {summary}). Run that point first, or set gating.skip_rate.")
+    rate = json.loads(summary.read_text()).get("skip_rate")
+    if rate is None:
+        raise config.ParamError(f"{summary} has no 'skip_rate'; set gating.skip_rate by hand.")
+    return float(rate)
+
+
+def prepare(params_file: str | Path, overrides: dict | None = None, runs_root: str | Path = "runs",
+            create: bool = True) -> Run:
+    """Find (or, with ``create``, start) the run folder for these parameters and read its status."""
+    runs_root = paths.resolve(runs_root)
+    cfg = resolve_config(params_file, overrides, runs_root)
+    base = runs_root / cfg.experiment / run_id(cfg, overrides)
+    directory, h = base, params_hash(cfg)
+    record = directory / "run.json"
+    if record.exists() and json.loads(record.read_text()).get("params_hash") != h:
+        directory = base.with_name(f"{base.name}_{h[:6]}")   # same readable id, other parameters
+    run = Run(cfg, dict(overrides or {}), runs_root, directory)
+    if run.record_path.exists():
+        run.status = json.loads(run.record_path.read_text())
+    elif create:
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(directory / "params.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True))
+        run.status = {"run_id": directory.name, "params_hash": h, "params_file": str(params_file),
+                      "overrides": run.overrides, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      "finished": None, "stages": {}}
+        run.save()
+    return run
+
+
+def done_through(run_: Run, stage: str) -> bool:
+    """Whether the run has finished every stage up to and including ``stage``."""
+    last = run_.status.get("done_through")
+    return run_.finished or (last is not None and stages.ORDER.index(last) >= stages.ORDER.index(stage))
+
+
+def _previous_notebook(run: Run, stage: str, stage_key: str) -> str | None:
+    """The output notebook of the run that executed this stage folder, for the reuse record."""
+    for rec in sorted((run.runs_root / run.cfg.experiment).glob("*/run.json")):
+        st = json.loads(rec.read_text()).get("stages", {}).get(stage, {})
+        if st.get("status") == "executed" and st.get("key") == stage_key:
+            return str(rec.parent / st["notebook"])
+    return None
+
+
+def papermill_engine(nb: Path, out_nb: Path, parameters: dict, kernel: str) -> None:
+    """Execute one notebook with papermill; a failing cell becomes RunFailed naming notebook and cell."""
+    import papermill as pm
+
+    try:
+        pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name=kernel,
+                            log_output=True, progress_bar=False, cwd=str(paths.ROOT))
+    except pm.PapermillExecutionError as exc:
+        index, first_line = _source_cell(out_nb, exc.cell_index)
+        raise RunFailed(f"{nb.name} failed in cell {index} (execution count {exc.exec_count}: "
+                        f"{first_line!r}): {exc.ename}: {exc.evalue}\n"
+                        f"  partial output notebook kept: {out_nb}") from None
+
+
+def _source_cell(out_nb: Path, index: int) -> tuple[int, str]:
+    """Index in the source notebook (papermill's injected-parameters cell removed) and its first line."""
+    import nbformat
+
+    cells = nbformat.read(out_nb, as_version=4).cells
+    injected = sum("injected-parameters" in c.metadata.get("tags", []) for c in cells[:index])
+    return index - injected, cells[index].source.strip().splitlines()[0] if cells[index].source.strip() else ""
+
+
+def run(params_file: str | Path, overrides: dict | None = None, runs_root: str | Path = "runs",
+        notebooks_dir: str | Path = NOTEBOOKS, kernel: str | None = None, figures_dir: str | Path | None = None,
+        until: str | None = None, analysis_params: dict | None = None, progress: bool = False,
+        engine=papermill_engine) -> Run:
+    """Run (or resume) notebooks 01-06 for one parameter set; returns the run with its status.
+
+    ``engine(notebook, output, parameters, kernel)`` executes one notebook (papermill by default; a
+    scheduler or a test may pass another).
+    """
+    run_ = prepare(params_file, overrides, runs_root)
+    rel = stages.paths_rel(run_.directory)
+    if run_.finished:
+        print(f"run {rel} already finished on {run_.status['finished']}; nothing to do "
+              "(its notebooks are kept; change a parameter or the runs root for a new run).")
+        return run_
+    kernel = kernel or default_kernel()
+    figures_dir = paths.resolve(figures_dir) if figures_dir else run_.directory / "figures"
+    last = stages.ORDER.index(until) if until else len(stages.ORDER) - 1
+    print(f"run {rel}: stages {stages.ORDER[0][:2]}-{stages.ORDER[last][:2]}")
+    for stage in stages.ORDER[: last + 1]:
+        nb = notebook_for(stage, notebooks_dir)
+        st = run_.status["stages"].get(stage, {})
+        if st.get("status") in ("executed", "reused"):
+            print(f"  {stage}: done earlier in this run ({st['status']})")
+            continue
+        sdir, skey = stages.stage_dir(run_.cfg, stage, run_.runs_root), stages.key(run_.cfg, stage)
+        lock = run_.runs_root / run_.cfg.experiment / "stages" / f".{stage}-{skey}.lock"
+        with stage_lock(lock):
+            # Reuse a sealed stage only if this run never tried its notebook: after a failure the
+            # notebook runs again (cheaply, run_stage reuses the artefacts) to complete its output.
+            if stage != ANALYSIS and stages.is_done(sdir) and not st:
+                run_.status["stages"][stage] = {"status": "reused", "key": skey, "stage_dir": str(sdir),
+                                                "notebook": _previous_notebook(run_, stage, skey)}
+                run_.save()
+                print(f"  {stage}: already finished for these parameters; reusing {stages.paths_rel(sdir)}")
+                continue
+            out_nb = run_.directory / nb.name
+            run_.status["stages"][stage] = {"status": "running", "key": skey, "notebook": nb.name}
+            run_.save()
+            print(f"  {stage}: executing {nb.name}")
+            t0 = time.perf_counter()
+            parameters = {"params_file": str(run_.directory / "params.yaml"), "runs_root": str(run_.runs_root),
+                          "figures_dir": str(figures_dir), "overrides": {}}
+            if stage == ANALYSIS:
+                parameters.update(results_root=str(run_.runs_root / run_.cfg.experiment), interactive=False,
+                                  **(analysis_params or {}))
+            try:
+                with batch_environment(progress):
+                    engine(nb, out_nb, parameters, kernel)
+            except RunFailed as exc:
+                run_.status["stages"][stage].update(status="failed", error=str(exc))
+                run_.save()
+                raise
+            if stage != ANALYSIS and not stages.is_done(sdir):
+                msg = f"{nb.name} ran without sealing its stage folder {sdir} (no DONE.json)"
+                run_.status["stages"][stage].update(status="failed", error=msg)
+                run_.save()
+                raise RunFailed(msg)
+            secs = round(time.perf_counter() - t0, 1)
+            run_.status["stages"][stage].update(status="executed", stage_dir=str(sdir), seconds=secs)
+            run_.save()
+            print(f"  {stage}: done in {secs:.1f} s")
+    if until is None:
+        run_.status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        run_.save()
+        print(f"run {rel} finished")
+    elif not done_through(run_, until):
+        run_.status["done_through"] = until
+        run_.save()
+    return run_
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def parse_sets(items: list[str] | None) -> dict:
+    """``key=value`` pairs; values are read as YAML, so numbers, booleans and null keep their types."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise config.ParamError(f"--set {item!r}: write it as dotted.key=value, e.g. gating.threshold=0.5")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.runner", description=__doc__.split("\n")[0])
+    ap.add_argument("params", help="parameter file, e.g. params/demo.yaml")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted-key override (repeatable)")
+    ap.add_argument("--runs-root", default="runs")
+    ap.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder holding 01_*.ipynb ... 06_*.ipynb")
+    ap.add_argument("--figures-dir", default=None, help="default: <run>/figures")
+    ap.add_argument("--until", choices=stages.ORDER, help="stop after this stage")
+    ap.add_argument("--kernel", default=None)
+    ap.add_argument("--progress", action="store_true", help="keep tqdm bars (one line per 30 s)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        run(args.params, parse_sets(args.set), args.runs_root, args.notebooks, args.kernel, args.figures_dir,
+            args.until, progress=args.progress)
+    except (RunFailed, config.ParamError, FileNotFoundError) as exc:
+        print(f"\nFAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Parameter sweeps: a base parameter file, a grid of dotted keys, and explicit points, run by an executor.
+
+A sweep file (``params/sweeps/*.yaml``)::
+
+    base: params/demo.yaml        # the parameter file every point starts from
+    fixed: {classifier.epochs: 4} # overrides shared by every point (optional)
+    grid:                         # cartesian product; a value list per dotted key ...
+      seed: [0, 1]
+      method:                     # ... or a named axis whose values are bundles of overrides
+        - {finetune.method: random}
+        - {finetune.method: spectral-clip, gating.enabled: true}
+    points:                       # explicit points, not crossed with the grid (controls)
+      - {finetune.control: no-fine-tune}
+      - set: {finetune.control: random-skip}
+        grid: {seed: [0, 1]}      # a point may carry its own small grid
+    figures_dir: figures          # where the closing analysis (notebook 06) writes its figures
+
+Points already finished are skipped. A random-skip control whose rate is left null runs after the
+gated points, since it copies their measured skip rate. The executor is a small interface
+(``submit``/``wait``) so a later scheduler can take the points instead of the local process pool.
+
+CLI: ``python -m lib.sweeps SWEEP.yaml [--jobs N] [--dry-run] [--runs-root DIR]``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import logging
+import os
+import shlex
+import sys
+import time
+import typing
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import config, paths, runner
+
+
+# ------------------------------------------------------------------------------------ reading
+@dataclass
+class Sweep:
+    name: str
+    base: str
+    points: list[dict]
+    figures_dir: str = "figures"
+
+
+def _is_config_key(dotted: str) -> bool:
+    cls = config.Config
+    for part in dotted.split("."):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            return False
+        cls = typing.get_type_hints(cls)[part]
+    return True
+
+
+def _axis(key: str, values) -> list[dict]:
+    if not isinstance(values, list) or not values:
+        raise config.ParamError(f"grid axis '{key}' must be a non-empty list of values.")
+    if _is_config_key(key):
+        return [{key: v} for v in values]
+    if all(isinstance(v, dict) for v in values):     # a named axis of override bundles
+        return [dict(v) for v in values]
+    raise config.ParamError(f"grid axis '{key}' is not a parameter (see lib/config.py) and its values are "
+                            "not override mappings; use a dotted key such as gating.threshold.")
+
+
+def expand_grid(grid: dict | None) -> list[dict]:
+    """Cartesian product of the axes, in file order (the last axis varies fastest)."""
+    axes = [_axis(k, v) for k, v in (grid or {}).items()]
+    return [{k: v for bundle in combo for k, v in bundle.items()} for combo in itertools.product(*axes)]
+
+
+def _explicit(point) -> list[dict]:
+    if not isinstance(point, dict):
+        raise config.ParamError(f"a sweep point must be a mapping of dotted keys, got {point!r}.")
+    if set(point) <= {"set", "grid"} and point:
+        return [{**point.get("set", {}), **g} for g in expand_grid(point.get("grid"))]
+    return [dict(point)]
+
+
+def load(path: str | Path, extra: dict | None = None) -> Sweep:
+    """Read a sweep file and expand it into points (override dicts), validating each against the schema.
+
+    ``extra`` overrides every point (the CLI's --set), e.g. a threshold rerun of the whole demo.
+    """
+    path = paths.resolve(path)
+    if not path.exists():
+        raise config.ParamError(f"sweep file {path} not found; shipped sweeps: "
+                                f"{', '.join(p.name for p in sorted((paths.PARAMS / 'sweeps').glob('*.yaml')))}.")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - {"base", "fixed", "grid", "points", "figures_dir"}
+    if unknown:
+        raise config.ParamError(f"unknown key(s) {sorted(unknown)} in {path.name}; "
+                                "allowed: base, fixed, grid, points, figures_dir.")
+    if "base" not in raw:
+        raise config.ParamError(f"{path.name} needs `base:`, the parameter file every point starts from.")
+    fixed = raw.get("fixed") or {}
+    pts = (expand_grid(raw["grid"]) if raw.get("grid") else []) + \
+        [p for point in raw.get("points") or [] for p in _explicit(point)]
+    if not pts:
+        raise config.ParamError(f"{path.name} declares no points: give `grid:` and/or `points:`.")
+    pts = [{**fixed, **p, **(extra or {})} for p in pts]
+    for p in pts:  # fail on a bad key before anything runs
+        config.load(raw["base"], {k: v for k, v in p.items() if not (k == "gating.skip_rate" and v is None)})
+    return Sweep(path.stem, raw["base"], _dedupe(pts), raw.get("figures_dir", "figures"))
+
+
+def _dedupe(points: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for p in points:
+        k = yaml.safe_dump(p, sort_keys=True)
+        if k not in seen:
+            seen.add(k)
+            out.append(p)
+    return out
+
+
+def waits_for_gated(base: str, point: dict) -> bool:
+    """A random-skip control with no rate needs its gated counterpart's measured skip rate first."""
+    cfg = config.load(base, point)
+    return cfg.finetune.control == "random-skip" and cfg.gating.skip_rate is None
+
+
+# --------------------------------------------------------------------------------- executors
+@dataclass
+class PointTask:
+    """One point: everything a worker, or a remote scheduler, needs to run it."""
+    base: str
+    overrides: dict
+    runs_root: str = "runs"
+    notebooks_dir: str = str(runner.NOTEBOOKS)
+    until: str | None = "05_classifier"
+    kernel: str | None = None
+
+    def command(self) -> str:
+        """The same point as a shell command (what a scheduler would launch)."""
+        sets = " ".join(f"--set {shlex.quote(f'{k}={_yaml_scalar(v)}')}" for k, v in self.overrides.items())
+        until = f" --until {self.until}" if self.until else ""
+        return (f"python -m lib.runner {shlex.quote(self.base)} {sets} --runs-root {shlex.quote(self.runs_root)}"
+                f" --notebooks {shlex.quote(self.notebooks_dir)}{until}").replace("  ", " ")
+
+
+def _yaml_scalar(v) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def run_task(task: PointTask, engine=None) -> dict:
+    """Run one point in this process; returns a small picklable summary."""
+    t0 = time.perf_counter()
+    kw = {"engine": engine} if engine else {}
+    try:
+        r = runner.run(task.base, task.overrides, task.runs_root, task.notebooks_dir, task.kernel,
+                       until=task.until, **kw)
+        return {"run": str(r.directory), "ok": True, "seconds": time.perf_counter() - t0, "error": None}
+    except (runner.RunFailed, config.ParamError, FileNotFoundError) as exc:
+        return {"run": None, "ok": False, "seconds": time.perf_counter() - t0, "error": str(exc),
+                "overrides": task.overrides}
+
+
+class Executor:
+    """What a sweep needs from whoever runs its points: submit them, then wait for all of them."""
+
+    def submit(self, task: PointTask) -> Future:
+        raise NotImplementedError
+
+    def wait(self) -> list[dict]:
+        raise NotImplementedError
+
+
+class SerialExecutor(Executor):
+    """Points one after another in this process (jobs = 1): plain logs, no pool."""
+
+    def __init__(self, engine=None):
+        self.engine, self.results = engine, []
+
+    def submit(self, task):
+        fut: Future = Future()
+        fut.set_result(run_task(task, self.engine))
+        self.results.append(fut.result())
+        return fut
+
+    def wait(self):
+        out, self.results = self.results, []
+        return out
+
+
+_GPU_QUEUE = None
+
+
+def _init_worker(queue) -> None:
+    """Pin each worker process to its own GPU (when there are GPUs) before any CUDA use."""
+    if queue is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
+
+
+class LocalPoolExecutor(Executor):
+    """A process pool on this machine: ``jobs`` workers, one per GPU where GPUs exist."""
+
+    def __init__(self, jobs: int, gpus: int = 0, engine=None):
+        import multiprocessing as mp
+
+        queue = None
+        if gpus:
+            jobs = min(jobs, gpus) if jobs else gpus
+            queue = mp.Manager().Queue()
+            for i in range(jobs):
+                queue.put(i)
+        self.pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(queue,))
+        self.engine, self.futures = engine, []
+
+    def submit(self, task):
+        fut = self.pool.submit(run_task, task, self.engine)
+        self.futures.append(fut)
+        return fut
+
+    def wait(self):
+        out = [f.result() for f in self.futures]
+        self.futures = []
+        return out
+
+    def close(self):
+        self.pool.shutdown()
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def make_executor(jobs: int | None, engine=None) -> Executor:
+    gpus = gpu_count()
+    if gpus:
+        return LocalPoolExecutor(jobs or gpus, gpus, engine)
+    jobs = jobs or 1
+    return SerialExecutor(engine) if jobs == 1 else LocalPoolExecutor(jobs, 0, engine)
+
+
+# ---------------------------------------------------------------------------------- the sweep
+@dataclass
+class Plan:
+    sweep: Sweep
+    tasks: list[PointTask]
+    status: list[str] = field(default_factory=list)     # new / partial / finished per task
+    run_ids: list[str] = field(default_factory=list)
+
+
+def plan(sweep: Sweep, runs_root: str | Path = "runs", notebooks_dir: str | Path = runner.NOTEBOOKS) -> Plan:
+    """Every point as a task with its run id and whether it has finished already (gated points first)."""
+    pts = sorted(sweep.points, key=lambda p: waits_for_gated(sweep.base, p))   # stable: file order kept
+    p = Plan(sweep, [PointTask(sweep.base, pt, str(runs_root), str(notebooks_dir)) for pt in pts])
+    for t in p.tasks:
+        try:
+            r = runner.prepare(t.base, t.overrides, runs_root, create=False)
+            done = runner.done_through(r, t.until) if t.until else r.finished
+            rid, state = r.directory.name, ("finished" if done else "partial" if r.status else "new")
+        except config.ParamError:   # random-skip before its gated run: id known only later
+            rid, state = runner.run_id(config.load(t.base, t.overrides), t.overrides), "waits for gated run"
+        p.run_ids.append(rid)
+        p.status.append(state)
+    dupes = {r for r in p.run_ids if p.run_ids.count(r) > 1}
+    if dupes:
+        raise config.ParamError(f"points of {sweep.name} share run id(s) {sorted(dupes)}: they differ only in "
+                                "keys the run id does not show; give each point a distinguishing override.")
+    return p
+
+
+def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path = "runs",
+        notebooks_dir: str | Path = runner.NOTEBOOKS, dry_run: bool = False, analyse: bool = True,
+        executor: Executor | None = None, engine=None, extra: dict | None = None) -> dict:
+    """Run every unfinished point (stages 01-05), then notebook 06 once over the sweep's runs."""
+    sweep = load(sweep_file, extra)
+    p = plan(sweep, runs_root, notebooks_dir)
+    print(f"sweep {sweep.name}: {len(p.tasks)} points from {sweep.base}")
+    for t, rid, st in zip(p.tasks, p.run_ids, p.status):
+        print(f"  [{st:>8}] {rid}")
+        if dry_run:
+            print(f"             {t.command()}")
+    if dry_run:
+        return {"plan": p, "results": []}
+    executor = executor or make_executor(jobs, engine)
+    todo = [(t, st) for t, st in zip(p.tasks, p.status) if st != "finished"]
+    print(f"  {len(p.tasks) - len(todo)} finished already; running {len(todo)}")
+    t0 = time.perf_counter()
+    results = []
+    # Two waves: points that copy a gated run's skip rate wait until the gated points are done.
+    for wave in (False, True):
+        for t, _ in todo:
+            if waits_for_gated(t.base, t.overrides) == wave:
+                executor.submit(t)
+        results += executor.wait()
+    failed = [r for r in results if not r["ok"]]
+    for r in failed:
+        print(f"FAILED point {r['overrides']}:\n  {r['error']}", file=sys.stderr)
+    out = {"plan": p, "results": results, "seconds": time.perf_counter() - t0, "analysis": None}
+    if analyse and not failed:
+        out["analysis"] = analyse_sweep(sweep, runs_root, notebooks_dir, engine)
+    if isinstance(executor, LocalPoolExecutor):
+        executor.close()
+    return out
+
+
+def analyse_sweep(sweep: Sweep, runs_root, notebooks_dir, engine=None) -> Path:
+    """Notebook 06 once over all of the sweep's runs; output in runs/<experiment>/sweep-<name>/."""
+    runs = [runner.prepare(sweep.base, pt, runs_root, create=False) for pt in sweep.points]
+    exp_dir = paths.resolve(runs_root) / runs[0].cfg.experiment
+    out_dir = exp_dir / f"sweep-{sweep.name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nb = runner.notebook_for(runner.ANALYSIS, notebooks_dir)
+    params = {"params_file": str(runs[0].directory / "params.yaml"), "runs_root": str(paths.resolve(runs_root)),
+              "figures_dir": str(paths.resolve(sweep.figures_dir)), "overrides": {},
+              "results_root": str(exp_dir), "runs": [str(r.directory) for r in runs], "interactive": False}
+    print(f"  06_fter_analysis over {len(runs)} runs -> {runner.stages.paths_rel(out_dir / nb.name)}")
+    with runner.batch_environment():
+        (engine or runner.papermill_engine)(nb, out_dir / nb.name, params, runner.default_kernel())
+    return out_dir / nb.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.sweeps", description="Run a parameter sweep.")
+    ap.add_argument("sweep", help="e.g. params/sweeps/demo.yaml")
+    ap.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per GPU, else 1)")
+    ap.add_argument("--dry-run", action="store_true", help="list the points and their commands; run nothing")
+    ap.add_argument("--runs-root", default="runs")
+    ap.add_argument("--notebooks", default=str(runner.NOTEBOOKS))
+    ap.add_argument("--no-analysis", action="store_true", help="skip the closing notebook 06")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every point (repeatable)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        out = run(args.sweep, args.jobs, args.runs_root, args.notebooks, args.dry_run, not args.no_analysis,
+                  extra=runner.parse_sets(args.set))
+    except (runner.RunFailed, config.ParamError, FileNotFoundError) as exc:
+        print(f"\nFAILED: {exc}", file=sys.stderr)
+        return 1
+    if not args.dry_run:
+        print(f"sweep done in {out['seconds']:.0f} s")
+    return 0 if all(r["ok"] for r in out["results"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Notebook 06's figures: the T-Gap plane, FTER by method and size, gating traces, synthetic samples."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import analysis, images, montage, style
+
+
+def _empty(ax, text="no results yet: run notebooks 01-05 (or make demo) first"):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=7, color="0.4")
+
+
+def _sizes(s: pd.DataFrame) -> dict:
+    return {n: style.SIZE_MARKERS[i % len(style.SIZE_MARKERS)] for i, n in enumerate(sorted(s["tuning_size"].unique()))}
+
+
+def tgap_plane(s: pd.DataFrame, figures_dir=None, name: str = "06_tgap_plane", iso=(0.6, 0.7, 0.8, 0.9, 1.1)):
+    """x = AUROC(train real -> test synthetic), y = AUROC(train synthetic -> test real); one point per method
+    and tuning size with 95% bootstrap CIs; FTER = y / x, so FTER = 1 is the diagonal."""
+    fig, ax = style.figure(0.62, 1.0)
+    lo = 0.4 if s.empty else max(0.0, min(0.4, np.nanmin(s[["auroc_a_ci_low", "auroc_b_ci_low"]].to_numpy()) - 0.05))
+    x = np.array([lo, 1.0])
+    ax.plot(x, x, color="0.2", lw=0.9, zorder=1)
+    ax.text(0.985, 0.985, "FTER = 1", ha="right", va="top", fontsize=6, rotation=45, rotation_mode="anchor")
+    for f in iso:
+        ax.plot(x, f * x, color="0.75", lw=0.6, ls="--", zorder=0)
+        xe = min(1.0, 1.0 / f)
+        ax.text(xe, f * xe, f"{f:g}", fontsize=5.5, color="0.5", ha="left", va="bottom")
+    markers = _sizes(s)
+    for _, r in s.iterrows():
+        xerr = [[r["auroc_b_mean"] - r["auroc_b_ci_low"]], [r["auroc_b_ci_high"] - r["auroc_b_mean"]]]
+        yerr = [[r["auroc_a_mean"] - r["auroc_a_ci_low"]], [r["auroc_a_ci_high"] - r["auroc_a_mean"]]]
+        ax.errorbar(r["auroc_b_mean"], r["auroc_a_mean"], xerr=xerr, yerr=yerr, fmt=markers[r["tuning_size"]],
+                    color=style.color(r["method"]), ms=4, lw=0.8, capsize=1.5, zorder=3,
+                    label=f"{r['method']}{' ' + r['setting'] if r['setting'] else ''} (n={r['tuning_size']})")
+    if s.empty:
+        _empty(ax)
+    ax.set(xlim=(lo, 1.0), ylim=(lo, 1.0), aspect="equal",
+           xlabel="AUROC, train real → test synthetic (b)", ylabel="AUROC, train synthetic → test real (a)")
+    if len(s):
+        ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if figures_dir is not None:       # the explorer redraws without writing files
+        style.save(fig, name, figures_dir)
+    return fig
+
+
+def fter_by_method(s: pd.DataFrame, figures_dir, name: str = "06_fter_by_method"):
+    """FTER (seed mean, 95% bootstrap CI) per method, one bar per tuning size; FTER = 1 marked."""
+    fig, ax = style.figure(0.8, 0.5)
+    labels = [f"{m}\n{st}" if st else m for m, st in zip(s["method"], s["setting"])]
+    groups = list(dict.fromkeys(labels))
+    sizes = sorted(s["tuning_size"].unique())
+    width = 0.8 / max(1, len(sizes))
+    for j, n in enumerate(sizes):
+        for lab, (_, r) in zip(labels, s.iterrows()):
+            if r["tuning_size"] != n:
+                continue
+            i = groups.index(lab)
+            err = [[r["fter_mean"] - r["fter_ci_low"]], [r["fter_ci_high"] - r["fter_mean"]]]
+            ax.bar(i + (j - (len(sizes) - 1) / 2) * width, r["fter_mean"], width * 0.92, yerr=err,
+                   color=style.color(r["method"]), alpha=1.0 if j == len(sizes) - 1 else 0.55,
+                   error_kw={"lw": 0.8, "capsize": 1.5}, label=f"{n} per label" if i == 0 else None)
+    ax.axhline(1.0, color="0.2", lw=0.8)
+    ax.set_xticks(range(len(groups)), groups, fontsize=6)
+    ax.set_ylabel("FTER = AUROC(a) / AUROC(b)")
+    if s.empty:
+        _empty(ax)
+    elif len(sizes) > 1:
+        ax.legend(fontsize=6, frameon=False)
+    style.save(fig, name, figures_dir)
+    return fig
+
+
+def gating_traces(logs: dict[str, pd.DataFrame], figures_dir, name: str = "06_gating_traces"):
+    """Left: gate similarity per step against the threshold. Right: cumulative skip rate, gated runs
+    beside the random-skip control that skips at the same rate without looking."""
+    fig, (ax1, ax2) = style.figure(1.0, 0.36, ncols=2)
+    for label, log in logs.items():
+        method = label.split()[0]
+        c = style.color(method)
+        if method != "random-skip" and "score" in log and log["score"].notna().any():
+            ax1.plot(log["step"], log["score"], lw=0.7, color=c, label=label)
+            if "threshold" in log and log["threshold"].notna().any():
+                ax1.axhline(float(log["threshold"].dropna().iloc[0]), color=c, lw=0.6, ls=":")
+        skipped = log["skipped"].astype(float)
+        ax2.plot(log["step"], skipped.cumsum() / np.arange(1, len(log) + 1), lw=0.9, color=c, label=label,
+                 ls="--" if method == "random-skip" else "-")
+    fig.subplots_adjust(wspace=0.35)
+    ax1.set(xlabel="training step", ylabel="gate similarity (CLIP cosine)")
+    ax2.set(xlabel="training step", ylabel="cumulative skip rate", ylim=(-0.02, 1.02))
+    if logs:
+        ax2.legend(fontsize=6, frameon=False)
+    else:
+        _empty(ax1, "no gated run among the results")
+    style.save(fig, name, figures_dir)
+    return fig
+
+
+def sample_montage(samples: dict[str, dict[str, list[str]]], size: int, figures_dir,
+                   name: str = "06_samples_by_method"):
+    """One row per method: synthetic images, No Finding first, then Unhealthy."""
+    rows = {}
+    for m in style.method_order(samples):
+        paths = [p for lab in analysis.LABELS for p in samples[m][lab]]
+        if paths:
+            rows[m] = images.load_stack(paths, size)
+    fig, axes = style.figure(0.8, 0.14 * max(1, len(rows)), nrows=max(1, len(rows)))
+    if rows:
+        montage.show_rows(axes, rows, max(len(v) for v in rows.values()))
+    else:
+        _empty(np.atleast_1d(axes)[0], "no synthetic manifests found")
+    style.save(fig, name, figures_dir)
+    return fig
+
+
+def explorer(s: pd.DataFrame, enabled: bool = True):
+    """Pick methods, tuning sizes and gating settings; the FTER table and the T-Gap plane follow.
+
+    Guarded for batch runs: it only builds widgets in a live IPython kernel with ipywidgets, never
+    waits for input, and draws once straight away, so papermill and nbval run through it.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+        import ipywidgets as w
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    if not enabled or get_ipython() is None or getattr(get_ipython(), "kernel", None) is None or s.empty:
+        print("explorer off (no live kernel, disabled, or no results)")
+        return None
+    pick = lambda col, desc: w.SelectMultiple(options=sorted(s[col].unique(), key=str),  # noqa: E731
+                                              value=tuple(sorted(s[col].unique(), key=str)), description=desc,
+                                              rows=min(6, s[col].nunique()))
+    methods, sizes, settings = pick("method", "methods"), pick("tuning_size", "sizes"), pick("setting", "thresholds")
+    out = w.Output()
+
+    def redraw(*_):
+        keep = s["method"].isin(methods.value) & s["tuning_size"].isin(sizes.value) & s["setting"].isin(settings.value)
+        with out:
+            out.clear_output(wait=True)
+            display(analysis.fter_table(s[keep]))
+            fig = tgap_plane(s[keep])
+            display(fig)
+            plt.close(fig)
+
+    for widget in (methods, sizes, settings):
+        widget.observe(redraw, names="value")
+    box = w.VBox([w.HBox([methods, sizes, settings]), out])
+    display(box)
+    redraw()
+    return box

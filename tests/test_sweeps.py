@@ -1,0 +1,107 @@
+"""Sweeps: grid expansion, explicit points, skipping finished points, gated-before-random-skip, parallel pool."""
+import json
+
+import pytest
+import standins
+import yaml
+
+from lib import config, stages, sweeps
+
+
+def _sweep_file(tmp_path, body: dict):
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump({"base": "params/smoke.yaml", "figures_dir": str(tmp_path / "fig"), **body}))
+    return p
+
+
+def test_grid_expands_to_the_cartesian_product_with_bundles_and_explicit_points(tmp_path):
+    s = sweeps.load(_sweep_file(tmp_path, {
+        "fixed": {"classifier.epochs": 2},
+        "grid": {"method": [{"finetune.method": "random"},
+                            {"finetune.method": "spectral-clip", "gating.enabled": True}],
+                 "gating.threshold": [0.3, 0.5], "seed": [0, 1]},
+        "points": [{"finetune.control": "no-fine-tune"},
+                   {"set": {"finetune.control": "random-skip"}, "grid": {"seed": [0, 1]}},
+                   {"finetune.control": "no-fine-tune"}]}))           # a duplicate, dropped
+    assert len(s.points) == 2 * 2 * 2 + 1 + 2
+    assert s.points[0] == {"classifier.epochs": 2, "finetune.method": "random", "gating.threshold": 0.3, "seed": 0}
+    assert s.points[7] == {"classifier.epochs": 2, "finetune.method": "spectral-clip", "gating.enabled": True,
+                           "gating.threshold": 0.5, "seed": 1}
+    assert s.points[-1] == {"classifier.epochs": 2, "finetune.control": "random-skip", "seed": 1}
+
+
+@pytest.mark.parametrize("body, match", [
+    ({"grid": {"gating.thresold": [0.1]}}, "not a parameter"),
+    ({"grid": {"gating.threshold": [2.0]}}, "outside"),
+    ({"grid": {"seed": []}}, "non-empty"),
+    ({"grids": {}}, "unknown key"),
+    ({}, "no points"),
+])
+def test_bad_sweep_files_are_refused_before_anything_runs(tmp_path, body, match):
+    with pytest.raises(config.ParamError, match=match):
+        sweeps.load(_sweep_file(tmp_path, body))
+
+
+def test_shipped_sweeps_cover_the_thesis_grid_the_demo_and_a_threshold_sweep():
+    thesis = sweeps.load("params/sweeps/thesis.yaml")
+    cfgs = [config.load(thesis.base, p) for p in thesis.points]
+    labels = {("active-gating" if c.gating.enabled else c.finetune.method) for c in cfgs
+              if c.finetune.control == "none"}
+    assert labels == {"random", "spectral-pixel", "spectral-clip", "textbook", "active-gating"}
+    assert {c.selection.per_label for c in cfgs} == {500, 1000} and {c.seed for c in cfgs} == set(range(5))
+    assert len([c for c in cfgs if c.finetune.control == "none"]) == 5 * 2 * 5
+    demo = sweeps.load("params/sweeps/demo.yaml")
+    controls = {config.load(demo.base, p).finetune.control for p in demo.points}
+    assert controls == {"none", "no-fine-tune", "random-skip"}
+    thr = sweeps.load("params/sweeps/threshold.yaml")
+    assert len({config.load(thr.base, p).gating.threshold for p in thr.points}) >= 5
+
+
+DEMO_LIKE = {"grid": {"method": [{"finetune.method": "random"},
+                                 {"finetune.method": "spectral-clip", "gating.enabled": True}]},
+             "points": [{"finetune.method": "spectral-clip", "finetune.control": "random-skip"},
+                        {"finetune.control": "no-fine-tune"}]}
+
+
+def test_a_sweep_runs_every_point_gated_first_and_skips_finished_points(tmp_path, runs_root, capsys):
+    nb = standins.write_notebooks(tmp_path / "nb")
+    f = _sweep_file(tmp_path, DEMO_LIKE)
+    p = sweeps.plan(sweeps.load(f), runs_root, nb)
+    assert p.status == ["new", "new", "new", "waits for gated run"]
+    assert p.tasks[-1].overrides["finetune.control"] == "random-skip"
+
+    out = sweeps.run(f, 1, runs_root, nb, engine=standins.exec_engine)
+    assert all(r["ok"] for r in out["results"]) and len(out["results"]) == 4
+    calls = standins.calls(runs_root)
+    assert calls.count("01_data_curation") == 1 and calls.count("02_clustering") == 1   # one stage writes every tuning set
+    assert calls.count("05_classifier") == 4
+    rs = json.loads((runs_root / "smoke" / "spectral-clip_n12_random-skip_seed0" / "run.json").read_text())
+    assert rs["params_hash"] and yaml.safe_load(
+        (runs_root / "smoke" / "spectral-clip_n12_random-skip_seed0" / "params.yaml").read_text()
+    )["gating"]["skip_rate"] == 0.25
+    assert out["analysis"].exists() and out["analysis"].parent.name == "sweep-sweep"
+
+    capsys.readouterr()
+    again = sweeps.run(f, 1, runs_root, nb, engine=standins.exec_engine)
+    assert "4 finished already; running 0" in capsys.readouterr().out
+    assert again["results"] == [] and standins.calls(runs_root) == calls
+
+
+def test_dry_run_lists_points_and_commands_and_writes_nothing(tmp_path, runs_root, capsys):
+    f = _sweep_file(tmp_path, DEMO_LIKE)
+    sweeps.run(f, 1, runs_root, dry_run=True)
+    text = capsys.readouterr().out
+    assert "python -m lib.runner params/smoke.yaml --set finetune.method=random" in text
+    assert not runs_root.exists()
+
+
+def test_a_process_pool_runs_points_in_parallel_without_running_a_shared_stage_twice(tmp_path, runs_root):
+    nb = standins.write_notebooks(tmp_path / "nb")
+    f = _sweep_file(tmp_path, {"fixed": {"gating.enabled": True}, "grid": {"gating.threshold": [0.2, 0.4, 0.6]}})
+    ex = sweeps.LocalPoolExecutor(jobs=2, engine=standins.exec_engine)
+    out = sweeps.run(f, runs_root=runs_root, notebooks_dir=nb, executor=ex, analyse=False)
+    assert all(r["ok"] for r in out["results"]), out["results"]
+    calls = standins.calls(runs_root)
+    assert calls.count("01_data_curation") == 1 and calls.count("02_clustering") == 1   # locked, then reused
+    assert calls.count("03_dreambooth") == 3
+    assert len(list((runs_root / "smoke" / "stages").glob(f"{stages.ORDER[2]}-*"))) == 3
