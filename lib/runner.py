@@ -52,14 +52,10 @@ def _fmt(value) -> str:
 
 
 def method_label(cfg: config.Config) -> str:
-    """The method as results tables name it (lib.results.method_name when it exists)."""
-    try:
-        from .results import method_name
-        return method_name(cfg)
-    except ImportError:  # evaluation module not there yet: same rule, kept local
-        if cfg.finetune.control != "none":
-            return cfg.finetune.control
-        return "active-gating" if cfg.gating.enabled else cfg.finetune.method
+    """The method as results tables name it."""
+    from .results import method_name
+
+    return method_name(cfg)
 
 
 def run_id(cfg: config.Config, overrides: dict | None = None) -> str:
@@ -162,18 +158,7 @@ def resolve_config(params_file: str | Path, overrides: dict | None, runs_root: s
     if cfg.finetune.control == "random-skip" and cfg.gating.skip_rate is None:
         overrides["gating.skip_rate"] = gated_skip_rate(cfg, runs_root)
         cfg = config.load(params_file, overrides)
-    return canonical(cfg)
-
-
-def canonical(cfg: config.Config) -> config.Config:
-    """Gating settings mean nothing when gating is off (and no random-skip control copies them): reset
-    them to the defaults, so an ungated run's stage keys do not change with the threshold and a
-    threshold sweep never redoes the ungated points."""
-    if cfg.gating.enabled or cfg.finetune.control == "random-skip":
-        return cfg
-    raw = cfg.to_dict()
-    raw["gating"] = dataclasses.asdict(config.GatingConfig(enabled=False))
-    return config.from_dict(raw)
+    return cfg
 
 
 def gated_counterpart(cfg: config.Config) -> config.Config:

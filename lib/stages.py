@@ -6,11 +6,12 @@ curation, embeddings and clustering are found already done.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from . import atomic, paths, provenance
-from .config import Config
+from .config import Config, GatingConfig
 
 ORDER = ["01_data_curation", "02_clustering", "03_dreambooth", "04_generation", "05_classifier",
          "06_fter_analysis"]
@@ -35,7 +36,15 @@ def sections(stage: str) -> list[str]:
 
 
 def key(cfg: Config, stage: str) -> str:
-    return cfg.section_hash(*sections(stage))
+    return _keyed(cfg).section_hash(*sections(stage))
+
+
+def _keyed(cfg: Config) -> Config:
+    """Gating settings mean nothing to an ungated run (unless a random-skip control copies its rate),
+    so they are left out of its key: a threshold sweep never redoes the ungated points."""
+    if cfg.gating.enabled or cfg.finetune.control == "random-skip":
+        return cfg
+    return dataclasses.replace(cfg, gating=GatingConfig(enabled=False))
 
 
 def stage_dir(cfg: Config, stage: str, runs_root: str | Path = "runs") -> Path:
