@@ -177,8 +177,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def run(cfg: Config, out_dir: str | Path, progress: bool = True) -> dict:
-    """Stage 01: curate, split, check, write manifests. Returns what the notebook shows."""
+def run(cfg: Config, out_dir: str | Path, runs_root=None, progress: bool = True) -> dict:
+    """Stage 01: curate, split, check, write manifests. (It reads no upstream stage: runs_root is unused.)"""
     curated = curate(cfg, progress)
     official = nih.official_split(curated.root) if cfg.data.official_split else None
     sizes = {"tuning": cfg.pools.tuning, "train": cfg.pools.train, "test": cfg.pools.test}

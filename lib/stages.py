@@ -75,7 +75,7 @@ def require(cfg: Config, stage: str, runs_root: str | Path = "runs") -> Path:
 
 
 def run_stage(cfg: Config, stage: str, fn, runs_root: str | Path = "runs", **kwargs) -> Path:
-    """Run ``fn(cfg, out_dir, **kwargs)`` unless this stage already finished for these parameters.
+    """Run ``fn(cfg, out_dir, runs_root=runs_root, **kwargs)`` unless this stage already finished for these parameters.
 
     A finished stage is reused, never overwritten; an unfinished one resumes in the same folder
     (its functions skip artefacts already written).
@@ -85,7 +85,7 @@ def run_stage(cfg: Config, stage: str, fn, runs_root: str | Path = "runs", **kwa
         print(f"{stage}: already finished for these parameters, reusing {paths_rel(out)}")
         return out
     out.mkdir(parents=True, exist_ok=True)
-    fn(cfg, out, **kwargs)
+    fn(cfg, out, runs_root=runs_root, **kwargs)
     mark_done(out, cfg, stage)
     return out
 

@@ -1,0 +1,71 @@
+"""Notebook 05's views: metrics of both directions, ROC curves, confusion matrices, training curves."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .. import nih, results, style
+
+NAMES = {"a": "(a) train synthetic, test real", "b": "(b) train real, test synthetic"}
+
+
+def headline(row: dict) -> None:
+    """AUROC of both directions with intervals, FTER with its interval, and any collapsed classifier."""
+    for k in "ab":
+        print(f"{NAMES[k]}: AUROC {row[f'{k}_auroc']:.3f} [{row[f'{k}_auroc_ci_low']:.3f}, "
+              f"{row[f'{k}_auroc_ci_high']:.3f}], accuracy {row[f'{k}_accuracy']:.3f}, n_test {row[f'{k}_n']}")
+    print(f"FTER = {row['fter']:.3f}  (95% bootstrap CI {row['fter_ci_low']:.3f} to {row['fter_ci_high']:.3f}); "
+          f"method {row['method']}, seed {row['seed']}")
+    for k in "ab":
+        if row[f"{k}_collapsed"]:
+            print(f"WARNING: classifier {NAMES[k]} is COLLAPSED: it puts every test image in one class; "
+                  "its accuracy and per-class metrics mean little.")
+
+
+def metric_table(row: dict) -> pd.DataFrame:
+    t = results.metric_table(row)
+    bookkeeping = ("n_train", "n_val", "epochs_run", "best_epoch", "stopped_early", "train_seconds", "classifier_hash")
+    keep = [i for i in t.index if not i.startswith(("cm[", "predicted[")) and i not in bookkeeping]
+    return t.loc[keep]
+
+
+def _roc(y, s):
+    order = np.argsort(-s, kind="mergesort")
+    y = y[order]
+    tpr = np.concatenate([[0], np.cumsum(y) / max(y.sum(), 1)])
+    fpr = np.concatenate([[0], np.cumsum(1 - y) / max((1 - y).sum(), 1)])
+    return fpr, tpr
+
+
+def roc_and_confusion(pred_a: pd.DataFrame, pred_b: pd.DataFrame, row: dict, figures_dir,
+                      name: str = "05_roc_confusion"):
+    fig, axes = style.figure(1.0, 0.32, ncols=3, gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    for k, pred, ls in (("a", pred_a, "-"), ("b", pred_b, "--")):
+        y, s = results.arrays(pred)
+        fpr, tpr = _roc(y, s)
+        axes[0].plot(fpr, tpr, ls, color=style.color(row["method"]), label=f"{k}: AUROC {row[f'{k}_auroc']:.2f}")
+    axes[0].plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
+    axes[0].set_xlabel("false positive rate"); axes[0].set_ylabel("true positive rate")
+    axes[0].legend(frameon=False, fontsize=6)
+    for ax, k in zip(axes[1:], "ab"):
+        cm = np.array([[row[f"{k}_cm[{t}->{q}]"] for q in nih.LABELS] for t in nih.LABELS])
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+        ax.set_xticks([0, 1], ["NF", "U"]); ax.set_yticks([0, 1], ["NF", "U"])
+        ax.set_xlabel("predicted"); ax.set_ylabel("true"); ax.set_title(f"({k})" + (" collapsed" if row[f"{k}_collapsed"] else ""),
+                                                                         fontsize=8)
+    style.save(fig, name, figures_dir)
+    return fig
+
+
+def training_curves(info_a: dict, info_b: dict, figures_dir, name: str = "05_training_curves"):
+    fig, axes = style.figure(1.0, 0.3, ncols=2, sharey=True)
+    for ax, k, info in zip(axes, "ab", (info_a, info_b)):
+        h = pd.DataFrame(info["history"])
+        ax.plot(h["epoch"], h["train_loss"], label="train"); ax.plot(h["epoch"], h["val_loss"], label="validation")
+        ax.axvline(info["best_epoch"], ls=":", color="grey")
+        ax.set_title(NAMES[k], fontsize=8); ax.set_xlabel("epoch")
+    axes[0].set_ylabel("BCE loss"); axes[0].legend(frameon=False)
+    style.save(fig, name, figures_dir)
+    return fig
