@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import atomic, nih, paths
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
             "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax"]
 
@@ -95,7 +95,7 @@ def _add_findings(img, cv, lungs, a, findings, r, textbook) -> np.ndarray:
     n = cv.size
 
     def severity():
-        return r.uniform(0.75, 1.0) if textbook else r.uniform(0.15, 1.0)
+        return r.uniform(0.75, 1.0) if textbook else r.uniform(0.35, 1.0)
 
     def pick_side():
         return (right, -1) if r.random() < 0.5 else (left, 1)
@@ -114,7 +114,7 @@ def _add_findings(img, cv, lungs, a, findings, r, textbook) -> np.ndarray:
             cy = r.uniform(-0.3, 0.35)
             blob = cv.ellipse(side * a["lung_dx"] + r.uniform(-0.1, 0.1), cy, r.uniform(0.12, 0.22), r.uniform(0.12, 0.25))
             patch = np.clip(_smooth_noise(r, n, 0.03) * 0.5 + 0.8, 0, None) * blob * mask
-            img = img + (0.28 if f != "Infiltration" else 0.18) * s * patch
+            img = img + (0.32 if f != "Infiltration" else 0.26) * s * patch
         elif f in ("Nodule", "Mass"):
             mask, side = pick_side()
             rad = r.uniform(0.03, 0.06) if f == "Nodule" else r.uniform(0.08, 0.15)

@@ -36,7 +36,11 @@ def sections(stage: str) -> list[str]:
 
 
 def key(cfg: Config, stage: str) -> str:
-    return _keyed(cfg).section_hash(*sections(stage))
+    from .phantoms import GENERATOR_VERSION
+
+    base = _keyed(cfg).section_hash(*sections(stage))
+    # A new phantom generator is new data: it must not reuse stages built on the old one.
+    return base if cfg.data.source != "phantom" else f"{base}p{GENERATOR_VERSION}"
 
 
 def _keyed(cfg: Config) -> Config:

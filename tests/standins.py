@@ -78,7 +78,7 @@ def _stage_code(stage: str) -> str:
     return (f"import json, pathlib, sys\nsys.path.insert(0, {str(HERE)!r})\nimport standins\n"
             "from lib import config, stages\n"
             "cfg = config.load(params_file, overrides)\n"
-            "def fn(cfg, out):\n"
+            "def fn(cfg, out, runs_root=None):\n"
             f"    with open(pathlib.Path(runs_root) / 'calls.log', 'a') as fh: fh.write('{stage}\\n')\n"
             "    (out / 'artefact.txt').write_text('x')\n"
             f"{extra}"
