@@ -54,21 +54,24 @@ class EmbeddingConfig:
     clip_image_size: Optional[int] = 64     # None = the model's native size
     batch_size: int = 64
     xrv_weights: Optional[str] = None       # torchxrayvision DenseNet weights name, used only if on disk
+    cache_dir: str = "data/cache/embeddings"  # vectors keyed by embedder config and image content hash
 
 
 @dataclass
 class ClusterConfig:
-    algorithm: Literal["spectral", "kmeans"] = "spectral"
-    k: int = 10                             # clusters per label
-    n_neighbors: int = 15                   # sparse affinity for large n
-    exact_below: int = 3000                 # exact rbf affinity below this many points
+    k: int = 10                             # clusters per label (the method name picks spectral or k-means)
+    n_neighbors: int = 15                   # sparse kNN affinity for large n
+    exact_below: int = 3000                 # exact (dense) rbf affinity below this many points
+    solver: Literal["amg", "lobpcg"] = "amg"  # eigensolver of the sparse path
+    pca_dims: int = 64                      # sparse path: kNN search in this many PCA dims (0 = all)
+    silhouette_sample: int = 5000           # silhouette on at most this many points per label
 
 
 @dataclass
 class SelectionConfig:
     methods: list[str] = field(default_factory=lambda: ["random", "spectral-pixel", "spectral-clip"])
     per_label: int = 100                    # tuning images per label (thesis: 500 and 1,000)
-    quota: Literal["equal", "proportional"] = "equal"
+    quota: Literal["equal", "proportional"] = "equal"   # equal: same count per cluster, duplicates if short
 
 
 @dataclass
@@ -76,7 +79,7 @@ class ModelConfig:
     base: str = "tiny"                      # "tiny" (built offline) or a Hugging Face id / local path
     revision: Optional[str] = None
     resolution: int = 32                    # training and generation resolution
-    tiny_pretrain_steps: int = 300          # out-of-domain pre-training of the tiny base model
+    tiny_pretrain_steps: int = 300          # out-of-domain pre-training of the tiny base model (0 = untrained)
 
 
 @dataclass
@@ -104,7 +107,10 @@ class FinetuneConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     validation_every: int = 100
-    validation_images: int = 4
+    validation_images: int = 4              # per label, fixed seeds, saved under validation/
+    validation_steps: int = 20              # DPM-Solver steps for validation and class images
+    validation_guidance: float = 3.0
+    cpu_threads: Optional[int] = None       # torch CPU threads while training; None = torch's default
 
 
 @dataclass
@@ -119,31 +125,39 @@ class GatingConfig:
     every_k: int = 1                        # gate every k batches
     sampler_steps: int = 8                  # few-step sampler at gating time
     resolution: Optional[int] = None        # None = training resolution
+    guidance_scale: float = 3.0             # classifier-free guidance of the gating samples
     skip_rate: Optional[float] = None       # random-skip control; None = take it from the gated run
 
 
 @dataclass
 class GenerationConfig:
     n_per_label: int = 300                  # thesis: 10,000
-    scheduler: str = "dpm"                  # dpm | ddim | ddpm | euler
+    scheduler: Literal["dpm", "ddim", "ddpm", "euler", "pndm"] = "dpm"
     steps: int = 20
     guidance_scale: float = 3.0
     batch_size: int = 64
+    negative_prompt: Optional[str] = None
+    cpu_threads: Optional[int] = None       # torch CPU threads while generating; None = torch's default
 
 
 @dataclass
 class ClassifierConfig:
-    weights: Literal["imagenet", "none"] = "none"
-    arch: str = "densenet121"
+    weights: Literal["imagenet", "none"] = "none"   # imagenet: torchvision's download (real runs)
+    arch: Literal["densenet121", "densenet-mini"] = "densenet121"  # mini: offline CPU stand-in
     input_size: int = 64                    # 224 for real runs
     epochs: int = 8
     batch_size: int = 64
-    learning_rate: float = 1e-3
-    patience: int = 3
-    val_fraction: float = 0.15
+    learning_rate: float = 1e-3             # CheXNet: Adam 1e-3, x0.1 on a validation-loss plateau
+    lr_decay: float = 0.1
+    lr_patience: int = 1
+    patience: int = 3                       # early stopping on validation loss
+    val_fraction: float = 0.15              # carved from the training source of each direction
+    augment: bool = True                    # light: flip, small shift, brightness/contrast
+    threshold: float = 0.5                  # score above it -> "Unhealthy"
     n_train_per_class: int = 300            # both directions train on this many per class
     n_test: int = 600                       # thesis: 10,000 (real and synthetic test sets)
-    bootstrap: int = 200
+    bootstrap: int = 200                    # resamples for AUROC and FTER confidence intervals
+    cpu_threads: Optional[int] = None       # torch CPU threads while training; None = torch's default
 
 
 @dataclass
@@ -252,6 +266,72 @@ def _validate_ranges(cfg: Config) -> None:
         raise ParamError("selection.per_label must be at least 1 (a quota of 0 selects nothing).")
     if cfg.cluster.k < 1:
         raise ParamError("cluster.k must be at least 1.")
+    _validate_selection(cfg)
+    _validate_finetune(cfg)
+    g, c = cfg.generation, cfg.classifier
+    for key, v in (("generation.n_per_label", g.n_per_label), ("generation.steps", g.steps),
+                   ("generation.batch_size", g.batch_size), ("classifier.epochs", c.epochs),
+                   ("classifier.batch_size", c.batch_size), ("classifier.n_train_per_class", c.n_train_per_class),
+                   ("classifier.n_test", c.n_test), ("classifier.bootstrap", c.bootstrap)):
+        if v < 1:
+            raise ParamError(f"{key} = {v} must be at least 1.")
+    if not 0.0 < c.val_fraction < 0.5:
+        raise ParamError(f"classifier.val_fraction = {c.val_fraction} must be in (0, 0.5).")
+    if not 0.0 < c.threshold < 1.0:
+        raise ParamError(f"classifier.threshold = {c.threshold} must be in (0, 1).")
+    if c.weights == "imagenet" and c.arch != "densenet121":
+        raise ParamError("classifier.weights = 'imagenet' needs classifier.arch = 'densenet121' "
+                         "(the mini stand-in has no pre-trained weights).")
+    for key, v in (("generation.cpu_threads", g.cpu_threads), ("classifier.cpu_threads", c.cpu_threads)):
+        if v is not None and v < 1:
+            raise ParamError(f"{key} = {v} must be at least 1 (or null for torch's default).")
+    if c.input_size < 32:
+        raise ParamError(f"classifier.input_size = {c.input_size} must be at least 32 (DenseNet downsamples 32x).")
+
+
+def _validate_finetune(cfg: Config) -> None:
+    """Model, fine-tuning and gating ranges (stage 03)."""
+    m, f, g = cfg.model, cfg.finetune, cfg.gating
+    if m.resolution < 16 or m.resolution % 8 or m.tiny_pretrain_steps < 0:
+        raise ParamError(f"model.resolution = {m.resolution} must be a multiple of 8 (>= 16); "
+                         "model.tiny_pretrain_steps must be >= 0.")
+    for key, v in (("finetune.steps", f.steps), ("finetune.batch_size", f.batch_size),
+                   ("finetune.checkpoint_every", f.checkpoint_every), ("finetune.keep_checkpoints", f.keep_checkpoints),
+                   ("finetune.validation_every", f.validation_every), ("finetune.validation_steps", f.validation_steps),
+                   ("finetune.lora_rank", f.lora_rank), ("gating.n_images", g.n_images), ("gating.every_k", g.every_k),
+                   ("gating.sampler_steps", g.sampler_steps), ("gating.warmup_batches", g.warmup_batches)):
+        if v < 1:
+            raise ParamError(f"{key} = {v} must be at least 1.")
+    if f.learning_rate <= 0 or f.lr_warmup_steps < 0 or f.num_class_images < 1 or f.validation_images < 0:
+        raise ParamError("finetune.learning_rate must be > 0, lr_warmup_steps >= 0, num_class_images >= 1, "
+                         "validation_images >= 0.")
+    if "{label}" not in f.prompt_template:
+        raise ParamError(f"finetune.prompt_template = {f.prompt_template!r} must contain '{{label}}'.")
+    if g.skip_rate is not None and not 0.0 <= g.skip_rate <= 1.0:
+        raise ParamError(f"gating.skip_rate = {g.skip_rate} must be in [0, 1] (or null).")
+    if g.resolution is not None and (g.resolution < 16 or g.resolution % 8):
+        raise ParamError(f"gating.resolution = {g.resolution} must be a multiple of 8 (>= 16), or null.")
+    if f.cpu_threads is not None and f.cpu_threads < 1:
+        raise ParamError(f"finetune.cpu_threads = {f.cpu_threads} must be at least 1 (or null).")
+
+
+def _validate_selection(cfg: Config) -> None:
+    """Embedding, clustering and selection ranges (stage 02)."""
+    e, c, s = cfg.embedding, cfg.cluster, cfg.selection
+    if e.pixel_size < 2 or e.batch_size < 1:
+        raise ParamError("embedding.pixel_size must be at least 2 and embedding.batch_size at least 1.")
+    if e.clip_image_size is not None and e.clip_image_size < 16:
+        raise ParamError(f"embedding.clip_image_size = {e.clip_image_size} must be at least 16 (or null).")
+    if c.n_neighbors < 2 or c.exact_below < 0 or c.pca_dims < 0 or c.silhouette_sample < 10:
+        raise ParamError("cluster.n_neighbors >= 2, cluster.exact_below >= 0, cluster.pca_dims >= 0 and "
+                         "cluster.silhouette_sample >= 10 are required.")
+    allowed = ["random"] + [f"{a}-{k}" for a in ("spectral", "kmeans") for k in ("pixel", "clip", "xrv")]
+    bad = [m for m in s.methods if m not in allowed]
+    if bad or not s.methods:
+        raise ParamError(f"selection.methods = {s.methods}: use one or more of {', '.join(allowed)}.")
+    if s.quota == "equal" and s.per_label < c.k and any(m != "random" for m in s.methods):
+        raise ParamError(f"selection.per_label = {s.per_label} < cluster.k = {c.k} gives a quota of 0 per "
+                         "cluster; raise selection.per_label to at least cluster.k or lower cluster.k.")
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
