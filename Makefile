@@ -36,6 +36,10 @@ run: $(STAMP)
 sweep: $(STAMP)
 	$(PY) -m lib.sweeps $(SWEEP) $(if $(JOBS),--jobs $(JOBS)) $(if $(DRY),--dry-run)
 
+# Speed and memory comparisons, printed side by side (not tests).
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
 lab: $(STAMP)
 	.venv/bin/jupyter lab --notebook-dir=notebooks
 
