@@ -19,7 +19,7 @@ def _record(runs_root, method_overrides, seed, writer=standins.write_fake_result
 def records(runs_root):
     for seed in (0, 1, 2):
         _record(runs_root, {"finetune.method": "random"}, seed)
-        _record(runs_root, {"finetune.method": "spectral-clip", "gating.enabled": True}, seed)
+        _record(runs_root, {"finetune.method": "spectral-clip", "gating.enabled": True, "gating.mode": "absolute"}, seed)
     _record(runs_root, {"finetune.control": "no-fine-tune"}, 0)
     return runs_root
 

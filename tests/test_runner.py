@@ -22,8 +22,11 @@ def _statuses(run):
 
 
 def test_run_id_names_the_parameters_that_vary():
-    cfg = config.load("params/smoke.yaml", {"gating.enabled": True, "gating.threshold": 0.3})
+    cfg = config.load("params/smoke.yaml", {"gating.enabled": True, "gating.mode": "absolute", "gating.threshold": 0.3})
     assert runner.run_id(cfg) == "spectral-clip_n12_thr0.3_seed0"
+    cfg = config.load("params/smoke.yaml", {"gating.enabled": True, "gating.mode": "quantile",
+                                            "gating.skip_fraction": 0.25})
+    assert runner.run_id(cfg) == "spectral-clip_n12_q0.25_seed0"
     cfg = config.load("params/smoke.yaml", {"finetune.control": "no-fine-tune", "seed": 2})
     assert runner.run_id(cfg, {"classifier.epochs": 3}) == "spectral-clip_n12_no-fine-tune_seed2_epochs3"
 

@@ -1,0 +1,168 @@
+"""Active gating (thesis Algorithm 1), made cheap.
+
+For a batch, the current model draws n images for the batch's prompts; they are embedded with the same
+CLIP embedder notebook 02 used, and compared with the batch's cached CLIP vectors. A score above the
+threshold means the model already reproduces this batch, so the batch is skipped.
+
+What keeps it cheap: a few-step DPM-Solver sampler, small n, an optional lower resolution, the data
+side read from notebook 02's embedding cache, and fresh samples only every k batches (in between,
+the last samples' embeddings are scored against each new batch, which costs a matrix product).
+
+Score aggregation (``gating.aggregation``), with G the generated and D the data vectors (unit norm):
+- ``mean-pairwise`` (default): the mean of all |G| x |D| cosines, i.e. "the cosine similarity of
+  CurGen and DataBatch" averaged over pairs;
+- ``centroid``: the cosine between the mean generated vector and the mean data vector;
+- ``max``: the largest single cosine (skip as soon as one image is reproduced).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import GatingConfig, ParamError
+
+AGGREGATIONS = ("mean-pairwise", "centroid", "max")
+
+
+def score(gen: np.ndarray, data: np.ndarray, aggregation: str = "mean-pairwise") -> float:
+    """Similarity of generated vectors ``gen`` (n x D) and data vectors ``data`` (m x D), both L2-normalised."""
+    gen, data = np.asarray(gen, np.float64), np.asarray(data, np.float64)
+    if len(gen) == 0 or len(data) == 0:
+        raise ValueError("gating needs at least one generated and one data embedding.")
+    if aggregation == "mean-pairwise":
+        return float((gen @ data.T).mean())
+    if aggregation == "centroid":
+        a, b = gen.mean(0), data.mean(0)
+        return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+    if aggregation == "max":
+        return float((gen @ data.T).max())
+    raise ParamError(f"gating.aggregation = {aggregation!r}; use one of {', '.join(AGGREGATIONS)}.")
+
+
+def check(cfg: GatingConfig) -> None:
+    """Ranges the schema cannot express, with what to change."""
+    if not -1.0 <= cfg.threshold <= 1.0:
+        raise ParamError(f"gating.threshold = {cfg.threshold} is outside [-1, 1]; it is a cosine similarity.")
+    if cfg.n_images < 1 or cfg.every_k < 1 or cfg.sampler_steps < 1:
+        raise ParamError("gating.n_images, gating.every_k and gating.sampler_steps must be at least 1.")
+    if cfg.skip_rate is not None and not 0.0 <= cfg.skip_rate <= 1.0:
+        raise ParamError(f"gating.skip_rate = {cfg.skip_rate} must be in [0, 1].")
+
+
+@dataclass
+class GateState:
+    """Everything a resumed run needs to take the same decisions: warm-up scores and the calibrated threshold."""
+
+    warmup_scores: list = field(default_factory=list)
+    calibrated: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"warmup_scores": list(self.warmup_scores), "calibrated": self.calibrated}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GateState":
+        return cls(list(d.get("warmup_scores", [])), d.get("calibrated"))
+
+
+class Decider:
+    """Absolute rule (skip when score > threshold) or quantile rule (skip a target fraction, calibrated
+    on the first ``warmup_batches`` scores; nothing is skipped during warm-up)."""
+
+    def __init__(self, cfg: GatingConfig, state: GateState | None = None):
+        check(cfg)
+        self.cfg, self.state = cfg, state or GateState()
+
+    def threshold(self) -> float:
+        if self.cfg.mode == "absolute":
+            return self.cfg.threshold
+        return self.state.calibrated if self.state.calibrated is not None else float("nan")
+
+    def decide(self, s: float) -> tuple[bool, float]:
+        """(skip?, threshold used) for a score; updates the quantile calibration."""
+        if self.cfg.mode == "absolute":
+            return bool(s > self.cfg.threshold), self.cfg.threshold
+        if self.state.calibrated is None:
+            self.state.warmup_scores.append(float(s))
+            if len(self.state.warmup_scores) >= self.cfg.warmup_batches:
+                self.state.calibrated = float(np.quantile(self.state.warmup_scores, 1 - self.cfg.skip_fraction))
+            return False, float("nan")
+        return bool(s > self.state.calibrated), self.state.calibrated
+
+
+def sampler(pipe, steps: int):
+    """The few-step gating sampler: DPM-Solver++ (2nd order) on the pipeline's noise schedule."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++",
+                                                   solver_order=2)
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], steps: int, resolution: int, seed: int, guidance: float,
+             scheduler=None, autocast=None) -> torch.Tensor:
+    """n grayscale images (n x H x W in [0, 1]) from the live model; own generator, so training RNG is untouched."""
+    import contextlib
+
+    old = pipe.scheduler
+    if scheduler is not None:
+        pipe.scheduler = scheduler
+    try:
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        with autocast or contextlib.nullcontext():
+            out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, height=resolution,
+                       width=resolution, generator=g, output_type="pt").images
+    finally:
+        pipe.scheduler = old
+    return out.float().mean(1).clamp(0, 1).cpu()
+
+
+class Gate:
+    """Algorithm 1 for one training run: ``__call__(step, prompts, data_vectors)`` -> log row."""
+
+    def __init__(self, cfg: GatingConfig, embed, resolution: int, seed: int, state: GateState | None = None):
+        self.cfg, self.embed, self.seed = cfg, embed, seed
+        self.resolution = cfg.resolution or resolution
+        self.decider = Decider(cfg, state)
+        self.gen_vectors: np.ndarray | None = None
+        self._sched = None
+
+    def sample_vectors(self, pipe, prompts: list[str], step: int, autocast=None) -> np.ndarray:
+        if self._sched is None:
+            self._sched = sampler(pipe, self.cfg.sampler_steps)
+        n = self.cfg.n_images
+        prompts = [prompts[i % len(prompts)] for i in range(n)]
+        imgs = generate(pipe, prompts, self.cfg.sampler_steps, self.resolution, self.seed * 100003 + step,
+                        self.cfg.guidance_scale, self._sched, autocast)
+        return self.embed(imgs)
+
+    def __call__(self, step: int, pipe, prompts: list[str], data_vectors: np.ndarray, autocast=None) -> dict:
+        t0 = time.perf_counter()
+        fresh = self.gen_vectors is None or step % self.cfg.every_k == 0
+        if fresh:
+            self.gen_vectors = self.sample_vectors(pipe, prompts, step, autocast)
+        s = score(self.gen_vectors, data_vectors, self.cfg.aggregation)
+        skip, thr = self.decider.decide(s)
+        return {"step": step, "score": s, "threshold": thr, "skipped": skip, "generated": fresh,
+                "seconds": time.perf_counter() - t0}
+
+
+def broadcast_decision(accelerator, skip: bool, s: float) -> tuple[bool, float]:
+    """Rank 0's decision for everyone, so processes never train on different batches."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return skip, s
+    from accelerate.utils import broadcast
+
+    t = torch.tensor([float(skip), float(s)], device=accelerator.device, dtype=torch.float64)
+    t = broadcast(t, from_process=0)
+    return bool(t[0].item() > 0.5), float(t[1].item())
+
+
+def random_skips(rate: float, steps: int, seed: int) -> set[int]:
+    """The random-skip control: exactly round(rate * steps) steps, drawn once from the seed."""
+    if not 0.0 <= rate <= 1.0:
+        raise ParamError(f"gating.skip_rate = {rate} must be in [0, 1].")
+    k = int(round(rate * steps))
+    return set(np.random.default_rng([seed, 7]).choice(steps, size=k, replace=False).tolist())

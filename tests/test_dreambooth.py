@@ -1,0 +1,116 @@
+"""Stage 03 on CPU with the untrained tiny model, a few steps: gating extremes, controls, resume, LoRA."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from dreambooth_fixtures import fake_stage02, tiny_cfg
+from lib import diffusion_model, dreambooth, stages
+from lib.nih import DataError
+
+
+def _unet(path):
+    return diffusion_model.load_pipeline(str(path), device="cpu").unet.state_dict()
+
+
+def _run(cfg, runs_root, tmp_path, name="03", **kw):
+    fake_stage02(cfg, runs_root, tmp_path)
+    out = tmp_path / name
+    return out, dreambooth.run(cfg, out, runs_root, progress=False, **kw)
+
+
+def test_threshold_plus_one_never_skips(tmp_path, runs_root):
+    cfg = tiny_cfg(tmp_path, **{"gating.threshold": 1.0})
+    out, summary = _run(cfg, runs_root, tmp_path)
+    log = pd.read_csv(out / "gating_log.csv")
+    assert len(log) == 4 and not log["skipped"].any() and summary["skip_rate"] == 0.0
+    assert log["score"].between(-1, 1).all() and log["seconds"].gt(0).all()
+    assert len(pd.read_csv(out / "loss_log.csv")) == 4
+    base = _unet(summary["base"])
+    assert any(not torch.equal(v, base[k]) for k, v in _unet(out / "model").items())  # it did train
+
+
+def test_threshold_minus_one_always_skips_and_weights_stay_bit_identical(tmp_path, runs_root):
+    cfg = tiny_cfg(tmp_path, **{"gating.threshold": -1.0})
+    out, summary = _run(cfg, runs_root, tmp_path)
+    log = pd.read_csv(out / "gating_log.csv")
+    assert log["skipped"].all() and summary["skipped"] == 4 and summary["skip_rate"] == 1.0
+    assert len(pd.read_csv(out / "loss_log.csv")) == 0
+    base, tuned = _unet(summary["base"]), _unet(out / "model")
+    assert base.keys() == tuned.keys() and all(torch.equal(tuned[k], base[k]) for k in base)
+
+
+def test_random_skip_control_matches_the_given_rate(tmp_path, runs_root):
+    cfg = tiny_cfg(tmp_path, **{"finetune.control": "random-skip", "gating.skip_rate": 0.5,
+                                "finetune.steps": 8, "finetune.checkpoint_every": 100})
+    out, summary = _run(cfg, runs_root, tmp_path)
+    log = pd.read_csv(out / "gating_log.csv")
+    assert summary["skipped"] == 4 and summary["skip_rate"] == 0.5 and log["score"].isna().all()
+    assert sorted(pd.read_csv(out / "loss_log.csv")["step"]) == sorted(log.loc[~log["skipped"], "step"])
+    assert dreambooth.skip_rate_of(out) == 0.5
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, runs_root):
+    # Quantile gating (state: warm-up scores) with fresh samples every 2nd batch; the checkpoint at step 3
+    # sits between two gates, so resuming must also restore the last samples' embeddings.
+    cfg = tiny_cfg(tmp_path, **{"finetune.steps": 8, "finetune.learning_rate": 1e-5, "finetune.checkpoint_every": 3,
+                                "gating.mode": "quantile", "gating.warmup_batches": 4, "gating.every_k": 2,
+                                "gating.skip_fraction": 0.9})
+    fake_stage02(cfg, runs_root, tmp_path)
+    straight = dreambooth.run(cfg, tmp_path / "a", runs_root, progress=False)
+    with pytest.raises(dreambooth.Interrupted):
+        dreambooth.run(cfg, tmp_path / "b", runs_root, progress=False, stop_after=4)  # dies after step 4
+    assert [p.name for p in (tmp_path / "b/checkpoints/model").glob("*.pt")] == ["step_000003.pt"]
+    resumed = dreambooth.run(cfg, tmp_path / "b", runs_root, progress=False)
+    a, b = _unet(tmp_path / "a/model"), _unet(tmp_path / "b/model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a/gating_log.csv").drop(columns="seconds"),
+                                  pd.read_csv(tmp_path / "b/gating_log.csv").drop(columns="seconds"))
+    assert straight["skipped"] == resumed["skipped"] > 0
+
+
+def test_resume_from_a_checkpoint_of_another_config_is_refused(tmp_path, runs_root):
+    cfg = tiny_cfg(tmp_path, **{"finetune.steps": 4})
+    fake_stage02(cfg, runs_root, tmp_path)
+    with pytest.raises(dreambooth.Interrupted):
+        dreambooth.run(cfg, tmp_path / "a", runs_root, progress=False, stop_after=2)
+    other = tiny_cfg(tmp_path, **{"finetune.steps": 4, "finetune.learning_rate": 0.5})
+    with pytest.raises(dreambooth.CheckpointMismatch, match="other parameters"):
+        dreambooth.run(other, tmp_path / "b", runs_root, progress=False,
+                       resume_from=tmp_path / "a/checkpoints/model")
+
+
+def test_lora_trains_and_saves(tmp_path, runs_root):
+    cfg = tiny_cfg(tmp_path, **{"finetune.lora": True, "finetune.lora_rank": 2, "gating.enabled": False,
+                                "finetune.learning_rate": 1e-2})
+    out, summary = _run(cfg, runs_root, tmp_path)
+    assert (out / "model_lora" / "pytorch_lora_weights.safetensors").exists()
+    base, tuned = _unet(summary["base"]), _unet(out / "model")
+    assert base.keys() == tuned.keys()                       # merged: a plain UNet again
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert changed and all("attn" in k for k in changed)     # only the adapted attention layers moved
+
+
+def test_per_label_layout_writes_one_model_per_label(tmp_path, runs_root):
+    cfg = tiny_cfg(tmp_path, **{"finetune.model_layout": "per-label", "finetune.steps": 2, "gating.enabled": False,
+                                "finetune.prior_preservation": True, "finetune.num_class_images": 2})
+    out, summary = _run(cfg, runs_root, tmp_path)
+    assert (out / "model_no-finding/model_index.json").exists() and (out / "model_unhealthy/model_index.json").exists()
+    assert pd.read_csv(out / "loss_log.csv")["loss_prior"].gt(0).all()
+    assert dreambooth.model_path(out, cfg, "Unhealthy").endswith("model_unhealthy")
+
+
+def test_no_fine_tune_records_the_base_model(tmp_path, runs_root):
+    cfg = tiny_cfg(tmp_path, **{"finetune.control": "no-fine-tune"})
+    out, summary = _run(cfg, runs_root, tmp_path)
+    assert summary["steps"] == 0 and dreambooth.model_path(out, cfg, "No Finding") == summary["base"]
+    assert json.loads((out / "train_summary.json").read_text())["control"] == "no-fine-tune"
+
+
+def test_empty_tuning_set_is_a_clear_error(tmp_path, runs_root):
+    cfg = tiny_cfg(tmp_path)
+    df = fake_stage02(cfg, runs_root, tmp_path)
+    df.iloc[:0].to_csv(stages.stage_dir(cfg, "02_clustering", runs_root) / "tuning_spectral-clip.csv", index=False)
+    with pytest.raises(DataError, match="empty"):
+        dreambooth.run(cfg, tmp_path / "03", runs_root, progress=False)
