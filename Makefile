@@ -17,16 +17,19 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # Unit tests, then every notebook run as stored (smoke parameters) through nbval.
-test: $(STAMP)
+# runs/smoke is removed first, so nbval executes every stage instead of reusing an earlier checkout's.
+test: $(STAMP) clean-smoke
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-kernel-name $(KERNEL) \
 		--nbval-cell-timeout 900 notebooks
 
 # The demo grid end to end (random, spectral-CLIP, active gating, no-fine-tune and random-skip
-# controls), then the FTER table and the figure paths. Finished points are skipped on a rerun.
+# controls), then the FTER table and the figure paths. Finished points are skipped on a rerun;
+# SET overrides every point, e.g. a threshold rerun: make demo SET="gating.skip_fraction=0.5".
+# Two points at a time by default: demo.yaml gives each one CPU thread, so 2 cores run two points.
 demo: $(STAMP)
-	$(PY) -m lib.sweeps params/sweeps/demo.yaml $(if $(JOBS),--jobs $(JOBS))
-	$(PY) -m lib.analysis --root runs/demo --sweep params/sweeps/demo.yaml
+	$(PY) -m lib.sweeps params/sweeps/demo.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s))
+	$(PY) -m lib.analysis --root runs/demo --sweep params/sweeps/demo.yaml $(foreach s,$(SET),--set $(s))
 
 # One pipeline run, notebooks 01-06: make run PARAMS=params/demo.yaml SET="gating.threshold=0.5 seed=1"
 run: $(STAMP)

@@ -364,11 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", help="only the runs of this sweep file")
     ap.add_argument("--runs-root", default="runs", help="with --sweep: the runs root it ran in")
     ap.add_argument("--figures", default=None, help="list the figures in this folder")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --sweep: the overrides it ran with")
     args = ap.parse_args(argv)
     runs, figures = None, args.figures
     if args.sweep:
         from . import runner, sweeps
-        sw = sweeps.load(args.sweep)
+        sw = sweeps.load(args.sweep, runner.parse_sets(args.set))
         runs = [r.directory for r in (runner.prepare(sw.base, p, args.runs_root, create=False) for p in sw.points)
                 if runner.done_through(r, "05_classifier")]
         figures = figures or sw.figures_dir

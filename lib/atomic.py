@@ -8,6 +8,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+@contextmanager
+def exclusive(lock_path: str | Path):
+    """One process at a time (an advisory file lock), e.g. parallel sweep points building one stage or model."""
+    import fcntl
+
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class ResultExistsError(FileExistsError):
     """Raised instead of silently overwriting a finished result."""
 

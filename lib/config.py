@@ -325,7 +325,7 @@ def _validate_selection(cfg: Config) -> None:
     if c.n_neighbors < 2 or c.exact_below < 0 or c.pca_dims < 0 or c.silhouette_sample < 10:
         raise ParamError("cluster.n_neighbors >= 2, cluster.exact_below >= 0, cluster.pca_dims >= 0 and "
                          "cluster.silhouette_sample >= 10 are required.")
-    allowed = ["random"] + [f"{a}-{k}" for a in ("spectral", "kmeans") for k in ("pixel", "clip", "xrv")]
+    allowed = ["random", "textbook"] + [f"{a}-{k}" for a in ("spectral", "kmeans") for k in ("pixel", "clip", "xrv")]
     bad = [m for m in s.methods if m not in allowed]
     if bad or not s.methods:
         raise ParamError(f"selection.methods = {s.methods}: use one or more of {', '.join(allowed)}.")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from .progress import tqdm
 
-from . import paths
+from . import atomic, paths
 
 TINY_VERSION = 4
 TINY_MERGES = 6000          # BPE merges kept for the tiny tokenizer (the full CLIP list has 48,894)
@@ -255,13 +255,17 @@ def tiny_dir(resolution: int = 32, pretrain_steps: int = 0, seed: int = 0) -> Pa
 def build_tiny(resolution: int = 32, pretrain_steps: int = 0, seed: int = 0, out_dir=None,
                progress: bool = True) -> Path:
     """Build (once) and save a tiny SD pipeline folder; pretrain_steps=0 gives an untrained model quickly."""
-    from diffusers import StableDiffusionPipeline
-
     if resolution % 8:
         raise ValueError(f"tiny model resolution {resolution} must be a multiple of 8.")
     out = paths.resolve(out_dir) if out_dir is not None else tiny_dir(resolution, pretrain_steps, seed)
-    if (out / "model_index.json").exists():
-        return out
+    # Parallel sweep points wait for one build instead of each building (and replacing) the same model.
+    with atomic.exclusive(out.parent / f".{out.name}.lock"):
+        return out if (out / "model_index.json").exists() else _build_tiny(out, resolution, pretrain_steps, seed, progress)
+
+
+def _build_tiny(out: Path, resolution: int, pretrain_steps: int, seed: int, progress: bool) -> Path:
+    from diffusers import StableDiffusionPipeline
+
     with tempfile.TemporaryDirectory() as tmp, cpu_threads(1):
         tok = build_tokenizer(Path(tmp) / "tok")
         comp = tiny_components(resolution, vocab_size=len(tok), seed=seed)

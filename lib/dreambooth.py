@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import atomic, images, stages
 from .config import Config, ParamError
@@ -134,7 +134,7 @@ class Trainer:
     def __init__(self, cfg: Config, out_dir: Path, df: pd.DataFrame, name: str = "model",
                  base: str | None = None, progress: bool = True, embed=None, data_vectors=None):
         from accelerate import Accelerator
-        from diffusers import DDPMScheduler, StableDiffusionPipeline
+        from diffusers import DDPMScheduler
         from diffusers.models.attention_processor import AttnProcessor2_0
         from diffusers.optimization import get_scheduler
 
@@ -148,9 +148,9 @@ class Trainer:
         dev = self.acc.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.acc.mixed_precision, torch.float32)
         torch.manual_seed(cfg.seed)   # LoRA initialisation is part of the run's seed
-        pipe = StableDiffusionPipeline.from_pretrained(
-            diffusion_model.resolve_base(self.base), revision=cfg.model.revision if self.base == cfg.model.base else None,
-            dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+        # Through load_pipeline: an id that cannot be loaded (offline, misspelt) says how to give a local folder.
+        pipe = diffusion_model.load_pipeline(self.base, cfg.model.revision if self.base == cfg.model.base else None,
+                                             device="cpu", dtype=torch.float32)
         self.tok, self.vae, self.text, self.unet = pipe.tokenizer, pipe.vae, pipe.text_encoder, pipe.unet
         self.noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
         self.base_sched_config = pipe.scheduler.config
@@ -430,7 +430,7 @@ class Trainer:
             step = self.step
             idx = batch_indices(n, self.ft.batch_size, self.cfg.seed, step)
             row = self.gate_step(idx, step)
-            if oracle is not None and self.gate is not None and row["generated"]:
+            if oracle is not None and self.gate is not None:   # every batch, fresh samples or not
                 t_o = time.perf_counter()
                 with self._eval():
                     row["oracle_score"] = oracle(step, self.live_pipeline(), [self.prompts[i] for i in idx],

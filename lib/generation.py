@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import atomic, compute, images, nih, provenance, stages
 from .config import Config

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import atomic, nih, paths
 
@@ -222,8 +222,12 @@ def sample_rows(meta: pd.DataFrame, n: int, seed: int, textbook: bool = False) -
     return rows.sort_values("Image Index").head(n).reset_index(drop=True)
 
 
-def phantom_dir(n: int, size: int, seed: int, textbook: bool) -> Path:
+def phantom_dir(n: int, size: int, seed: int, textbook: bool, csv: str | Path | None = None) -> Path:
+    """data/phantoms/<tag>: the tag names everything the set is drawn from, a user's metadata CSV included."""
     tag = f"v{GENERATOR_VERSION}-n{n}-s{size}-seed{seed}" + ("-textbook" if textbook else "")
+    if csv is not None:   # another metadata file is other data (the bundled one keeps the plain tag)
+        src = paths.resolve(csv)
+        tag += "-csv" + hashlib.sha256(src.read_bytes() if src.is_file() else str(src).encode()).hexdigest()[:10]
     return paths.DATA / "phantoms" / tag
 
 
@@ -239,7 +243,7 @@ def generate(n: int = 2000, size: int = 64, seed: int = 0, textbook: bool = Fals
     """Write an NIH-layout phantom set and return its folder; images already there are kept (resume)."""
     if not 32 <= size <= 512:
         raise ValueError(f"phantom size {size} must be between 32 and 512")
-    out = paths.resolve(out_dir) if out_dir else phantom_dir(n, size, seed, textbook)
+    out = paths.resolve(out_dir) if out_dir else phantom_dir(n, size, seed, textbook, csv)
     entry = out / "Data_Entry_2017.csv"
     if entry.exists():
         return out

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -116,18 +115,6 @@ def batch_environment(progress: bool = False):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-@contextlib.contextmanager
-def stage_lock(lock_path: Path):
-    """One process at a time per stage folder, so parallel sweep points never run one stage twice."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------------- the run
@@ -273,7 +260,7 @@ def run(params_file: str | Path, overrides: dict | None = None, runs_root: str |
             continue
         sdir, skey = stages.stage_dir(run_.cfg, stage, run_.runs_root), stages.key(run_.cfg, stage)
         lock = run_.runs_root / run_.cfg.experiment / "stages" / f".{stage}-{skey}.lock"
-        with stage_lock(lock):
+        with atomic.exclusive(lock):     # parallel sweep points never run one stage twice
             # Reuse a sealed stage only if this run never tried its notebook: after a failure the
             # notebook runs again (cheaply, run_stage reuses the artefacts) to complete its output.
             if stage != ANALYSIS and stages.is_done(sdir) and not st:

@@ -1,7 +1,9 @@
-"""Tuning-set selection (stage 02): random, or an equal (or proportional) quota per embedding cluster.
+"""Tuning-set selection (stage 02): random, textbook, or an equal (or proportional) quota per embedding cluster.
 
-Methods are named ``random`` or ``<algorithm>-<embedding>`` (``spectral-pixel``, ``spectral-clip``,
-``kmeans-clip`` ...). The thesis's method takes the same number of images from each cluster of a label,
+Methods are named ``random``, ``textbook`` or ``<algorithm>-<embedding>`` (``spectral-pixel``,
+``spectral-clip``, ``kmeans-clip`` ...). ``textbook`` stands in for the thesis's Experiment 5 (typical
+textbook cases): it draws at random from the typical cases of the pool only, PA views with no finding
+or exactly one. The thesis's method takes the same number of images from each cluster of a label,
 duplicating images at random where a cluster is short (Experiments 3-4); each selected row records its
 cluster and whether it is a duplicate. Rows come only from the stage-01 tuning pool.
 """
@@ -28,12 +30,12 @@ class SelectionError(ValueError):
 
 
 def parse_method(method: str) -> tuple[str | None, str | None]:
-    """'random' -> (None, None); 'spectral-clip' -> ('spectral', 'clip')."""
-    if method == "random":
+    """'random' and 'textbook' -> (None, None); 'spectral-clip' -> ('spectral', 'clip')."""
+    if method in ("random", "textbook"):
         return None, None
     algo, _, kind = method.partition("-")
     if algo not in ALGORITHMS or kind not in embeddings.KINDS:
-        raise SelectionError(f"unknown selection method {method!r}; use 'random' or <algorithm>-<embedding> "
+        raise SelectionError(f"unknown selection method {method!r}; use 'random', 'textbook' or <algorithm>-<embedding> "
                              f"with algorithm in {ALGORITHMS} and embedding in {embeddings.KINDS}.")
     return algo, kind
 
@@ -101,6 +103,16 @@ def select(pool: pd.DataFrame, clusters: np.ndarray | None, per_label: int, seed
     return pd.concat(parts, ignore_index=True)
 
 
+def typical_cases(pool: pd.DataFrame) -> pd.DataFrame:
+    """The textbook candidates: PA views with "No Finding" or exactly one finding, for every label."""
+    typical = pool[(pool["view"] == "PA") & ~pool["findings"].astype(str).str.contains("|", regex=False)]
+    empty = sorted(set(pool["label"]) - set(typical["label"]))
+    if empty:
+        raise SelectionError(f"the tuning pool has no typical case (PA, at most one finding) labelled {empty}; "
+                             "use another selection method or a larger pools.tuning.")
+    return typical
+
+
 def summarise(method: str, pool: pd.DataFrame, clusters: np.ndarray | None, selected: pd.DataFrame) -> pd.DataFrame:
     """One row per (label, cluster): its size in the pool, how many were taken, how many of those are duplicates."""
     groups = pd.DataFrame({"label": pool["label"].to_numpy(),
@@ -156,7 +168,8 @@ def run(cfg: Config, out_dir, runs_root=None, progress: bool = True) -> dict:
         if target.exists():
             chosen = read_tuning_set(target)
         else:
-            chosen = select(pool, ids, sel.per_label, cfg.seed, sel.quota if algo else "equal")
+            source = typical_cases(pool) if method == "textbook" else pool
+            chosen = select(source, ids, sel.per_label, cfg.seed, sel.quota if algo else "equal")
             atomic.write_csv(target, chosen)
         summaries.append(summarise(method, pool, ids, chosen))
     summary = pd.concat(summaries, ignore_index=True)

@@ -44,11 +44,19 @@ def key(cfg: Config, stage: str) -> str:
 
 
 def _keyed(cfg: Config) -> Config:
-    """Gating settings mean nothing to an ungated run (unless a random-skip control copies its rate),
-    so they are left out of its key: a threshold sweep never redoes the ungated points."""
-    if cfg.gating.enabled or cfg.finetune.control == "random-skip":
-        return cfg
-    return dataclasses.replace(cfg, gating=GatingConfig(enabled=False))
+    """The config as stage keys see it: only the gating settings that can change a decision.
+
+    Gating means nothing to an ungated run (unless a random-skip control copies its rate), so a
+    threshold sweep never redoes the ungated points; the absolute threshold means nothing in quantile
+    mode, and the quantile calibration nothing in absolute mode.
+    """
+    g = cfg.gating
+    if not (g.enabled or cfg.finetune.control == "random-skip"):
+        return dataclasses.replace(cfg, gating=GatingConfig(enabled=False))
+    default = GatingConfig()
+    unused = ({"threshold": default.threshold} if g.mode == "quantile" else
+              {"skip_fraction": default.skip_fraction, "warmup_batches": default.warmup_batches})
+    return dataclasses.replace(cfg, gating=dataclasses.replace(g, **unused))
 
 
 def stage_dir(cfg: Config, stage: str, runs_root: str | Path = "runs") -> Path:

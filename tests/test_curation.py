@@ -91,3 +91,36 @@ def test_stage_writes_manifests_and_never_overwrites(phantom_root, monkeypatch, 
     with pytest.raises(FileExistsError):
         stages.mark_done(out, cfg, "01_data_curation")
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_official_split_files_next_to_the_images_are_honoured(phantom_root, tmp_path, runs_root):
+    root = _nih_copy(phantom_root, tmp_path / "nih", layout="images")
+    meta = pd.read_csv(root / "Data_Entry_2017.csv")
+    patients = sorted(meta["Patient ID"].unique())
+    test_ids = set(meta[meta["Patient ID"].isin(patients[: len(patients) // 2])]["Image Index"])
+    (root / "test_list.txt").write_text("\n".join(sorted(test_ids)))
+    (root / "train_val_list.txt").write_text("\n".join(sorted(set(meta["Image Index"]) - test_ids)))
+    cfg = _cfg(source="nih", nih_root=str(root), official_split=True)
+    pools = curation.load_pools(stages.run_stage(cfg, "01_data_curation", curation.run, runs_root, progress=False))
+    assert set(pools["test"]["image_id"]) <= test_ids
+    assert not (set(pools["train"]["image_id"]) | set(pools["tuning"]["image_id"])) & test_ids
+
+
+def test_a_bad_request_after_a_finished_stage_loses_nothing(phantom_root, monkeypatch, runs_root):
+    monkeypatch.setattr(curation.phantoms, "generate", lambda *a, **k: phantom_root)
+    out = stages.run_stage(_cfg(source="phantom"), "01_data_curation", curation.run, runs_root, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    too_big = config.from_dict({"data": {"image_size": 32}, "pools": {"tuning": 100, "train": 100, "test": 100}})
+    with pytest.raises(nih.DataError, match="more than"):
+        stages.run_stage(too_big, "01_data_curation", curation.run, runs_root, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not stages.is_done(stages.stage_dir(too_big, "01_data_curation", runs_root))
+
+
+def test_a_user_metadata_csv_gets_its_own_phantom_folder(tmp_path):
+    csv = tmp_path / "Data_Entry_2017.csv"
+    csv.write_text("Image Index,Finding Labels\n")
+    assert phantoms.phantom_dir(100, 32, 0, False, csv) != phantoms.phantom_dir(100, 32, 0, False)
+    other = tmp_path / "other.csv"
+    other.write_text("Image Index,Finding Labels\nx.png,No Finding\n")
+    assert phantoms.phantom_dir(100, 32, 0, False, csv) != phantoms.phantom_dir(100, 32, 0, False, other)

@@ -114,3 +114,12 @@ def test_empty_tuning_set_is_a_clear_error(tmp_path, runs_root):
     df.iloc[:0].to_csv(stages.stage_dir(cfg, "02_clustering", runs_root) / "tuning_spectral-clip.csv", index=False)
     with pytest.raises(DataError, match="empty"):
         dreambooth.run(cfg, tmp_path / "03", runs_root, progress=False)
+
+
+def test_a_model_id_that_cannot_be_found_says_offline_and_how_to_give_a_local_path(tmp_path, runs_root, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = tiny_cfg(tmp_path, **{"model.base": "no-such-org/no-such-model"})
+    fake_stage02(cfg, runs_root, tmp_path)
+    with pytest.raises(diffusion_model.ModelNotFoundError) as err:
+        dreambooth.run(cfg, tmp_path / "03", runs_root, progress=False)
+    assert "offline" in str(err.value) and "model.base" in str(err.value)

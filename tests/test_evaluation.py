@@ -31,6 +31,15 @@ def fake_upstream(cfg, runs_root, synthetic_rows=None, tuning_rows=None):
     return pools, d04
 
 
+def sklearn_fter(stage_dir) -> float:
+    """FTER straight from the saved prediction files, with scikit-learn (Unhealthy is the positive class)."""
+    from sklearn.metrics import roc_auc_score
+
+    auroc = [roc_auc_score(p["label"] == "Unhealthy", p["score"])
+             for p in (pd.read_csv(stage_dir / f"predictions_{k}.csv") for k in "ab")]
+    return auroc[0] / auroc[1]
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     cfg = config.load("params/smoke.yaml")
@@ -56,6 +65,7 @@ def test_results_record_and_recompute_from_predictions(finished):
         else:
             assert row[key] == pytest.approx(value, rel=1e-12), key
     assert row["fter"] == pytest.approx(row["a_auroc"] / row["b_auroc"])
+    assert row["fter"] == pytest.approx(sklearn_fter(out), rel=1e-12)   # independent of lib.metrics
     pa, ta = pd.read_csv(out / "predictions_a.csv"), pd.read_csv(out / "test_a.csv")
     assert list(pa.columns) == ["image_id", "label", "score"] and set(pa.image_id) == set(ta.image_id)
 

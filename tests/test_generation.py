@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lib import atomic, config, curation, diffusion_model, evaluation, generation, results, stages
+from lib import atomic, config, curation, diffusion_model, dreambooth, evaluation, generation, results, selection, stages
+from test_evaluation import sklearn_fter
 
 
 def tiny_stage03(cfg, runs_root):
@@ -77,16 +78,20 @@ def test_any_single_image_regenerates_from_its_seed(runs_root):
     assert np.abs(again.astype(int) - other).max() > 10  # a different seed is a different image
 
 
-def test_tiny_end_to_end_phantoms_to_fter(runs_root):
-    """Phantoms -> pools -> tiny SD model (untrained stand-in for stage 03) -> synthetic set -> both
-    directions -> FTER, recomputed from the saved predictions."""
+def test_tiny_end_to_end_phantoms_to_fter(runs_root, tmp_path):
+    """Phantoms -> pools -> spectral-CLIP tuning set -> a tiny SD model fine-tuned for a few steps -> synthetic
+    set -> both directions -> FTER, which scikit-learn recomputes from the saved predictions."""
     cfg = small(**{"generation.n_per_label": 24, "generation.batch_size": 24, "classifier.n_train_per_class": 20,
-                   "classifier.n_test": 40, "classifier.epochs": 2})
-    tiny_stage03(cfg, runs_root)
-    stages.run_stage(cfg, "04_generation", generation.run, runs_root, progress=False)
+                   "classifier.n_test": 40, "classifier.epochs": 2, "model.tiny_pretrain_steps": 0,
+                   "finetune.steps": 3, "finetune.batch_size": 4, "finetune.validation_every": 100,
+                   "finetune.checkpoint_every": 100, "embedding.cache_dir": str(tmp_path / "emb-cache")})
+    for stage, fn in (("01_data_curation", curation.run), ("02_clustering", selection.run),
+                      ("03_dreambooth", dreambooth.run), ("04_generation", generation.run)):
+        stages.run_stage(cfg, stage, fn, runs_root, progress=False)
+    d03 = stages.stage_dir(cfg, "03_dreambooth", runs_root)
+    assert len(pd.read_csv(d03 / "loss_log.csv")) == 3                 # it was fine-tuned, not a stand-in
     out = stages.run_stage(cfg, "05_classifier", evaluation.run, runs_root, progress=False)
     row = results.read(out)
     assert 0.0 <= row["a_auroc"] <= 1.0 and 0.0 <= row["b_auroc"] <= 1.0
-    assert row["fter"] == pytest.approx(row["a_auroc"] / row["b_auroc"])
-    assert results.recompute_from_predictions(out)["fter"] == pytest.approx(row["fter"], rel=1e-12)
+    assert row["fter"] == pytest.approx(sklearn_fter(out), rel=1e-12)
     assert row["generator_hash"] and row["method"] == results.method_name(cfg)

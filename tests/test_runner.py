@@ -47,8 +47,9 @@ def test_full_run_writes_every_notebook_and_a_rerun_is_a_noop(runs_root, noteboo
 
 
 def test_changing_only_the_threshold_reruns_only_notebooks_03_to_06(runs_root, notebooks):
-    first = _run(runs_root, notebooks, {"gating.enabled": True})
-    second = _run(runs_root, notebooks, {"gating.enabled": True, "gating.threshold": 0.5})
+    gated = {"gating.enabled": True, "gating.mode": "absolute"}
+    first = _run(runs_root, notebooks, gated)
+    second = _run(runs_root, notebooks, {**gated, "gating.threshold": 0.5})
     assert second.directory != first.directory
     assert _statuses(second) == {"01_data_curation": "reused", "02_clustering": "reused",
                                  "03_dreambooth": "executed", "04_generation": "executed",
@@ -116,6 +117,17 @@ def test_set_values_keep_their_types():
         {"gating.threshold": 0.5, "gating.enabled": True, "gating.skip_rate": None}
     with pytest.raises(config.ParamError, match="dotted.key=value"):
         runner.parse_sets(["gating.threshold"])
+
+
+def test_stage_keys_hold_only_the_gating_settings_that_can_change_a_decision():
+    quantile = {"gating.enabled": True, "gating.mode": "quantile"}
+    absolute = {"gating.enabled": True, "gating.mode": "absolute"}
+    key = lambda over: stages.key(config.load("params/smoke.yaml", over), "03_dreambooth")  # noqa: E731
+    assert key(quantile) == key({**quantile, "gating.threshold": 0.9})         # calibrated, not used
+    assert key(quantile) != key({**quantile, "gating.skip_fraction": 0.5})
+    assert key(absolute) == key({**absolute, "gating.skip_fraction": 0.5})     # no calibration
+    assert key(absolute) != key({**absolute, "gating.threshold": 0.9})
+    assert key(quantile) != key(absolute)
 
 
 def test_an_ungated_run_does_not_depend_on_the_threshold(runs_root, notebooks):

@@ -82,7 +82,7 @@ def stage02(tmp_path_factory):
     cfg = config.load("params/smoke.yaml", {"embedding.cache_dir": str(root / "cache"),
                                             "embedding.clip_model": "ViT-S-32",
                                             "selection.methods": ["random", "spectral-pixel", "spectral-clip",
-                                                                  "kmeans-pixel"]})
+                                                                  "kmeans-pixel", "textbook"]})
     stages.run_stage(cfg, "01_data_curation", curation.run, root, progress=False)
     out = stages.run_stage(cfg, "02_clustering", selection.run, root, progress=False)
     return cfg, root, out
@@ -96,12 +96,21 @@ def test_stage_writes_one_manifest_per_method_from_the_tuning_pool(stage02):
         df = selection.read_tuning_set(out / f"tuning_{method}.csv")
         assert set(curation.MANIFEST_COLUMNS) | {"cluster", "duplicate"} <= set(df.columns)
         assert set(df["image_id"]) <= set(pool["image_id"])
-        assert df.groupby("label").size().tolist() == [per - per % k if method != "random" else per] * 2
+        assert df.groupby("label").size().tolist() == [per if method in ("random", "textbook") else per - per % k] * 2
     summary = pd.read_csv(out / "selection_summary.csv")
     assert list(summary.columns) == selection.SUMMARY_COLUMNS
     assert set(summary["method"]) == set(cfg.selection.methods)
     clip = summary[summary["method"] == "spectral-clip"]
     assert (clip["taken"] == per // k).all() and len(clip) == 2 * k
+
+
+def test_textbook_takes_only_typical_cases_of_the_tuning_pool(stage02):
+    cfg, root, out = stage02
+    df = selection.read_tuning_set(out / "tuning_textbook.csv")
+    assert (df["view"] == "PA").all() and not df["findings"].str.contains("|", regex=False).any()
+    assert set(df["image_id"]) <= set(selection.tuning_pool(cfg, root)["image_id"])
+    with pytest.raises(selection.SelectionError, match="typical"):
+        selection.typical_cases(selection.tuning_pool(cfg, root).assign(view="AP"))
 
 
 def test_stage_rerun_reuses_and_states_random_clip_weights(stage02, capsys):

@@ -50,11 +50,17 @@ def test_shipped_sweeps_cover_the_thesis_grid_the_demo_and_a_threshold_sweep():
     assert labels == {"random", "spectral-pixel", "spectral-clip", "textbook", "active-gating"}
     assert {c.selection.per_label for c in cfgs} == {500, 1000} and {c.seed for c in cfgs} == set(range(5))
     assert len([c for c in cfgs if c.finetune.control == "none"]) == 5 * 2 * 5
+    # every point's tuning set is one that stage 02 writes
+    assert all(c.finetune.method in c.selection.methods for c in cfgs)
     demo = sweeps.load("params/sweeps/demo.yaml")
     controls = {config.load(demo.base, p).finetune.control for p in demo.points}
     assert controls == {"none", "no-fine-tune", "random-skip"}
     thr = sweeps.load("params/sweeps/threshold.yaml")
-    assert len({config.load(thr.base, p).gating.threshold for p in thr.points}) >= 5
+    absolute = [c for c in (config.load(thr.base, p) for p in thr.points) if c.gating.mode == "absolute"]
+    assert len({c.gating.threshold for c in absolute}) >= 5
+    # points that differ in a setting the gate uses have different stage keys
+    keys = {stages.key(config.load(thr.base, p), "03_dreambooth") for p in thr.points}
+    assert len(keys) == len(thr.points)
 
 
 DEMO_LIKE = {"grid": {"method": [{"finetune.method": "random"},
@@ -97,7 +103,8 @@ def test_dry_run_lists_points_and_commands_and_writes_nothing(tmp_path, runs_roo
 
 def test_a_process_pool_runs_points_in_parallel_without_running_a_shared_stage_twice(tmp_path, runs_root):
     nb = standins.write_notebooks(tmp_path / "nb")
-    f = _sweep_file(tmp_path, {"fixed": {"gating.enabled": True}, "grid": {"gating.threshold": [0.2, 0.4, 0.6]}})
+    f = _sweep_file(tmp_path, {"fixed": {"gating.enabled": True, "gating.mode": "absolute"},
+                               "grid": {"gating.threshold": [0.2, 0.4, 0.6]}})
     ex = sweeps.LocalPoolExecutor(jobs=2, engine=standins.exec_engine)
     out = sweeps.run(f, runs_root=runs_root, notebooks_dir=nb, executor=ex, analyse=False)
     assert all(r["ok"] for r in out["results"]), out["results"]

@@ -14,6 +14,8 @@ def describe_source(cfg, out_dir) -> None:
     print(f"source: {src}; views {cfg.data.views}; seed {cfg.seed}")
     print(f"excluded: {int((excluded['reason'] == 'missing').sum())} missing, "
           f"{int((excluded['reason'] == 'corrupt').sum())} corrupt (listed in excluded.csv)")
+    for reason, group in excluded.groupby("reason"):
+        print(f"  {reason}, e.g.: {', '.join(group['image_id'].astype(str).head(5))}")
 
 
 def label_and_finding_figure(table: pd.DataFrame, figures_dir, name: str = "01_label_findings"):
