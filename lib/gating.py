@@ -54,22 +54,32 @@ def check(cfg: GatingConfig) -> None:
 
 @dataclass
 class GateState:
-    """Everything a resumed run needs to take the same decisions: warm-up scores and the calibrated threshold."""
+    """Everything a resumed run needs to take the same decisions: the quantile rule's recent scores,
+    its last threshold and its skip budget."""
 
-    warmup_scores: list = field(default_factory=list)
+    recent: list = field(default_factory=list)
     calibrated: float | None = None
+    decided: int = 0
+    skipped: int = 0
 
     def to_dict(self) -> dict:
-        return {"warmup_scores": list(self.warmup_scores), "calibrated": self.calibrated}
+        return {"recent": list(self.recent), "calibrated": self.calibrated, "decided": self.decided,
+                "skipped": self.skipped}
 
     @classmethod
     def from_dict(cls, d: dict) -> "GateState":
-        return cls(list(d.get("warmup_scores", [])), d.get("calibrated"))
+        return cls(list(d.get("recent", [])), d.get("calibrated"), d.get("decided", 0), d.get("skipped", 0))
 
 
 class Decider:
-    """Absolute rule (skip when score > threshold) or quantile rule (skip a target fraction, calibrated
-    on the first ``warmup_batches`` scores; nothing is skipped during warm-up)."""
+    """Absolute rule: skip when score > threshold (the thesis). Quantile rule: skip a target fraction.
+
+    The quantile rule skips a batch when its score is above the (1 - skip_fraction) quantile of the last
+    ``warmup_batches`` scores, within a budget: skips never exceed skip_fraction of the batches decided
+    so far (rounded up). The window rolls because scores climb as the model learns; a threshold fixed
+    on the first batches would end up skipping nearly everything. Nothing is skipped until the window
+    is full.
+    """
 
     def __init__(self, cfg: GatingConfig, state: GateState | None = None):
         check(cfg)
@@ -81,15 +91,18 @@ class Decider:
         return self.state.calibrated if self.state.calibrated is not None else float("nan")
 
     def decide(self, s: float) -> tuple[bool, float]:
-        """(skip?, threshold used) for a score; updates the quantile calibration."""
+        """(skip?, threshold used) for a score; updates the quantile rule's window and budget."""
         if self.cfg.mode == "absolute":
             return bool(s > self.cfg.threshold), self.cfg.threshold
-        if self.state.calibrated is None:
-            self.state.warmup_scores.append(float(s))
-            if len(self.state.warmup_scores) >= self.cfg.warmup_batches:
-                self.state.calibrated = float(np.quantile(self.state.warmup_scores, 1 - self.cfg.skip_fraction))
-            return False, float("nan")
-        return bool(s > self.state.calibrated), self.state.calibrated
+        st, f, w = self.state, self.cfg.skip_fraction, self.cfg.warmup_batches
+        skip, thr = False, float("nan")
+        if len(st.recent) >= w:
+            thr = st.calibrated = float(np.quantile(st.recent, 1 - f))
+            within_budget = st.skipped + 1 <= np.ceil(f * (st.decided + 1))
+            skip = bool(s > thr and within_budget)
+            st.decided, st.skipped = st.decided + 1, st.skipped + int(skip)
+        st.recent = (st.recent + [float(s)])[-w:]
+        return skip, thr
 
 
 def sampler(pipe, steps: int):

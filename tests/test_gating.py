@@ -38,6 +38,21 @@ def test_quantile_mode_calibrates_on_warmup_then_skips_the_target_fraction():
     assert abs(np.mean(later) - 0.25) < 0.03
     restored = gating.Decider(cfg, gating.GateState.from_dict(d.state.to_dict()))
     assert restored.threshold() == d.threshold()
+    assert [restored.decide(s) for s in (0.95, 0.85, 0.99)] == [d.decide(s) for s in (0.95, 0.85, 0.99)]
+
+
+def test_quantile_mode_holds_its_rate_when_scores_climb_during_training():
+    # As the model learns, scores rise (demo: from ~0.6 to ~0.9): a threshold fixed on the first
+    # batches would skip almost every later batch; the rolling window and the budget keep the target.
+    cfg = config.GatingConfig(mode="quantile", skip_fraction=0.3, warmup_batches=10)
+    d = gating.Decider(cfg)
+    rng = np.random.default_rng(1)
+    scores = np.r_[np.linspace(0.55, 0.92, 40), np.full(110, 0.9)] + rng.normal(0, 0.02, 150)
+    skipped = np.array([d.decide(s)[0] for s in scores])
+    assert not skipped[:10].any()
+    assert 0.2 <= skipped[10:].mean() <= 0.3 + 1 / 140
+    # the skips are the high-scoring batches of their window, not a random draw
+    assert np.mean(scores[10:][skipped[10:]]) > np.mean(scores[10:][~skipped[10:]])
 
 
 def test_random_skips_hit_the_rate_exactly_and_depend_on_the_seed():
