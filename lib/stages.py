@@ -43,20 +43,24 @@ def key(cfg: Config, stage: str) -> str:
     return base if cfg.data.source != "phantom" else f"{base}p{GENERATOR_VERSION}"
 
 
-def _keyed(cfg: Config) -> Config:
-    """The config as stage keys see it: only the gating settings that can change a decision.
+def unused_gating(cfg: Config) -> set[str]:
+    """Gating settings (dotted keys) that cannot change a decision of this run, so no key or id holds them.
 
     Gating means nothing to an ungated run (unless a random-skip control copies its rate), so a
     threshold sweep never redoes the ungated points; the absolute threshold means nothing in quantile
-    mode, and the quantile calibration nothing in absolute mode.
+    mode, and the quantile window nothing in absolute mode.
     """
     g = cfg.gating
     if not (g.enabled or cfg.finetune.control == "random-skip"):
-        return dataclasses.replace(cfg, gating=GatingConfig(enabled=False))
+        return {f"gating.{f.name}" for f in dataclasses.fields(GatingConfig)} - {"gating.enabled"}
+    return {"gating.threshold"} if g.mode == "quantile" else {"gating.skip_fraction", "gating.warmup_batches"}
+
+
+def _keyed(cfg: Config) -> Config:
+    """The config as stage keys see it: unused gating settings at their defaults."""
     default = GatingConfig()
-    unused = ({"threshold": default.threshold} if g.mode == "quantile" else
-              {"skip_fraction": default.skip_fraction, "warmup_batches": default.warmup_batches})
-    return dataclasses.replace(cfg, gating=dataclasses.replace(g, **unused))
+    unused = {k.split(".")[1]: getattr(default, k.split(".")[1]) for k in unused_gating(cfg)}
+    return dataclasses.replace(cfg, gating=dataclasses.replace(cfg.gating, **unused))
 
 
 def stage_dir(cfg: Config, stage: str, runs_root: str | Path = "runs") -> Path:

@@ -81,8 +81,8 @@ def gating_traces(logs: dict[str, pd.DataFrame], figures_dir, name: str = "06_ga
         c = style.color(method)
         if method != "random-skip" and "score" in log and log["score"].notna().any():
             ax1.plot(log["step"], log["score"], lw=0.7, color=c, label=label)
-            if "threshold" in log and log["threshold"].notna().any():
-                ax1.axhline(float(log["threshold"].dropna().iloc[0]), color=c, lw=0.6, ls=":")
+            if "threshold" in log and log["threshold"].notna().any():   # quantile mode: it rolls
+                ax1.step(log["step"], log["threshold"], where="post", color=c, lw=0.6, ls=":")
         skipped = log["skipped"].astype(float)
         ax2.plot(log["step"], skipped.cumsum() / np.arange(1, len(log) + 1), lw=0.9, color=c, label=label,
                  ls="--" if method == "random-skip" else "-")
