@@ -236,7 +236,8 @@ THESIS_TABLES = {"random": "4.4", "spectral-pixel": "4.6", "spectral-clip": "4.8
 
 
 def direction_table(s: pd.DataFrame, direction: str, with_fter: bool = False) -> pd.DataFrame:
-    """Thesis layout: rows = tuning size; Accuracy and AUROC, overall and per class, mean ± std over seeds."""
+    """Thesis layout: rows = tuning size; Accuracy and AUROC, overall and per class, mean ± std over seeds,
+    and the bootstrap 95% CI of the overall AUROC's seed mean."""
     cols, out = pd.MultiIndex.from_product([["Accuracy", "AUROC"], ["Overall", "Unhealthy", "No Finding"]]), []
     for _, r in s.iterrows():
         vals = []
@@ -247,6 +248,8 @@ def direction_table(s: pd.DataFrame, direction: str, with_fter: bool = False) ->
         out.append(vals)
     t = pd.DataFrame(out, columns=cols, index=pd.Index([_label(r) for _, r in s.iterrows()],
                                                        name="Fine-tune images per label"))
+    t[("AUROC", "95% CI")] = [f"[{r[f'auroc_{direction}_ci_low']:.3f}, {r[f'auroc_{direction}_ci_high']:.3f}]"
+                              for _, r in s.iterrows()]
     if with_fter:
         t[("FTER", "mean ± std")] = [_pm(r["fter_mean"], r["fter_std"]) for _, r in s.iterrows()]
         t[("FTER", "95% CI")] = [f"[{r['fter_ci_low']:.3f}, {r['fter_ci_high']:.3f}]" for _, r in s.iterrows()]

@@ -80,6 +80,7 @@ def test_thesis_tables_have_the_thesis_layout(records, tmp_path):
     assert list(a.columns.get_level_values(0).unique()) == ["Accuracy", "AUROC"]
     assert list(a.index) == ["12 (no fine-tune)", "12"]              # Table 4.4's "No Fine tune" row first
     assert ("FTER", "mean ± std") in b.columns and "±" in b.loc["12", ("FTER", "mean ± std")]
+    assert a.loc["12", ("AUROC", "95% CI")].startswith("[") and ("AUROC", "95% CI") in b.columns
     written = analysis.save_tables(tables, tmp_path)
     assert len(written) == 8 and r"\toprule" in written[1].read_text()
 
