@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from .progress import tqdm
 
 from . import images, nih
 from .config import ClassifierConfig
 from .nih import DataError
+from .progress import tqdm
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from .progress import tqdm
 
 from . import atomic, images, nih, paths, phantoms
 from .config import Config
 from .nih import DataError
+from .progress import tqdm
 
 log = logging.getLogger(__name__)
 POOLS = ["tuning", "train", "test"]

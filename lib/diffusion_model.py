@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from .progress import tqdm
 
 from . import atomic, paths
+from .progress import tqdm
 
 TINY_VERSION = 4
 TINY_MERGES = 6000          # BPE merges kept for the tiny tokenizer (the full CLIP list has 48,894)

@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from .progress import tqdm
 
 from . import atomic, images, stages
 from .config import Config, ParamError
 from .nih import LABELS, DataError
+from .progress import tqdm
 
 GATING_COLUMNS = ["model", "step", "score", "threshold", "skipped", "generated", "seconds"]
 LOSS_COLUMNS = ["model", "step", "loss", "loss_prior", "lr", "train_seconds"]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from .progress import tqdm
 
 from . import atomic, images, paths
 from .config import EmbeddingConfig
+from .progress import tqdm
 
 log = logging.getLogger(__name__)
 KINDS = ("pixel", "clip", "xrv")

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from .progress import tqdm
 
 from . import atomic, compute, images, nih, provenance, stages
 from .config import Config
 from .nih import DataError
+from .progress import tqdm
 
 log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ["image_id", "path", "file", "label", "prompt", "seed", "index", "model", "model_hash",

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from scipy import ndimage
-from .progress import tqdm
 
 from . import atomic, nih, paths
+from .progress import tqdm
 
 GENERATOR_VERSION = 3
 FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
