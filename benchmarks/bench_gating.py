@@ -10,7 +10,7 @@
 3. The naive oracle against itself with another noise seed: how far any gate's decisions can agree
    at all when scores near the threshold are this noisy.
 
-    .venv/bin/python benchmarks/bench_gating.py [--params params/demo.yaml] [--steps 40] [--runs-root runs]
+    .venv/bin/python benchmarks/bench_gating.py [--params params/demo.yaml] [--steps 40] [--set gating.every_k=1]
 Needs stages 01-02 finished for the parameter file (notebooks 01-02).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from lib import config, diffusion_model, dreambooth, gating
+from lib import config, diffusion_model, dreambooth, gating, runner
 
 
 def oracle_fn(cfg, embed, repeat: dict | None = None):
@@ -69,8 +69,10 @@ def main():
     ap.add_argument("--params", default="params/demo.yaml")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--runs-root", default="runs")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="gate variant, e.g. gating.every_k=1")
     a = ap.parse_args()
-    over = {"finetune.steps": a.steps, "finetune.validation_images": 0, "finetune.checkpoint_every": 10 ** 6}
+    over = {"finetune.steps": a.steps, "finetune.validation_images": 0, "finetune.checkpoint_every": 10 ** 6,
+            **runner.parse_sets(a.set)}
     plain = config.load(a.params, {**over, "gating.enabled": False})
     gated = config.load(a.params, {**over, "gating.enabled": True})
     g = gated.gating
@@ -96,9 +98,10 @@ def main():
           f"skip rate {s_gated['skip_rate']:.0%})")
     print(f"one gate: cheap {cheap_s:.2f} s vs naive full-step {naive_s:.2f} s ({naive_s / max(cheap_s, 1e-9):.0f}x); "
           f"naive gating at every batch would cost ~{(w_plain + a.steps * naive_s) / w_plain:.1f}x the ungated run")
+    split = ", ".join(f"{same[warm:][m].mean():.0%} where the cheap gate {what} ({m.sum()} batches)"
+                      for m, what in ((fresh[warm:], "drew fresh samples"), (~fresh[warm:], "reused them")) if m.any())
     print(f"agreement of the decisions taken with the naive oracle's: {same[warm:].mean():.0%} of the "
-          f"{len(pts) - warm} batches after calibration ({same[warm:][fresh[warm:]].mean():.0%} where the cheap gate "
-          f"drew fresh samples, {same[warm:][~fresh[warm:]].mean():.0%} where it reused them); "
+          f"{len(pts) - warm} batches after calibration ({split}); "
           f"oracle skip rate {oracle_decisions(naive, gated)[warm:].mean():.0%} vs cheap {taken[warm:].mean():.0%}")
     print(f"the naive oracle against itself (another noise seed, same model states): {self_agree:.0%} agreement "
           "after calibration, the ceiling for any cheaper gate with this embedder")
