@@ -44,7 +44,7 @@ def key(cfg: Config, stage: str) -> str:
 
 
 def unused_gating(cfg: Config) -> set[str]:
-    """Gating settings (dotted keys) that cannot change a decision of this run, so no key or id holds them.
+    """Gating fields that cannot change a decision of this run, so no stage key holds them.
 
     Gating means nothing to an ungated run (unless a random-skip control copies its rate), so a
     threshold sweep never redoes the ungated points; the absolute threshold means nothing in quantile
@@ -52,14 +52,14 @@ def unused_gating(cfg: Config) -> set[str]:
     """
     g = cfg.gating
     if not (g.enabled or cfg.finetune.control == "random-skip"):
-        return {f"gating.{f.name}" for f in dataclasses.fields(GatingConfig)} - {"gating.enabled"}
-    return {"gating.threshold"} if g.mode == "quantile" else {"gating.skip_fraction", "gating.warmup_batches"}
+        return {f.name for f in dataclasses.fields(GatingConfig)} - {"enabled"}
+    return {"threshold"} if g.mode == "quantile" else {"skip_fraction", "warmup_batches"}
 
 
 def _keyed(cfg: Config) -> Config:
     """The config as stage keys see it: unused gating settings at their defaults."""
     default = GatingConfig()
-    unused = {k.split(".")[1]: getattr(default, k.split(".")[1]) for k in unused_gating(cfg)}
+    unused = {name: getattr(default, name) for name in unused_gating(cfg)}
     return dataclasses.replace(cfg, gating=dataclasses.replace(cfg.gating, **unused))
 
 
