@@ -1,11 +1,13 @@
-"""FTER analysis: every results record under a runs root in one table, thesis-layout tables, checks.
+"""FTER analysis: every results record under a runs root in one table, seed statistics, tables, checks.
 
-Records are stage 05's ``results.csv`` (one row) beside ``predictions_a.csv`` / ``predictions_b.csv``
-(image_id, label, score). Direction a trains on synthetic and tests on real, b trains on real and
-tests on synthetic; FTER = AUROC(a) / AUROC(b). Column names are normalised to ``auroc_a``,
-``acc_b_Unhealthy``, ... whichever spelling the record uses (``a_auroc``, ``b_accuracy[Unhealthy]``).
-Every number can be recomputed from the raw predictions (``check``), with scikit-learn, independently
-of the code that wrote the record.
+Records are stage 05's ``results.csv`` (one row) beside one predictions file per cell of the
+trainability matrix (``predictions_{a,b,trtr,tsts}.csv``: image_id, label, score, p[<class>]) and the
+detector's ``predictions_det.csv``. Cell a trains on synthetic and tests on real (TSTR), b trains on
+real and tests on synthetic (TRTS), trtr and tsts stay on one side. FTER = AUROC(a) / AUROC(b); the
+chance-corrected FTER and TR = (AUROC(a) - .5) / (AUROC(trtr) - .5) know where chance is. Column names
+are normalised to ``auroc_a``, ``acc_b_Unhealthy``, ``auroc_det_Unhealthy`` ... whichever spelling the
+record uses (``a_auroc``, ``b_accuracy[Unhealthy]``). Every number can be recomputed from the raw
+predictions (``check``), with scikit-learn, independently of the code that wrote the record.
 """
 from __future__ import annotations
 
@@ -22,10 +24,15 @@ from scipy.stats import rankdata
 from . import config, paths, stages
 
 LABELS = ["No Finding", "Unhealthy"]      # label 1 = Unhealthy; a score is P(Unhealthy)
-DIRECTIONS = {"a": "train synthetic, test real", "b": "train real, test synthetic"}
+DIRECTIONS = {"a": "train synthetic, test real", "b": "train real, test synthetic", "trtr": "train real, test real",
+              "tsts": "train synthetic, test synthetic"}
+CELLS = list(DIRECTIONS)
+RATIOS = {"fter": ("a", "b", 0.0), "cc_fter": ("a", "b", 0.5), "tr": ("a", "trtr", 0.5)}  # num, den, chance
+OUTPUTS = [f"p[{c}]" for c in LABELS]
 GROUP = ["method", "tuning_size", "setting"]
 METHOD_ORDER = ["no-fine-tune", "random", "spectral-pixel", "spectral-clip", "textbook", "active-gating",
-                "random-skip"]
+                "random-skip", "real-holdout", "vae-roundtrip", "exaggerated", "findings-erased", "collapsed",
+                "label-shuffled", "folder"]
 
 
 class AnalysisMismatch(AssertionError):
@@ -48,13 +55,18 @@ def find_results(root: str | Path, runs: list | None = None) -> list[Path]:
 
 
 def _canonical(col: str) -> str:
-    """'a_auroc' -> 'auroc_a'; 'b_accuracy[Unhealthy]' -> 'acc_b_Unhealthy'; others unchanged."""
-    m = re.fullmatch(r"([ab])_(auroc|accuracy|collapsed)(_ci_low|_ci_high)?(?:\[(.+)\])?", col)
-    if not m:
-        return col
-    d, metric, ci, cls = m.groups()
-    metric = {"accuracy": "acc"}.get(metric, metric)
-    return f"{metric}_{d}{ci or ''}" + (f"_{cls}" if cls else "")
+    """'a_auroc' -> 'auroc_a'; 'b_accuracy[Unhealthy]' -> 'acc_b_Unhealthy';
+    'det_auroc[Unhealthy]_ci_low' -> 'auroc_det_Unhealthy_ci_low'; others unchanged."""
+    m = re.fullmatch(r"(a|b|trtr|tsts)_(auroc|accuracy|collapsed)(_ci_low|_ci_high)?(?:\[(.+)\])?", col)
+    if m:
+        d, metric, ci, cls = m.groups()
+        metric = {"accuracy": "acc"}.get(metric, metric)
+        return f"{metric}_{d}{ci or ''}" + (f"_{cls}" if cls else "")
+    m = re.fullmatch(r"det_auroc(?:\[(.+)\])?(_ci_low|_ci_high)?", col)
+    if m:
+        cls, ci = m.groups()
+        return "auroc_det" + (f"_{cls}" if cls else "") + (ci or "")
+    return col
 
 
 def params_of(row: pd.Series) -> dict:
@@ -88,7 +100,7 @@ def collect(root: str | Path = "runs", runs: list | None = None) -> pd.DataFrame
     """One row per results record, columns normalised, plus results_dir, params and the grouping keys."""
     frames = []
     for d in find_results(root, runs):
-        frames.append(pd.read_csv(d / "results.csv").assign(results_dir=str(d)))
+        frames.append(pd.read_csv(d / "results.csv").copy().assign(results_dir=str(d)))
     if not frames:
         return pd.DataFrame(columns=["method", "tuning_size", "seed", "setting", "threshold", "gating", "control",
                                      "results_dir", "params", "auroc_a", "auroc_b", "fter"])
@@ -109,7 +121,7 @@ def collect(root: str | Path = "runs", runs: list | None = None) -> pd.DataFrame
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    pat = re.compile(r"(auroc|acc)_[ab](_(No Finding|Unhealthy))?$|fter$")
+    pat = re.compile(r"(auroc|acc)_(a|b|trtr|tsts|det)(_(No Finding|Unhealthy))?$|(fter|cc_fter|tr)$")
     return [c for c in df.columns if pat.match(c)]
 
 
@@ -118,42 +130,61 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in df.iterrows():
         for c in metric_columns(df):
-            m = re.match(r"(auroc|acc)_([ab])(?:_(.+))?$", c)
-            metric, d, cls = (m.groups() if m else ("fter", "a/b", None))
+            m = re.match(r"(auroc|acc)_(a|b|trtr|tsts|det)(?:_(.+))?$", c)
+            metric, d, cls = (m.groups() if m else (c, {"tr": "a/trtr"}.get(c, "a/b"), None))
             rows.append({**{k: r[k] for k in ["method", "tuning_size", "setting", "seed"]},
                          "direction": d, "metric": metric, "class": cls or "overall", "value": r[c]})
     return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------- recompute
-def read_predictions(results_dir, direction: str) -> tuple[np.ndarray, np.ndarray]:
-    """(0/1 labels with 1 = Unhealthy, scores) of one direction's raw predictions."""
+def read_predictions(results_dir, direction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(0/1 labels with 1 = Unhealthy, binary scores, N x 2 per-class outputs) of one cell's predictions."""
     pred = pd.read_csv(Path(results_dir) / f"predictions_{direction}.csv")
     unknown = set(pred["label"]) - set(LABELS)
     if unknown:
         raise ValueError(f"{results_dir}/predictions_{direction}.csv has labels {sorted(unknown)}; "
                          f"expected {LABELS}.")
-    return (pred["label"] == LABELS[1]).to_numpy().astype(int), pred["score"].to_numpy(dtype=float)
+    s = pred["score"].to_numpy(dtype=float)
+    outputs = pred[OUTPUTS].to_numpy(float) if all(c in pred for c in OUTPUTS) else np.stack([1 - s, s], 1)
+    return (pred["label"] == LABELS[1]).to_numpy().astype(int), s, outputs
+
+
+def cells_of(results_dir) -> list[str]:
+    return [d for d in CELLS if (Path(results_dir) / f"predictions_{d}.csv").exists()]
+
+
+def _recompute_one(r: pd.Series) -> dict:
+    """One record's metrics with scikit-learn: per-class AUROC from each class's own output."""
+    from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
+
+    out = {}
+    for d in cells_of(r["results_dir"]):
+        y, s, o = read_predictions(r["results_dir"], d)
+        pred = (s >= r["decision_threshold"]).astype(int)
+        out[f"auroc_{d}"] = roc_auc_score(y, s)
+        out[f"acc_{d}"] = accuracy_score(y, pred)
+        for c, name in enumerate(LABELS):
+            out[f"auroc_{d}_{name}"] = roc_auc_score(y == c, o[:, c])
+            out[f"acc_{d}_{name}"] = recall_score(y, pred, pos_label=c, zero_division=0)
+    det = Path(r["results_dir"]) / "predictions_det.csv"
+    if det.exists():
+        p = pd.read_csv(det)
+        out["auroc_det"] = roc_auc_score(p["source"] == "synthetic", p["score"])
+        for name in LABELS:
+            q = p[p["label"] == name]
+            out[f"auroc_det_{name}"] = roc_auc_score(q["source"] == "synthetic", q["score"])
+    for name, (num, den, chance) in RATIOS.items():
+        if f"auroc_{num}" in out and f"auroc_{den}" in out:
+            value = (out[f"auroc_{num}"] - chance) / (out[f"auroc_{den}"] - chance)
+            defined = r.get(f"{name}_defined", True)
+            out[name] = value if (defined is True or str(defined) == "True") else np.nan
+    return out
 
 
 def recompute(df: pd.DataFrame) -> pd.DataFrame:
     """Every metric of each record again, with scikit-learn, from its saved predictions only."""
-    from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
-
-    rows = []
-    for _, r in df.iterrows():
-        out = {}
-        for d in "ab":
-            y, s = read_predictions(r["results_dir"], d)
-            pred = (s >= r["decision_threshold"]).astype(int)
-            out[f"auroc_{d}"] = roc_auc_score(y, s)
-            out[f"acc_{d}"] = accuracy_score(y, pred)
-            for c, name in enumerate(LABELS):
-                out[f"auroc_{d}_{name}"] = roc_auc_score(y == c, s if c == 1 else 1 - s)
-                out[f"acc_{d}_{name}"] = recall_score(y, pred, pos_label=c, zero_division=0)
-        out["fter"] = out["auroc_a"] / out["auroc_b"]
-        rows.append(out)
-    return pd.DataFrame(rows, index=df.index)
+    return pd.DataFrame([_recompute_one(r) for _, r in df.iterrows()], index=df.index)
 
 
 def check(df: pd.DataFrame, atol: float = 1e-9) -> pd.DataFrame:
@@ -166,8 +197,9 @@ def check(df: pd.DataFrame, atol: float = 1e-9) -> pd.DataFrame:
         if c not in df.columns:
             continue
         diff = (df[c].astype(float) - again[c]).abs()
+        diff[df[c].isna() & again[c].isna()] = 0.0        # undefined both ways is agreement
         report.append({"metric": c, "checked": int(diff.notna().sum()), "max_abs_diff": float(diff.max())})
-        bad = diff > atol
+        bad = diff.isna() | (diff > atol)
         if bad.any():
             i = bad.idxmax()
             raise AnalysisMismatch(f"{c} of {df.at[i, 'results_dir']} is {df.at[i, c]} in results.csv but "
@@ -183,29 +215,79 @@ def _auroc(y: np.ndarray, s: np.ndarray) -> float:
     return (rankdata(s)[y == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1)
 
 
+SIDE = {"a": "real", "trtr": "real", "b": "synthetic", "tsts": "synthetic"}   # which test set a cell uses
+
+
+def _load(results_dir) -> tuple[dict, tuple | None]:
+    """Per cell (labels, scores); the detector's (is_synthetic, score) when the record has one."""
+    cells = {d: read_predictions(results_dir, d)[:2] for d in cells_of(results_dir)}
+    det = Path(results_dir) / "predictions_det.csv"
+    if det.exists():
+        p = pd.read_csv(det)
+        return cells, ((p["source"] == "synthetic").to_numpy().astype(int), p["score"].to_numpy(float))
+    return cells, None
+
+
+def _seed_aurocs(cells: dict, det, rng=None) -> dict:
+    """AUROC of every cell (and the detector) of one seed; with ``rng``, on resampled test rows, the
+    cells that share a test set sharing the same rows."""
+    out, idx = {}, {}
+    for d, (y, s) in cells.items():
+        ix = idx.setdefault(SIDE[d], rng.integers(0, len(y), len(y)) if rng is not None else slice(None))
+        out[d] = _auroc(y[ix], s[ix])
+    if det is not None:
+        ix = rng.integers(0, len(det[0]), len(det[0])) if rng is not None else slice(None)
+        out["det"] = _auroc(det[0][ix], det[1][ix])
+    return out
+
+
+def _pooled(means: dict) -> dict:
+    """The ratios of seed-mean AUROCs."""
+    out = {}
+    for name, (num, den, chance) in RATIOS.items():
+        if num in means and den in means:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[name] = float(np.float64(means[num] - chance) / np.float64(means[den] - chance))
+    return out
+
+
 def bootstrap_ci(results_dirs: list, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile CI of the seed-mean AUROC(a), AUROC(b) and FTER: each replicate resamples every run's
-    two test sets, so the interval covers test-set sampling of all seeds together."""
+    """Two-level percentile CIs of the seed-mean AUROCs and of the ratios of those means: a replicate
+    draws seeds with replacement, then test rows within each drawn seed, so the interval holds the
+    spread between seeds (generator and classifier training) as well as test-set sampling. A ratio
+    whose denominator's interval reaches chance is undefined (NaN, ``<ratio>_defined`` False)."""
     rng = np.random.default_rng(seed)
-    data = [[read_predictions(d, k) for k in "ab"] for d in results_dirs]
-    reps = np.full((n_boot, 3), np.nan)
-    for b in range(n_boot):
-        vals = []
-        for (ya, sa), (yb, sb) in data:
-            ia, ib = rng.integers(0, len(ya), len(ya)), rng.integers(0, len(yb), len(yb))
-            a, bb = _auroc(ya[ia], sa[ia]), _auroc(yb[ib], sb[ib])
-            vals.append((a, bb, a / bb))
-        reps[b] = np.nanmean(np.array(vals, dtype=float), axis=0)
+    data = [_load(d) for d in results_dirs]
+    point = pd.DataFrame([_seed_aurocs(c, det) for c, det in data]).mean().to_dict()
+    point.update(_pooled(point))
+    reps = []
+    for _ in range(n_boot):
+        picks = rng.integers(0, len(data), len(data))
+        means = pd.DataFrame([_seed_aurocs(*data[i], rng=rng) for i in picks]).mean().to_dict()
+        reps.append({**means, **_pooled(means)})
+    reps = pd.DataFrame(reps)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     out = {}
-    for j, name in enumerate(["auroc_a", "auroc_b", "fter"]):
-        v = reps[:, j][np.isfinite(reps[:, j])]
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (np.percentile(v, [lo, hi]) if len(v) else (np.nan, np.nan))
+    for name in reps.columns:
+        v = reps[name].to_numpy(float)
+        v = v[np.isfinite(v)]
+        key = f"auroc_{name}" if name in CELLS or name == "det" else name
+        out[f"{key}_pooled"] = point.get(name, np.nan)
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = np.percentile(v, [lo, hi]) if len(v) else (np.nan, np.nan)
+    for name, (_, den, chance) in RATIOS.items():
+        if f"auroc_{den}_ci_low" in out:
+            ok = bool(out[f"auroc_{den}_ci_low"] > chance)
+            out[f"{name}_defined"] = ok
+            if not ok:
+                out[f"{name}_pooled"] = out[f"{name}_ci_low"] = out[f"{name}_ci_high"] = np.nan
     return out
 
 
 def summary(df: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
-    """Per method, tuning size and gating setting: seeds, mean and std of every metric, bootstrap CIs."""
+    """Per method, tuning size and gating setting: seeds, mean and std of every metric over seeds, the
+    t-interval over seeds, and two-level bootstrap CIs (seeds, then test images)."""
+    from . import stats
+
     cols = metric_columns(df)
     if df.empty:
         return pd.DataFrame(columns=GROUP + ["n_seeds"] + [f"{c}_{s}" for c in cols for s in ("mean", "std")])
@@ -213,8 +295,8 @@ def summary(df: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     for key, g in df.groupby(GROUP, sort=False):
         row = dict(zip(GROUP, key), n_seeds=len(g), seeds=",".join(map(str, sorted(g["seed"]))))
         for c in cols:
-            row[f"{c}_mean"] = g[c].mean()
-            row[f"{c}_std"] = g[c].std(ddof=1) if len(g) > 1 else np.nan
+            t = stats.seed_summary(g[c].astype(float).to_numpy())
+            row.update({f"{c}_mean": t["mean"], f"{c}_std": t["sd"], f"{c}_t_low": t["t_low"], f"{c}_t_high": t["t_high"]})
         row.update(bootstrap_ci(list(g["results_dir"]), n_boot, seed))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -276,18 +358,59 @@ def thesis_tables(s: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+MATRIX_COLUMNS = {"auroc_trtr": "TRTR", "auroc_a": "TSTR (a)", "auroc_b": "TRTS (b)", "auroc_tsts": "TSTS",
+                  "fter": "FTER", "cc_fter": "FTER (chance-corr.)", "tr": "TR", "auroc_det": "detection"}
+
+
+def _with_ci(r, key: str) -> str:
+    v, lo, hi = r.get(f"{key}_pooled"), r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high")
+    if r.get(f"{key}_defined") is False or (key in RATIOS and pd.isna(v)):
+        return "undefined"
+    if v is None or pd.isna(v):
+        return "–"
+    return f"{v:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
 def fter_table(s: pd.DataFrame) -> pd.DataFrame:
-    """The short table `make demo` prints: AUROC both ways and FTER with its CI, per method and size."""
+    """The table `make demo` prints: every cell of the trainability matrix, FTER, the chance-corrected
+    FTER, TR and detection AUROC, each the seed mean with its two-level 95% CI ("undefined" when a
+    ratio's denominator is indistinguishable from chance)."""
+    head = ["method", "tuning size", "setting", "seeds"]
     if s.empty:
-        return pd.DataFrame(columns=["method", "tuning size", "setting", "seeds", "AUROC a (syn→real)",
-                                     "AUROC b (real→syn)", "FTER", "FTER 95% CI"])
-    return pd.DataFrame({
-        "method": s["method"], "tuning size": s["tuning_size"], "setting": s["setting"], "seeds": s["n_seeds"],
-        "AUROC a (syn→real)": [_pm(m, d) for m, d in zip(s["auroc_a_mean"], s["auroc_a_std"])],
-        "AUROC b (real→syn)": [_pm(m, d) for m, d in zip(s["auroc_b_mean"], s["auroc_b_std"])],
-        "FTER": [_pm(m, d) for m, d in zip(s["fter_mean"], s["fter_std"])],
-        "FTER 95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(s["fter_ci_low"], s["fter_ci_high"])],
-    }).reset_index(drop=True)
+        return pd.DataFrame(columns=head + list(MATRIX_COLUMNS.values()))
+    out = pd.DataFrame({"method": s["method"], "tuning size": s["tuning_size"], "setting": s["setting"],
+                        "seeds": s["n_seeds"]})
+    for key, name in MATRIX_COLUMNS.items():
+        out[name] = [_with_ci(r, key) for _, r in s.iterrows()]
+    return out.reset_index(drop=True)
+
+
+def explain_ratios(s: pd.DataFrame) -> str:
+    """Why the plain FTER can mislead, in sentences built from this study's own numbers."""
+    rows = [r for _, r in s.iterrows() if pd.notna(r.get("fter_pooled"))]
+    if not rows:
+        return "No results yet."
+    out = []
+    near_one = min(rows, key=lambda r: abs(r["fter_pooled"] - 1))
+    out.append(f"The plain FTER closest to the thesis's ideal of 1 is {near_one['method']}'s "
+               f"({near_one['fter_pooled']:.3f}), with AUROC(a) = {near_one['auroc_a_pooled']:.3f} and AUROC(b) = "
+               f"{near_one['auroc_b_pooled']:.3f}: FTER is 1 whenever both directions are equally good, and also "
+               "when both are at chance (0.5 / 0.5).")
+    worse_b = sorted(rows, key=lambda r: r["auroc_b_pooled"])
+    if len(worse_b) > 1 and worse_b[0]["fter_pooled"] > worse_b[-1]["fter_pooled"]:
+        lo, hi = worse_b[0], worse_b[-1]
+        out.append(f"FTER rises when the generator gets worse in direction (b): {lo['method']} has the lowest "
+                   f"AUROC(b) ({lo['auroc_b_pooled']:.3f}) and an FTER of {lo['fter_pooled']:.3f}, above "
+                   f"{hi['method']}'s {hi['fter_pooled']:.3f} with AUROC(b) {hi['auroc_b_pooled']:.3f}.")
+    trs = [r for r in rows if r.get("tr_defined") is True or str(r.get("tr_defined")) == "True"]
+    if trs:
+        best = max(trs, key=lambda r: r["tr_pooled"])
+        out.append(f"TR compares AUROC(a) with the real-data ceiling (TRTR {best['auroc_trtr_pooled']:.3f}), above "
+                   f"chance: {best['method']} carries {100 * best['tr_pooled']:.0f}% "
+                   f"[{100 * best['tr_ci_low']:.0f}%, {100 * best['tr_ci_high']:.0f}%] of real data's signal. "
+                   "The chance-corrected FTER and TR are undefined when their denominator is indistinguishable "
+                   "from chance, instead of growing without bound.")
+    return "\n".join(out)
 
 
 def save_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, prefix: str = "06_table") -> list[Path]:
@@ -380,9 +503,21 @@ def main(argv: list[str] | None = None) -> int:
     if df.empty:
         print(f"no results records found under {paths.resolve(args.root)}", file=sys.stderr)
         return 1
-    print(f"\nFTER table ({len(df)} runs; a = train synthetic, test real; b = train real, test synthetic)")
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(fter_table(summary(df)).to_string(index=False))
+    from . import calibration, comparisons
+
+    s = summary(df)
+    print(f"\nThe trainability matrix ({len(df)} runs; seed means with two-level 95% CIs over seeds and test "
+          "images; a = train synthetic, test real; b = train real, test synthetic)")
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 200):
+        print(fter_table(s).to_string(index=False))
+        print("\n" + explain_ratios(s))
+        print("\nPaired comparisons (shared seeds and test sets; Holm across the table):")
+        print(comparisons.table(comparisons.compare(df)).to_string(index=False))
+        checks = calibration.checks(s)
+        if not checks.empty:
+            print("\nCalibration on reference generators (must hold by construction):")
+            print(checks.drop(columns="why").to_string(index=False))
+            print(calibration.orderings(s).to_string(index=False))
     checked = check(df)
     print(f"\nall {int(checked['checked'].sum())} reported metric values match their recomputation "
           "from the saved predictions")

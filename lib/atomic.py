@@ -23,6 +23,19 @@ def exclusive(lock_path: str | Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def umask() -> int:
+    """The process umask, read without changing it (Linux); elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class ResultExistsError(FileExistsError):
     """Raised instead of silently overwriting a finished result."""
 
@@ -37,6 +50,7 @@ def atomic_path(path: str | Path, overwrite: bool = True):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~umask())   # mkstemp makes 0600; artefacts follow the user's umask
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -1,4 +1,8 @@
-"""CheXNet for the binary task: a DenseNet-121 with one logit, trained the CheXNet way.
+"""CheXNet: a DenseNet-121 with one sigmoid output per class, trained the CheXNet way.
+
+CheXNet has one sigmoid per label, trained with binary cross-entropy; here there is one per class
+(lib.nih.LABELS), so each class has a score of its own and a one-vs-rest AUROC of its own. The
+binary score behind decisions and the overall AUROC is p(Unhealthy) / (p(No Finding) + p(Unhealthy)).
 
 Adam at lr 1e-3, decayed x0.1 when the validation loss plateaus, early stopping on that loss, light
 augmentation. The validation split is carved from the training source, never from a test set.
@@ -31,9 +35,9 @@ MINI = dict(growth_rate=12, block_config=(2, 2, 2, 2), num_init_features=16, bn_
 
 # ------------------------------------------------------------------------------------------- model
 class CheXNet(nn.Module):
-    """Grayscale in [0, 1] -> 3 ImageNet-normalised channels -> DenseNet features -> one logit."""
+    """Grayscale in [0, 1] -> 3 ImageNet-normalised channels -> DenseNet features -> one logit per class."""
 
-    def __init__(self, arch: str = "densenet121", weights: str = "none"):
+    def __init__(self, arch: str = "densenet121", weights: str = "none", n_classes: int = 2):
         super().__init__()
         import torchvision
 
@@ -50,18 +54,18 @@ class CheXNet(nn.Module):
             net = torchvision.models.DenseNet(**MINI)
         else:
             raise ValueError(f"unknown classifier.arch {arch!r}; use densenet121 or densenet-mini.")
-        net.classifier = nn.Linear(net.classifier.in_features, 1)
+        net.classifier = nn.Linear(net.classifier.in_features, n_classes)
         self.net = net
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
-        return self.net(x).squeeze(1)
+        return self.net(x)
 
 
-def build(cfg: ClassifierConfig) -> CheXNet:
-    return CheXNet(cfg.arch, cfg.weights)
+def build(cfg: ClassifierConfig, n_classes: int = 2) -> CheXNet:
+    return CheXNet(cfg.arch, cfg.weights, n_classes)
 
 
 def device() -> torch.device:
@@ -92,27 +96,30 @@ def load_images(paths_: list[str], size: int, workers: int = 4, progress: bool =
     return torch.from_numpy(out)
 
 
-def labels_of(manifest: pd.DataFrame) -> np.ndarray:
-    unknown = sorted(set(manifest["label"]) - set(nih.LABELS))
+def labels_of(manifest: pd.DataFrame, classes: list[str] | None = None) -> np.ndarray:
+    """Class indices (0 .. k-1) of a manifest's "label" column, in the order of ``classes``."""
+    classes = list(classes or nih.LABELS)
+    unknown = sorted(set(manifest["label"]) - set(classes))
     if unknown:
-        raise DataError(f"labels {unknown} are not in {nih.LABELS}.")
-    return (manifest["label"] == nih.LABELS[1]).to_numpy().astype(np.float32)
+        raise DataError(f"labels {unknown} are not in {classes}.")
+    return manifest["label"].map({c: i for i, c in enumerate(classes)}).to_numpy().astype(np.int64)
 
 
 @dataclass
 class TensorSet:
-    """Images (uint8, N x 1 x H x W) and 0/1 labels, kept on the training device."""
+    """Images (uint8, N x 1 x H x W) and class indices, kept on the training device."""
 
     x: torch.Tensor
     y: torch.Tensor
 
     @classmethod
-    def from_manifest(cls, manifest: pd.DataFrame, size: int, dev=None) -> "TensorSet":
+    def from_manifest(cls, manifest: pd.DataFrame, size: int, dev=None, classes: list[str] | None = None
+                      ) -> "TensorSet":
         if len(manifest) == 0:
             raise DataError("cannot build a data set from an empty manifest.")
         dev = dev or device()
         x = load_images(manifest["path"].tolist(), size)
-        return cls(x.to(dev), torch.from_numpy(labels_of(manifest)).to(dev))
+        return cls(x.to(dev), torch.from_numpy(labels_of(manifest, classes)).to(dev))
 
     def __len__(self) -> int:
         return len(self.y)
@@ -147,7 +154,7 @@ def split_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     """Stratified (train, validation) index split of a training source."""
     rng = np.random.default_rng(seed)
     tr, va = [], []
-    for cls in (0, 1):
+    for cls in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == cls))
         k = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
         va.append(idx[:k]); tr.append(idx[k:])
@@ -173,9 +180,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
 
+def _targets(y: torch.Tensor, k: int) -> torch.Tensor:
+    """One-hot float targets: one BCE target per output, as CheXNet trains one sigmoid per label."""
+    return nn.functional.one_hot(y.long(), k).float()
+
+
 @torch.no_grad()
-def predict(model: nn.Module, data: TensorSet | torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Sigmoid scores (probability of 'Unhealthy') for every image, in order."""
+def predict_outputs(model: nn.Module, data: TensorSet | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """N x k sigmoid outputs, one column per class, for every image in order."""
     x = data.x if isinstance(data, TensorSet) else data
     dev = next(model.parameters()).device
     model.eval()
@@ -183,7 +195,15 @@ def predict(model: nn.Module, data: TensorSet | torch.Tensor, batch_size: int = 
     with _autocast(dev):
         for i in range(0, len(x), batch_size):
             out.append(torch.sigmoid(model(to_float(x[i:i + batch_size].to(dev))).float()).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+    k = model.net.classifier.out_features
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, k))
+
+
+def predict(model: nn.Module, data: TensorSet | torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """The binary score (normalised probability of class 1, 'Unhealthy') of every image, in order."""
+    from .metrics import score_of
+
+    return score_of(predict_outputs(model, data, batch_size))
 
 
 @torch.no_grad()
@@ -194,13 +214,13 @@ def _val_loss(model, val: TensorSet, batch_size: int) -> float:
     with _autocast(dev):
         for i in range(0, len(val), batch_size):
             logits = model(to_float(val.x[i:i + batch_size])).float()
-            total += nn.functional.binary_cross_entropy_with_logits(logits, val.y[i:i + batch_size],
-                                                                    reduction="sum").item()
+            target = _targets(val.y[i:i + batch_size], logits.shape[1])
+            total += nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum").item()
     return total / max(len(val), 1)
 
 
 def train(data: TensorSet, cfg: ClassifierConfig, seed: int, progress: bool = True,
-          desc: str = "classifier") -> TrainResult:
+          desc: str = "classifier", n_classes: int = 2) -> TrainResult:
     """Train on ``data`` with a validation split carved from it; return the best-validation model."""
     import time
 
@@ -212,7 +232,7 @@ def train(data: TensorSet, cfg: ClassifierConfig, seed: int, progress: bool = Tr
     train_set, val_set = data.subset(tr_idx), data.subset(va_idx)
     seed_everything(seed)
     dev = data.x.device
-    model = build(cfg).to(dev)
+    model = build(cfg, n_classes).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_decay,
                                                        patience=cfg.lr_patience)
@@ -232,7 +252,7 @@ def train(data: TensorSet, cfg: ClassifierConfig, seed: int, progress: bool = Tr
                 x = augment(x, gen)
             with _autocast(dev):
                 logits = model(x).float()
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, train_set.y[idx])
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, _targets(train_set.y[idx], n_classes))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

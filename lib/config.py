@@ -37,6 +37,7 @@ class DataConfig:
     phantom_textbook: bool = False          # typical, single-finding, clean phantoms (Experiment 5)
     phantom_seed: int = 0                   # the phantom data set's own seed (pools use the run seed)
     check_images: bool = True               # open every image once to exclude corrupt ones
+    max_missing_fraction: float = 0.01      # more images named in the CSV but absent on disk stop curation
 
 
 @dataclass
@@ -138,6 +139,14 @@ class GenerationConfig:
     batch_size: int = 64
     negative_prompt: Optional[str] = None
     cpu_threads: Optional[int] = None       # torch CPU threads while generating; None = torch's default
+    # What writes the synthetic set: the diffusion model, or a reference that calibrates the metrics
+    # (lib/references.py): real held-out images, shuffled labels, a collapsed set, phantoms redrawn
+    # without or with stronger findings, the base model's VAE round trip, or any folder of images.
+    kind: Literal["diffusion", "real-holdout", "label-shuffled", "collapsed", "findings-erased", "exaggerated",
+                  "vae-roundtrip", "folder"] = "diffusion"
+    unique_images: int = 5                  # collapsed: unique images per class, repeated to fill n_per_label
+    exaggerate: float = 2.0                 # exaggerated: finding strength factor (> 1)
+    folder: Optional[str] = None            # folder kind: one sub-folder of images per class
 
 
 @dataclass
@@ -257,6 +266,8 @@ def _validate_ranges(cfg: Config) -> None:
                          "it is a cosine similarity.")
     if not 0.0 <= cfg.gating.skip_fraction < 1.0:
         raise ParamError(f"gating.skip_fraction = {cfg.gating.skip_fraction} must be in [0, 1).")
+    if not 0.0 <= cfg.data.max_missing_fraction <= 1.0:
+        raise ParamError(f"data.max_missing_fraction = {cfg.data.max_missing_fraction} must be in [0, 1].")
     if not 32 <= cfg.data.image_size <= 512:
         raise ParamError(f"data.image_size = {cfg.data.image_size} must be between 32 and 512.")
     for name in ("tuning", "train", "test"):
@@ -287,6 +298,30 @@ def _validate_ranges(cfg: Config) -> None:
             raise ParamError(f"{key} = {v} must be at least 1 (or null for torch's default).")
     if c.input_size < 32:
         raise ParamError(f"classifier.input_size = {c.input_size} must be at least 32 (DenseNet downsamples 32x).")
+    _validate_reference(cfg)
+
+
+def _validate_reference(cfg: Config) -> None:
+    """The reference generator kinds of stage 04 (lib/references.py)."""
+    g = cfg.generation
+    if g.unique_images < 1:
+        raise ParamError(f"generation.unique_images = {g.unique_images} must be at least 1.")
+    if g.kind == "collapsed" and g.unique_images > g.n_per_label:
+        raise ParamError(f"generation.unique_images = {g.unique_images} is more than generation.n_per_label = "
+                         f"{g.n_per_label}; a collapsed set repeats unique_images images per class to fill "
+                         "n_per_label, so unique_images must be at most n_per_label.")
+    if not g.exaggerate > 1.0:
+        raise ParamError(f"generation.exaggerate = {g.exaggerate} must be greater than 1 (it multiplies the "
+                         "strength of every finding; 1 would redraw the originals).")
+    if g.kind in ("findings-erased", "exaggerated") and cfg.data.source != "phantom":
+        raise ParamError(f"generation.kind = {g.kind!r} redraws phantoms and needs data.source = 'phantom' "
+                         f"(got {cfg.data.source!r}); real X-rays cannot be redrawn.")
+    if g.kind == "folder" and not g.folder:
+        raise ParamError("generation.kind = 'folder' needs generation.folder: a folder with one sub-folder of "
+                         "images per class (e.g. 'No Finding/' and 'Unhealthy/').")
+    if g.folder and g.kind != "folder":
+        raise ParamError(f"generation.folder = {g.folder!r} is only read by generation.kind = 'folder' "
+                         f"(kind is {g.kind!r}); set the kind or remove the folder.")
 
 
 def _validate_finetune(cfg: Config) -> None:
@@ -361,9 +396,11 @@ def apply_overrides(raw: dict, overrides: dict | None) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = paths.resolve(path)
+    given, path = Path(path), paths.resolve(path)
     if not path.exists():
-        raise ParamError(f"parameter file {path} not found; the sets shipped are in params/ "
+        where = "" if given.expanduser().is_absolute() else \
+            f" (a relative path is resolved from the project root {paths.ROOT}, not the current directory)"
+        raise ParamError(f"parameter file {path} not found{where}; the sets shipped are in params/ "
                          f"({', '.join(p.name for p in sorted(paths.PARAMS.glob('*.yaml')))}).")
     try:
         raw = yaml.safe_load(path.read_text()) or {}

@@ -57,6 +57,47 @@ def data_root(cfg: Config, progress: bool = True) -> tuple[Path, Path | None]:
     return paths.resolve(d.nih_root), (paths.resolve(d.csv) if d.csv else None)
 
 
+def data_fingerprint(cfg: Config) -> str | None:
+    """For data.source nih, a fingerprint of the images and metadata curation reads (stage keys hold it);
+    None for phantoms, which their parameters and generator version fix."""
+    d = cfg.data
+    if d.source != "nih":
+        return None
+    if not d.nih_root:
+        return "no-root"            # curation itself reports the missing setting
+    root = paths.resolve(d.nih_root)
+    return nih.fingerprint(root, metadata_file(root, paths.resolve(d.csv) if d.csv else None))
+
+
+def metadata_file(root: Path, csv: Path | None) -> Path | None:
+    """The CSV curation reads: data.csv, else a Data_Entry_2017*.csv next to the images, else torchxrayvision's."""
+    if csv is None and root.is_dir() and any(root.glob("Data_Entry_2017*.csv*")):
+        csv = root
+    if csv is not None and csv.is_dir():
+        found = sorted(csv.glob("Data_Entry_2017*.csv*"))
+        return found[0] if found else None
+    if csv is None:
+        try:
+            return nih.bundled_csv()
+        except DataError:
+            return None
+    return csv
+
+
+def check_missing(missing: list[str], total: int, root: Path, max_fraction: float) -> None:
+    """Stop when more than max_fraction of the images the CSV names are absent; below it, warn."""
+    if not missing:
+        return
+    share = len(missing) / max(total, 1)
+    if share > max_fraction:
+        raise DataError(f"{len(missing)} of {total} images named in the metadata CSV ({share:.1%}) are missing "
+                        f"under {root}, more than data.max_missing_fraction = {max_fraction:g}; e.g. {missing[:5]}. "
+                        "Point data.nih_root at the complete image folders, or raise data.max_missing_fraction "
+                        "to go on with the images present.")
+    log.warning("%d of %d images named in the CSV are missing on disk (within data.max_missing_fraction = %g), "
+                "e.g. %s", len(missing), total, max_fraction, missing[:5])
+
+
 def label_table(meta: pd.DataFrame, views: list[str]) -> pd.DataFrame:
     """Metadata -> one row per image with the binary label, after the view filter."""
     meta = nih.filter_views(meta, views)
@@ -81,6 +122,7 @@ def curate(cfg: Config, progress: bool = True) -> Curated:
     table = label_table(meta, cfg.data.views)
     with_paths, missing = nih.attach_paths(table.rename(columns={"image_id": "Image Index"}), root)
     table = with_paths.rename(columns={"Image Index": "image_id"})
+    check_missing(missing, len(table) + len(missing), root, cfg.data.max_missing_fraction)
     hashes = [images.check_and_hash(p) if cfg.data.check_images else None
               for p in tqdm(table["path"], desc="checking images", disable=not progress, mininterval=2)]
     if cfg.data.check_images:

@@ -1,26 +1,37 @@
-"""The two-way evaluation (thesis 4.4.1, steps 4-6) and stage 05.
+"""The trainability matrix (thesis 4.4.1, steps 4-6, extended) and stage 05.
 
-(a) train CheXNet on the synthetic set, an equal number per class, and test on the real test pool;
-(b) train it on the same number per class from the real training pool and test on synthetic images.
-FTER = AUROC(a) / AUROC(b). Before anything trains, the real test pool is checked against every
-training source and the generator's tuning set: a shared image, content hash or patient stops the run.
+Two classifiers, each tested on two sets, on the same samples:
+  - trained on real (n per class from the real training pool), tested on the real test pool (TRTR) and
+    on held-out synthetic images (TRTS, the thesis's direction b);
+  - trained on synthetic (n per class), tested on the real test pool (TSTR, direction a) and on the
+    same held-out synthetic images (TSTS).
+The real-trained classifier does not depend on the generator: it lives in a stage of its own
+(``05_real_baseline``, keyed by data, pools, seed and classifier) and every method reuses it. A third
+classifier of the same family learns real from synthetic (detection AUROC). FTER = AUROC(a) / AUROC(b)
+as in the thesis; lib.metrics adds the chance-aware ratios. Before anything trains, the real test pool
+is checked against every training source, the whole synthetic set and the tuning set, on file content.
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from . import atomic, classifier, compute, curation, metrics, nih, provenance, results, stages
+from . import atomic, classifier, compute, curation, leakage, metrics, nih, paths, provenance, results, stages
 from .config import Config
-from .curation import LeakageError
 from .nih import DataError
 
 log = logging.getLogger(__name__)
-DIRECTIONS = {"a": "train synthetic, test real", "b": "train real, test synthetic"}
+DIRECTIONS = {"a": "train synthetic, test real", "b": "train real, test synthetic", "trtr": "train real, test real",
+              "tsts": "train synthetic, test held-out synthetic", "det": "tell real from synthetic",
+              "real": "train real (TRTR, TRTS)"}
+REAL_STAGE = "05_real_baseline"
+SOURCES = ["real", "synthetic"]             # the detector's two classes
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -62,22 +73,22 @@ def test_sample(df: pd.DataFrame, n: int, seed: int, what: str) -> pd.DataFrame:
     return df.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
-def check_no_leakage(test: pd.DataFrame, sources: dict[str, pd.DataFrame]) -> None:
-    """Refuse when a real test image, content hash or patient appears in any training source or tuning set."""
-    for name, src in sources.items():
-        for col in ("image_id", "hash", "patient"):
-            if col not in test or col not in src:
-                continue
-            shared = set(test[col].dropna().astype(str)) & set(src[col].dropna().astype(str))
-            if shared:
-                raise LeakageError(
-                    f"refusing to evaluate: the real test pool and {name} share {len(shared)} {col} value(s), "
-                    f"e.g. {sorted(shared)[:5]}. The test pool must be disjoint from every training source "
-                    "and the generator's tuning set; rebuild the pools (notebook 01) or fix that manifest.")
+def held_out(synthetic: pd.DataFrame, train: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Up to n synthetic images the synthetic-trained classifier never saw (TRTS and TSTS test on them)."""
+    rest = synthetic[~synthetic["image_id"].isin(set(train["image_id"]))]
+    short = [lab for lab in nih.LABELS if (rest["label"] == lab).sum() < 2]
+    if short:
+        raise DataError(f"after the {len(train)} synthetic training images, class(es) {short} keep fewer than 2 "
+                        "held-out images to test on; generation.n_per_label must exceed classifier.n_train_per_class.")
+    return test_sample(rest, n, seed, "the held-out synthetic set")
 
 
 def tuning_set(cfg: Config, runs_root) -> tuple[pd.DataFrame | None, str]:
-    """The generator's tuning-set manifest (stage 02), or None for the no-fine-tune control."""
+    """The generator's tuning-set manifest (stage 02), or None for the no-fine-tune control and references."""
+    from . import references
+
+    if references.is_reference(cfg):
+        return None, f"none (reference generator {cfg.generation.kind!r})"
     try:
         d02 = stages.require(cfg, "02_clustering", runs_root)
     except FileNotFoundError:
@@ -93,25 +104,71 @@ def tuning_set(cfg: Config, runs_root) -> tuple[pd.DataFrame | None, str]:
     return pd.read_csv(path, dtype={"patient": str}), str(stages.paths_rel(path))
 
 
-# ------------------------------------------------------------------------------------- directions
-def _direction(key: str, train_df, test_df, cfg: Config, out_dir: Path, seed: int, progress: bool) -> dict:
-    """Train, predict, save predictions and the classifier; resumes when the direction already finished."""
-    info_path, pred_path = out_dir / f"direction_{key}.json", out_dir / f"predictions_{key}.csv"
-    if info_path.exists() and pred_path.exists():
-        return json.loads(info_path.read_text())
-    c = cfg.classifier
-    dev = classifier.device()
-    train_set = classifier.TensorSet.from_manifest(train_df, c.input_size, dev)
-    fit = classifier.train(train_set, c, seed, progress, desc=f"({key}) {DIRECTIONS[key]}")
-    del train_set
-    scores = classifier.predict(fit.model, classifier.TensorSet.from_manifest(test_df, c.input_size, dev))
-    atomic.save_torch(out_dir / f"classifier_{key}.pt", fit.model.state_dict())
-    atomic.write_csv(pred_path, results.predictions_frame(test_df, scores))
+# ------------------------------------------------------------------------------------ classifiers
+def _fit(key: str, train_df: pd.DataFrame, cfg: Config, out_dir: Path, seed: int, progress: bool,
+         classes: list[str] | None = None):
+    """Train (or, on a resumed run, load) one classifier; its record is direction_<key>.json."""
+    c, dev = cfg.classifier, classifier.device()
+    classes = classes or nih.LABELS
+    weights, info_path = out_dir / f"classifier_{key}.pt", out_dir / f"direction_{key}.json"
+    if weights.exists() and info_path.exists():
+        model = classifier.build(c, len(classes)).to(dev)
+        model.load_state_dict(torch.load(weights, map_location=dev))
+        return model, json.loads(info_path.read_text())
+    target = train_df.assign(label=train_df["source"]) if classes == SOURCES else train_df
+    data = classifier.TensorSet.from_manifest(target, c.input_size, dev, classes)
+    fit = classifier.train(data, c, seed, progress, desc=f"({key}) {DIRECTIONS[key]}", n_classes=len(classes))
     info = {"n_train": fit.n_train, "n_val": fit.n_val, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
             "stopped_early": fit.stopped_early, "train_seconds": round(fit.seconds, 2),
             "classifier_hash": classifier.model_hash(fit.model), "history": fit.history.to_dict("list")}
+    atomic.save_torch(weights, fit.model.state_dict())
     atomic.write_json(info_path, info)
-    return info
+    return fit.model, info
+
+
+def _predict(model, test_df: pd.DataFrame, cfg: Config, path: Path, frame=results.predictions_frame,
+             classes: list[str] | None = None) -> None:
+    """Write a predictions file unless a resumed run already has it."""
+    if path.exists():
+        return
+    target = test_df.assign(label=test_df["source"]) if classes == SOURCES else test_df
+    data = classifier.TensorSet.from_manifest(target, cfg.classifier.input_size, classifier.device(), classes)
+    atomic.write_csv(path, frame(test_df, classifier.predict_outputs(model, data)))
+
+
+def _real_baseline(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> None:
+    """The generator-independent half of the matrix: train on real, predict the real test pool (TRTR)."""
+    out_dir, c = Path(out_dir), cfg.classifier
+    pools = curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))
+    train = per_class(pools["train"], c.n_train_per_class, cfg.seed, "the real training pool")
+    test = test_sample(pools["test"], c.n_test, cfg.seed, "the real test pool")
+    leakage.check_content(test, {"the real training sample": train})
+    atomic.write_csv(out_dir / "train_real.csv", train)
+    atomic.write_csv(out_dir / "test_real.csv", test)
+    with compute.cpu_threads(c.cpu_threads):
+        model, _ = _fit("real", train, cfg, out_dir, cfg.seed + 1, progress)
+        _predict(model, test, cfg, out_dir / "predictions_trtr.csv")
+
+
+def real_baseline(cfg: Config, runs_root="runs", progress: bool = True) -> Path:
+    """The real-trained classifier's stage folder, built once per data, pools, seed and classifier."""
+    lock = stages.stage_dir(cfg, REAL_STAGE, runs_root).with_suffix(".lock")
+    with atomic.exclusive(lock):      # parallel sweep points share it: build it once
+        return stages.run_stage(cfg, REAL_STAGE, _real_baseline, runs_root, progress=progress)
+
+
+def detection_sets(train_real, train_syn, test_real, test_syn, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Balanced real-vs-synthetic sets: half of each training sample per class (so the detector trains on
+    as many images as the other classifiers), and as many real as synthetic test images."""
+    def half(df):
+        return pd.concat([g.iloc[: max(1, len(g) // 2)] for _, g in df.groupby("label", sort=True)])
+
+    m = min(len(test_real), len(test_syn))
+    train = pd.concat([half(train_real).assign(source="real"), half(train_syn).assign(source="synthetic")])
+    test = pd.concat([test_real.sample(n=m, random_state=seed).assign(source="real"),
+                      test_syn.sample(n=m, random_state=seed).assign(source="synthetic")])
+    cols = ["image_id", "path", "label", "source"]
+    return train[cols].reset_index(drop=True), test[cols].reset_index(drop=True)
 
 
 def _generator_record(d04: Path) -> dict:
@@ -119,50 +176,90 @@ def _generator_record(d04: Path) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-def run(cfg: Config, out_dir: str | Path, runs_root: str | Path = "runs", progress: bool = True) -> dict:
-    """Stage 05: leakage check, both directions, metrics, FTER, the results record. Returns the row."""
-    out_dir = Path(out_dir)
-    if (out_dir / "results.json").exists():  # finished before a crash that came ahead of DONE.json
-        return results.read(out_dir)
+# ------------------------------------------------------------------------------------------ stage 05
+def _samples(cfg: Config, runs_root, progress: bool) -> dict:
+    """Every sample the matrix uses, after the leakage check on file content."""
     c = cfg.classifier
     d01, d04 = stages.require(cfg, "01_data_curation", runs_root), stages.require(cfg, "04_generation", runs_root)
     pools = curation.load_pools(d01)
     synthetic = read_synthetic(d04 / "manifest.csv")
     tuning, tuning_src = tuning_set(cfg, runs_root)
-
-    train_a = per_class(synthetic, c.n_train_per_class, cfg.seed, "the synthetic set")
-    train_b = per_class(pools["train"], c.n_train_per_class, cfg.seed, "the real training pool")
-    test_a = test_sample(pools["test"], c.n_test, cfg.seed, "the real test pool")
-    test_b = test_sample(synthetic, c.n_test, cfg.seed + 1, "the synthetic set")
-    sources = {"the real training pool": pools["train"], "the synthetic training set": train_a}
+    dr = real_baseline(cfg, runs_root, progress)
+    s = {"train_b": pd.read_csv(dr / "train_real.csv", dtype={"patient": str}),
+         "test_a": pd.read_csv(dr / "test_real.csv", dtype={"patient": str}),
+         "train_a": per_class(synthetic, c.n_train_per_class, cfg.seed, "the synthetic set")}
+    s["test_b"] = held_out(synthetic, s["train_a"], c.n_test, cfg.seed + 1)
+    sources = {"the real training pool": pools["train"], "the synthetic set": synthetic}
     if tuning is not None:
         sources[f"the generator's tuning set ({tuning_src})"] = tuning
-    check_no_leakage(pools["test"], sources)
+    # every real test file against every training source, by image id, patient and file bytes
+    leakage.check_content(pools["test"], {**sources, "the real training sample": s["train_b"]})
+    if cfg.generation.kind == "folder":     # an imported set may hold near-copies of real test images
+        leakage.warn_near_duplicates(pools["test"], synthetic, "the imported folder",
+                                     stages.stage_dir(cfg, "05_classifier", runs_root) / "near_duplicates.png")
+    s["train_det"], s["test_det"] = detection_sets(s["train_b"], s["train_a"], s["test_a"], s["test_b"], cfg.seed)
+    s.update(synthetic=synthetic, tuning=tuning, d04=d04, real_dir=dr)
+    return s
 
-    for name, df in (("train_a", train_a), ("test_a", test_a), ("train_b", train_b), ("test_b", test_b)):
-        atomic.write_csv(out_dir / f"{name}.csv", df)
+
+def run(cfg: Config, out_dir: str | Path, runs_root: str | Path = "runs", progress: bool = True) -> dict:
+    """Stage 05: leakage check, the trainability matrix, detection, ratios, the results record."""
+    out_dir, c = Path(out_dir), cfg.classifier
+    s = _samples(cfg, runs_root, progress)
+    for name in ("train_a", "test_a", "train_b", "test_b", "train_det", "test_det"):
+        atomic.write_csv(out_dir / f"{name}.csv", s[name])
     with compute.cpu_threads(c.cpu_threads):
-        info = {k: _direction(k, tr, te, cfg, out_dir, cfg.seed + i, progress)
-                for i, (k, tr, te) in enumerate((("a", train_a, test_a), ("b", train_b, test_b)))}
+        model_a, info_a = _fit("a", s["train_a"], cfg, out_dir, cfg.seed, progress)
+        _predict(model_a, s["test_a"], cfg, out_dir / "predictions_a.csv")
+        _predict(model_a, s["test_b"], cfg, out_dir / "predictions_tsts.csv")
+        model_b, info_b = _fit("real", None, cfg, s["real_dir"], cfg.seed + 1, progress)
+        _predict(model_b, s["test_b"], cfg, out_dir / "predictions_b.csv")
+        det, info_det = _fit("det", s["train_det"], cfg, out_dir, cfg.seed + 2, progress, SOURCES)
+        _predict(det, s["test_det"], cfg, out_dir / "predictions_det.csv", results.detection_frame, SOURCES)
+    shutil.copyfile(s["real_dir"] / "predictions_trtr.csv", out_dir / "predictions_trtr.csv")
+    row = _record(cfg, s, {"a": info_a, "b": info_b, "det": info_det})
+    row.update(metrics.matrix(results.cells_from(out_dir), c.threshold, c.bootstrap, row["bootstrap_seed"],
+                              detection=results.detection_from(out_dir)))
+    return _write_checked(out_dir, row)
 
-    ya, sa = results.arrays(results.read_predictions(out_dir / "predictions_a.csv", test_a))
-    yb, sb = results.arrays(results.read_predictions(out_dir / "predictions_b.csv", test_b))
+
+def _record(cfg: Config, s: dict, infos: dict) -> dict:
+    """The bookkeeping half of the row: what ran, on which data, with which code and generator."""
     row = {"experiment": cfg.experiment, "method": results.method_name(cfg), "tuning_method": cfg.finetune.method,
-           "tuning_per_label": cfg.selection.per_label, "tuning_size": None if tuning is None else len(tuning),
-           "seed": cfg.seed, "bootstrap_seed": cfg.seed}
-    row.update(metrics.two_way(ya, sa, yb, sb, c.threshold, c.bootstrap, row["bootstrap_seed"]))
-    for k, v in info.items():
+           "generator_kind": cfg.generation.kind, "tuning_per_label": cfg.selection.per_label,
+           "tuning_size": None if s["tuning"] is None else len(s["tuning"]), "seed": cfg.seed,
+           "bootstrap_seed": cfg.seed, "real_baseline": stages.paths_rel(s["real_dir"])}
+    for k, v in infos.items():
         row.update({f"{k}_{f}": v[f] for f in ("n_train", "n_val", "epochs_run", "best_epoch", "stopped_early",
                                                "train_seconds", "classifier_hash")})
-    gen = _generator_record(d04)
+    gen = _generator_record(s["d04"])
     hashes = lambda df: provenance.hash_strings(df["hash"] if "hash" in df else df["image_id"])  # noqa: E731
-    row.update({"data_hash_train_a": hashes(train_a), "data_hash_test_a": hashes(test_a),
-                "data_hash_train_b": hashes(train_b), "data_hash_test_b": hashes(test_b),
-                "data_hash_synthetic": hashes(synthetic), "generator_model": gen.get("model"),
+    row.update({f"data_hash_{k}": hashes(s[k]) for k in ("train_a", "test_a", "train_b", "test_b")})
+    row.update({"data_hash_synthetic": hashes(s["synthetic"]), "generator_model": gen.get("model"),
                 "generator_hash": gen.get("model_hash"), "code_version": provenance.code_version()})
     row.update(flatten_params(cfg))
+    return row
+
+
+def _write_checked(out_dir: Path, row: dict) -> dict:
+    """Write the record; a record left by an earlier attempt is kept only if it is this one."""
+    old = out_dir / "results.json"
+    if old.exists():
+        before = results.read(out_dir)
+        differ = [k for k, v in row.items() if k not in ("code_version",) and not _same(before.get(k), v)]
+        if differ:
+            raise atomic.ResultExistsError(
+                f"{old} differs from the record recomputed now ({differ[:5]}); it was not sealed (no DONE.json). "
+                "Delete the folder to recompute it, or restore the inputs it was made from.")
+        return before
     results.write(out_dir, row)
     return row
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (np.isnan(a) and np.isnan(b)) or a == b
+    return a == b or str(a) == str(b)
 
 
 def flatten_params(cfg: Config) -> dict:
@@ -173,7 +270,9 @@ def load(stage_dir: str | Path) -> dict:
     """What notebook 05 shows: the row, the predictions and the training histories."""
     stage_dir = Path(stage_dir)
     out = {"row": results.read(stage_dir)}
-    for k in DIRECTIONS:
+    for k in ("a", "b", "trtr", "tsts", "det"):
         out[f"pred_{k}"] = pd.read_csv(stage_dir / f"predictions_{k}.csv")
+    for k in ("a", "det"):
         out[f"info_{k}"] = json.loads((stage_dir / f"direction_{k}.json").read_text())
+    out["info_b"] = json.loads((paths.resolve(out["row"]["real_baseline"]) / "direction_real.json").read_text())
     return out

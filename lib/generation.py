@@ -70,13 +70,35 @@ def plan(cfg: Config) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------- models
+MODEL_FILES = (".safetensors", ".bin", ".json", ".txt", ".model")
+NOT_MODEL = {"train_summary.json"}              # run records (timings, paths), not part of the model
+PATH_KEYS = ("_name_or_path", "name_or_path", "_commit_hash")   # where a config says it was loaded from
+
+
 def model_hash(path_or_id: str, revision: str | None = None) -> str:
-    """Content hash of a local pipeline folder's weights and configs; id@revision for a hub model."""
+    """Content hash of a local pipeline folder's weights and configs; id@revision for a hub model.
+
+    Run records (train_summary.json) and the paths configs note they were loaded from are left out,
+    so two runs that produce the same weights and configs give the same hash."""
     p = Path(path_or_id)
     if not p.is_dir():
         return f"{path_or_id}@{revision or 'main'}"
-    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt"))
-    return provenance.hash_strings(f"{f.relative_to(p)}:{provenance.file_hash(f)}" for f in files)
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in MODEL_FILES and f.name not in NOT_MODEL
+                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    return provenance.hash_strings(f"{f.relative_to(p).as_posix()}:{_model_file_hash(f)}" for f in files)
+
+
+def _model_file_hash(f: Path) -> str:
+    """A weights file's bytes; a JSON config's content without the paths it records."""
+    if f.suffix == ".json":
+        try:
+            obj = json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError):
+            return provenance.file_hash(f)
+        if isinstance(obj, dict):
+            obj = {k: v for k, v in obj.items() if k not in PATH_KEYS}
+        return images.content_hash(json.dumps(obj, sort_keys=True).encode())
+    return provenance.file_hash(f)
 
 
 def models_for(cfg: Config, runs_root="runs") -> dict[str, str]:
@@ -209,11 +231,17 @@ def write_manifest(cfg: Config, out_dir: Path, models: dict[str, str], hashes: d
 
 
 def run(cfg: Config, out_dir, runs_root="runs", progress: bool = True, max_batches: int | None = None) -> dict:
-    """Stage 04: plan, generate what is missing, write the manifest and a summary."""
+    """Stage 04: plan, generate what is missing, write the manifest and a summary (a reference kind
+    builds its set in lib.references instead)."""
+    from . import references
+
+    if references.is_reference(cfg):
+        return references.build(cfg, out_dir, runs_root, progress)
     out_dir = Path(out_dir)
     models = models_for(cfg, runs_root)
     # A resumed run must continue with the same model, or its two halves would differ.
-    ident = {label: model_hash(m) for label, m in models.items()}
+    revision = cfg.model.revision if cfg.finetune.control == "no-fine-tune" else None   # as load() does
+    ident = {label: model_hash(m, revision) for label, m in models.items()}
     lock = out_dir / "model_lock.json"
     if lock.exists() and json.loads(lock.read_text()) != ident:
         raise DataError(f"{out_dir} was started with another model ({lock}); delete the folder to start over.")
@@ -257,3 +285,13 @@ def regeneration_error(row: pd.Series | dict, cfg: Config, runs_root="runs") -> 
     again = regenerate(row, cfg, runs_root).astype(int)
     saved = np.asarray(Image.open(images.paths.resolve(row["path"])).convert("L"), dtype=int)
     return int(np.abs(again - saved).max())
+
+
+def regeneration_report(row: pd.Series | dict, cfg: Config, runs_root="runs") -> str:
+    """One line for notebook 04: the image regenerated from its seed, or why a reference set has none."""
+    from . import references
+
+    if references.is_reference(cfg):
+        return (f"{row['image_id']}: a reference set ({cfg.generation.kind}) is built from real images "
+                f"(source {row.get('source_image_id')}), not sampled from a seed; nothing to regenerate.")
+    return f"{row['image_id']} seed {row['seed']} max |difference|: {regeneration_error(row, cfg, runs_root)}"

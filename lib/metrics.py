@@ -1,4 +1,4 @@
-"""Classification metrics for the binary task, bootstrap intervals and the FTER.
+"""Classification metrics, the trainability matrix, chance-aware ratios and bootstrap intervals.
 
 Written in numpy (checked against scikit-learn in tests/test_metrics.py) so a metric can be recomputed
 from saved predictions alone. Label 1 is "Unhealthy", label 0 "No Finding"; a score is P(label 1).
@@ -43,9 +43,15 @@ def _ratio(a, b) -> float:
     return float(a / b) if b else 0.0  # scikit-learn's zero_division=0 convention
 
 
-def summary(y_true, y_score, threshold: float = 0.5) -> dict:
-    """Every metric of one evaluation, as a flat dict (per-class keys carry the class name)."""
-    y, s = _check(y_true, y_score)
+def summary(y_true, outputs, threshold: float = 0.5) -> dict:
+    """Every metric of one evaluation, as a flat dict (per-class keys carry the class name).
+
+    ``outputs`` holds one sigmoid output per class (N x 2). The overall AUROC and every thresholded
+    metric use the binary score p1 / (p0 + p1); the per-class AUROC of class c uses output c alone,
+    one-vs-rest, as CheXNet reports one AUROC per label. A 1-D ``outputs`` is taken as that score.
+    """
+    out2 = _outputs(outputs)
+    y, s = _check(y_true, score_of(out2))
     pred = (s >= threshold).astype(int)
     cm = confusion(y, pred)
     out = {"n": int(len(y)), "auroc": auroc(y, s), "accuracy": float(np.mean(pred == y))}
@@ -54,8 +60,7 @@ def summary(y_true, y_score, threshold: float = 0.5) -> dict:
         tp = cm[c, c]; fp = cm[:, c].sum() - tp; fn = cm[c, :].sum() - tp
         prec, rec = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
         recalls.append(rec)
-        # One-vs-rest AUROC of class c: the score for c is s (class 1) or 1 - s (class 0).
-        out[f"auroc[{name}]"] = auroc(y == c, s if c == 1 else 1 - s)
+        out[f"auroc[{name}]"] = auroc(y == c, out2[:, c])
         out[f"accuracy[{name}]"] = rec  # per-class accuracy = share of that class predicted correctly
         out[f"precision[{name}]"] = prec
         out[f"recall[{name}]"] = rec
@@ -68,6 +73,18 @@ def summary(y_true, y_score, threshold: float = 0.5) -> dict:
             out[f"cm[{LABELS[t]}->{LABELS[q]}]"] = int(cm[t, q])
     out["collapsed"] = collapsed(pred)
     return out
+
+
+def _outputs(outputs) -> np.ndarray:
+    """N x 2 per-class outputs; a 1-D score s stands for the outputs (1 - s, s)."""
+    o = np.asarray(outputs, dtype=np.float64)
+    return np.stack([1 - o, o], axis=1) if o.ndim == 1 else o
+
+
+def score_of(outputs) -> np.ndarray:
+    """The binary score of per-class outputs: p1 / (p0 + p1) (a 1-D score is returned as it is)."""
+    o = _outputs(outputs)
+    return o[:, 1] / np.clip(o.sum(1), 1e-12, None)
 
 
 def collapsed(y_pred) -> bool:
@@ -113,18 +130,79 @@ def fter_ci(y_a, s_a, y_b, s_b, n_boot: int = 200, seed: int = 0, level: float =
         return _interval(a / b, level)
 
 
-def evaluate(y_true, y_score, threshold: float = 0.5, n_boot: int = 200, seed: int = 0) -> dict:
+def evaluate(y_true, outputs, threshold: float = 0.5, n_boot: int = 200, seed: int = 0) -> dict:
     """summary() plus the AUROC bootstrap interval."""
-    out = summary(y_true, y_score, threshold)
-    out["auroc_ci_low"], out["auroc_ci_high"] = auroc_ci(y_true, y_score, n_boot, seed)
+    out = summary(y_true, outputs, threshold)
+    out["auroc_ci_low"], out["auroc_ci_high"] = auroc_ci(y_true, score_of(outputs), n_boot, seed)
     return out
 
 
-def two_way(y_a, s_a, y_b, s_b, threshold: float = 0.5, n_boot: int = 200, seed: int = 0) -> dict:
-    """Both directions' metrics (prefixed a_ and b_), FTER and its interval, as one flat dict."""
-    ma = evaluate(y_a, s_a, threshold, n_boot, seed)
-    mb = evaluate(y_b, s_b, threshold, n_boot, seed + 1)
-    out = {**{f"a_{k}": v for k, v in ma.items()}, **{f"b_{k}": v for k, v in mb.items()}}
-    out["fter"] = fter(ma["auroc"], mb["auroc"])
-    out["fter_ci_low"], out["fter_ci_high"] = fter_ci(y_a, s_a, y_b, s_b, n_boot, seed + 2)
+# ---------------------------------------------------------------------- the trainability matrix
+# Cells of the matrix: which classifier (trained on) meets which test set.
+CELLS = {"a": ("synthetic", "real"), "b": ("real", "synthetic"), "trtr": ("real", "real"),
+         "tsts": ("synthetic", "synthetic")}
+CELL_NAMES = {"a": "TSTR (a)", "b": "TRTS (b)", "trtr": "TRTR", "tsts": "TSTS"}
+
+
+def _reps(y, s, idx: np.ndarray) -> np.ndarray:
+    """AUROC of each bootstrap replicate, given the replicates' row indices (n_boot x n)."""
+    return np.array([auroc(y[i], s[i]) for i in idx])
+
+
+def ratios(aurocs: dict[str, float], reps: dict[str, np.ndarray], level: float = 0.95) -> dict:
+    """FTER = a / b (the thesis's), chance-corrected FTER = (a - .5) / (b - .5) and the trainability
+    ratio TR = (a - .5) / (TRTR - .5), each with a percentile CI over the paired replicates. A ratio
+    whose denominator's CI reaches chance (or 0 for FTER) is undefined: NaN and a reason, never a number."""
+    from . import stats
+
+    out = {}
+    for name, (num, den, fn) in {"fter": ("a", "b", stats.plain_ratio), "cc_fter": ("a", "b", stats.chance_ratio),
+                                 "tr": ("a", "trtr", stats.chance_ratio)}.items():
+        if num not in aurocs or den not in aurocs:
+            continue
+        r = fn(aurocs[num], aurocs[den], reps[num], reps[den], level=level)
+        out.update({name: r["value"], f"{name}_ci_low": r["ci_low"], f"{name}_ci_high": r["ci_high"],
+                    f"{name}_defined": bool(r["defined"]), f"{name}_note": r["reason"]})
+    return out
+
+
+def matrix(cells: dict[str, tuple], threshold: float = 0.5, n_boot: int = 200, seed: int = 0,
+           detection: tuple | None = None) -> dict:
+    """Every cell of the trainability matrix (prefix a_, b_, trtr_, tsts_), detection AUROC (det_) and
+    the three ratios, as one flat dict. ``cells`` maps a cell to (0/1 labels, N x 2 outputs).
+
+    Cells that share a test set (a and trtr: the real test set; b and tsts: held-out synthetic) are
+    resampled with the same row indices, so TR's interval is paired; the two test sets are resampled
+    independently. ``detection`` is (0/1 synthetic flags, P(synthetic), class labels of the images).
+    """
+    rng = np.random.default_rng(seed)
+    test_of = {k: CELLS[k][1] for k in cells}
+    sizes = {t: len(cells[k][0]) for k, t in test_of.items()}
+    idx = {t: rng.integers(0, n, (n_boot, n)) for t, n in sorted(sizes.items())}
+    out, aurocs, reps = {}, {}, {}
+    for k, (y, o) in cells.items():
+        m = summary(y, o, threshold)
+        y, s = _check(y, score_of(o))
+        reps[k] = _reps(y, s, idx[test_of[k]])
+        m["auroc_ci_low"], m["auroc_ci_high"] = _interval(reps[k])
+        out.update({f"{k}_{name}": v for name, v in m.items()})
+        aurocs[k] = m["auroc"]
+    out.update(ratios(aurocs, reps))
+    if detection is not None:
+        out.update(detection_metrics(*detection, n_boot=n_boot, seed=seed + 7))
+    return out
+
+
+def detection_metrics(is_synthetic, p_synthetic, labels, n_boot: int = 200, seed: int = 0) -> dict:
+    """Distinguishability: AUROC of a real-vs-synthetic classifier on held-out images (0.5 means the
+    two cannot be told apart), overall and within each class, with bootstrap CIs."""
+    y, s = _check(is_synthetic, p_synthetic)
+    labels = np.asarray(labels)
+    out = {"det_n": int(len(y)), "det_auroc": auroc(y, s)}
+    out["det_auroc_ci_low"], out["det_auroc_ci_high"] = auroc_ci(y, s, n_boot, seed)
+    for c, name in enumerate(LABELS):
+        m = labels == name
+        out[f"det_auroc[{name}]"] = auroc(y[m], s[m])
+        lo, hi = auroc_ci(y[m], s[m], n_boot, seed + 1 + c)
+        out[f"det_auroc[{name}]_ci_low"], out[f"det_auroc[{name}]_ci_high"] = lo, hi
     return out

@@ -5,6 +5,7 @@ The same functions read the real data set and the phantom set, which is written 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -22,10 +23,14 @@ class DataError(ValueError):
 
 
 def bundled_csv() -> Path:
-    """The Data_Entry_2017 CSV that torchxrayvision ships (112,120 rows)."""
-    import torchxrayvision
+    """The Data_Entry_2017 CSV that torchxrayvision ships (112,120 rows); found without importing torch."""
+    import importlib.util
 
-    return Path(torchxrayvision.__file__).parent / "data" / "Data_Entry_2017_v2020.csv.gz"
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.csv is null but torchxrayvision (which ships the NIH CSV) is not installed; "
+                        "set data.csv to the NIH Data_Entry_2017 CSV.")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "Data_Entry_2017_v2020.csv.gz"
 
 
 def read_metadata(csv: str | Path | None = None) -> pd.DataFrame:
@@ -67,20 +72,48 @@ def find_images(root: str | Path) -> dict[str, Path]:
         raise DataError(f"image folder {root} does not exist; set data.nih_root to the folder that holds "
                         "images/ or images_001/images/ ... images_012/images/.")
     found: dict[str, Path] = {}
-    for folder in [root / "images", *sorted(root.glob("images_*/images")), *sorted(root.glob("images_*"))]:
-        if folder.is_dir():
-            for p in folder.glob("*.png"):
-                found.setdefault(p.name, p)
+    for folder in image_folders(root):
+        for p in folder.glob("*.png"):
+            found.setdefault(p.name, p)
     return found
+
+
+def image_folders(root: Path) -> list[Path]:
+    """The folders the NIH layouts keep images in, in lookup order."""
+    candidates = [root / "images", *sorted(root.glob("images_*/images")), *sorted(root.glob("images_*"))]
+    return [f for f in candidates if f.is_dir()]
+
+
+def fingerprint(root: str | Path, csv: Path | None) -> str:
+    """A fast fingerprint of the data: the metadata CSV's and split lists' content, and every image's
+    name, size and modification time. Changing, adding or repairing an image or the CSV changes it."""
+    import hashlib
+
+    from .provenance import file_hash
+
+    root = paths.resolve(root)
+    h = hashlib.sha256()
+    for f in (csv, root / "train_val_list.txt", root / "test_list.txt"):
+        h.update(f"{f.name}:{file_hash(f)}\n".encode() if f is not None and f.is_file() else b"-\n")
+    if not root.is_dir():
+        return "no-images:" + h.hexdigest()[:16]
+    rows = []
+    for folder in image_folders(root):
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.name.endswith(".png") and e.is_file():
+                    st = e.stat()
+                    rows.append(f"{folder.relative_to(root)}/{e.name}:{st.st_size}:{st.st_mtime_ns}")
+    for row in sorted(rows):
+        h.update(row.encode() + b"\n")
+    return h.hexdigest()[:16]
 
 
 def attach_paths(df: pd.DataFrame, root: str | Path) -> tuple[pd.DataFrame, list[str]]:
     """Add a ``path`` column; return the rows whose image exists and the names the disk lacks."""
     found = find_images(root)
     df = df.assign(path=df["Image Index"].map(lambda n: str(found[n]) if n in found else None))
-    missing = df.loc[df["path"].isna(), "Image Index"].tolist()
-    if missing:
-        log.warning("%d images named in the CSV are not on disk, e.g. %s", len(missing), missing[:5])
+    missing = df.loc[df["path"].isna(), "Image Index"].tolist()   # curation.check_missing judges them
     return df[df["path"].notna()].reset_index(drop=True), missing
 
 

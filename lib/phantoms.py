@@ -89,7 +89,7 @@ def _anatomy(patient: str, textbook: bool) -> dict:
     }
 
 
-def _add_findings(img, cv, lungs, a, findings, r, textbook) -> np.ndarray:
+def _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale: float = 1.0) -> np.ndarray:
     right, left = lungs
     lung = np.clip(right + left, 0, 1)
     n = cv.size
@@ -101,7 +101,7 @@ def _add_findings(img, cv, lungs, a, findings, r, textbook) -> np.ndarray:
         return (right, -1) if r.random() < 0.5 else (left, 1)
 
     for f in findings:
-        s = severity()
+        s = severity() * finding_scale  # x1.0 is exact: the default draw is unchanged
         if f == "Cardiomegaly":
             pass  # drawn with the heart itself
         elif f == "Effusion":
@@ -148,8 +148,11 @@ def _add_findings(img, cv, lungs, a, findings, r, textbook) -> np.ndarray:
 
 
 def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", size: int = 64,
-         seed: int = 0, textbook: bool = False) -> np.ndarray:
-    """One phantom as float32 in [0, 1], deterministic from its arguments."""
+         seed: int = 0, textbook: bool = False, finding_scale: float = 1.0) -> np.ndarray:
+    """One phantom as float32 in [0, 1], deterministic from its arguments.
+
+    ``finding_scale`` multiplies every finding's severity (and Cardiomegaly's heart enlargement): the
+    exaggerated reference set draws with it > 1; at 1.0 the image is bit-identical to the default."""
     a = _anatomy(patient, textbook)
     r = _rng("image", seed, image_index)
     spread = 0.3 if textbook else 1.0
@@ -168,7 +171,7 @@ def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", 
     abdomen = _sigmoid_mask(np.minimum(a["dia_y"][-1], a["dia_y"][1]) - cv.y, 0.05) * body
     img = img + 0.10 * abdomen
 
-    heart_scale = 1.0 + (0.25 + 0.25 * r.random() if "Cardiomegaly" in findings else 0.0) + (0.08 if view == "AP" else 0.0)
+    heart_scale = 1.0 + ((0.25 + 0.25 * r.random()) * finding_scale if "Cardiomegaly" in findings else 0.0) + (0.08 if view == "AP" else 0.0)
     heart = cv.ellipse(0.07 + 0.05 * heart_scale, a["dia_y"][1] - 0.17 * heart_scale ** 0.5,
                        a["heart_w"] * heart_scale, 0.2 * heart_scale ** 0.5)
     mediastinum = _sigmoid_mask(np.abs(cv.x - 0.02) - 0.09 - 0.04 * (cv.y > -0.2), 0.02) * _sigmoid_mask(cv.y - a["dia_y"][1], 0.05)
@@ -195,7 +198,7 @@ def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", 
         clav = np.exp(-((cv.y - (-0.58 + 0.2 * (ax - 0.1))) / 0.02) ** 2) * (ax > 0.07) * (ax < 0.5)
         img = img + 0.06 * clav
 
-    img = _add_findings(img, cv, lungs, a, findings, r, textbook)
+    img = _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale)
 
     # Exposure and detector: gain, gamma, blur, noise.
     gain = 1.0 + (0.05 if textbook else 0.15) * r.standard_normal()

@@ -1,7 +1,9 @@
 """The results record of a run: one tidy row, raw predictions, and recomputation from them.
 
-Stage 05 writes ``results.csv`` and ``results.json`` (the same single row) beside ``predictions_a.csv``
-and ``predictions_b.csv`` (image_id, label, score) and the test manifests they answer. Every metric in
+Stage 05 writes ``results.csv`` and ``results.json`` (the same single row) beside one predictions file
+per cell of the trainability matrix, ``predictions_{a,b,trtr,tsts}.csv`` (image_id, label, score and
+one output per class, ``p[No Finding]`` and ``p[Unhealthy]``), the detector's ``predictions_det.csv``
+(image_id, label, source, score = P(synthetic)), and the test manifests they answer. Every metric in
 the row can be recomputed from those files alone with ``recompute_from_predictions``.
 """
 from __future__ import annotations
@@ -17,10 +19,16 @@ from .config import Config
 from .nih import DataError
 
 PREDICTION_COLUMNS = ["image_id", "label", "score"]
+OUTPUT_COLUMNS = [f"p[{c}]" for c in nih.LABELS]
+CELLS = ["a", "b", "trtr", "tsts"]           # the trainability matrix; see lib.metrics.CELLS
+TESTS = {"a": "test_a.csv", "b": "test_b.csv", "trtr": "test_a.csv", "tsts": "test_b.csv"}
 
 
 def method_name(cfg: Config) -> str:
-    """What a run is called in tables and figures: the control, else active gating, else the tuning method."""
+    """What a run is called in tables and figures: a reference generator's kind, else the control, else
+    active gating, else the tuning method."""
+    if cfg.generation.kind != "diffusion":
+        return cfg.generation.kind
     if cfg.finetune.control != "none":
         return cfg.finetune.control
     if cfg.gating.enabled:
@@ -42,11 +50,22 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def predictions_frame(manifest: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
-    if len(manifest) != len(scores):
-        raise DataError(f"{len(scores)} scores for a manifest of {len(manifest)} images.")
+def predictions_frame(manifest: pd.DataFrame, outputs: np.ndarray) -> pd.DataFrame:
+    """image_id, label, the binary score and one sigmoid output per class."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if len(manifest) != len(outputs):
+        raise DataError(f"{len(outputs)} predictions for a manifest of {len(manifest)} images.")
+    df = pd.DataFrame({"image_id": manifest["image_id"].to_numpy(), "label": manifest["label"].to_numpy(),
+                       "score": metrics.score_of(outputs)})
+    for j, col in enumerate(OUTPUT_COLUMNS):
+        df[col] = outputs[:, j]
+    return df
+
+
+def detection_frame(manifest: pd.DataFrame, outputs: np.ndarray) -> pd.DataFrame:
+    """image_id, class label, source (real / synthetic) and score = P(synthetic), normalised."""
     return pd.DataFrame({"image_id": manifest["image_id"].to_numpy(), "label": manifest["label"].to_numpy(),
-                         "score": np.asarray(scores, dtype=np.float64)})
+                         "source": manifest["source"].to_numpy(), "score": metrics.score_of(outputs)})
 
 
 def read_predictions(path: str | Path, manifest: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -79,11 +98,14 @@ def read_predictions(path: str | Path, manifest: pd.DataFrame | None = None) -> 
 
 
 def arrays(pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(0/1 labels, scores) of a predictions frame."""
+    """(0/1 labels, N x 2 per-class outputs) of a predictions frame (the score alone in older records)."""
     unknown = sorted(set(pred["label"]) - set(nih.LABELS))
     if unknown:
         raise DataError(f"prediction labels {unknown} are not in {nih.LABELS}.")
-    return (pred["label"] == nih.LABELS[1]).to_numpy().astype(int), pred["score"].to_numpy(dtype=np.float64)
+    y = (pred["label"] == nih.LABELS[1]).to_numpy().astype(int)
+    if all(c in pred for c in OUTPUT_COLUMNS):
+        return y, pred[OUTPUT_COLUMNS].to_numpy(dtype=np.float64)
+    return y, pred["score"].to_numpy(dtype=np.float64)
 
 
 def write(out_dir: str | Path, row: dict) -> dict[str, Path]:
@@ -100,18 +122,28 @@ def read(stage_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def recompute_from_predictions(stage_dir: str | Path) -> dict:
-    """Every metric, FTER and the intervals again, from the saved predictions and test manifests only."""
+def cells_from(stage_dir: str | Path) -> dict[str, tuple]:
+    """The matrix's (labels, outputs) per cell, each predictions file checked against its test manifest."""
     stage_dir = Path(stage_dir)
+    return {k: arrays(read_predictions(stage_dir / f"predictions_{k}.csv", pd.read_csv(stage_dir / TESTS[k])))
+            for k in CELLS}
+
+
+def detection_from(stage_dir: str | Path) -> tuple:
+    """(is_synthetic, P(synthetic), class labels) of the detector's predictions."""
+    d = pd.read_csv(Path(stage_dir) / "predictions_det.csv")
+    return (d["source"] == "synthetic").to_numpy().astype(int), d["score"].to_numpy(float), d["label"].to_numpy()
+
+
+def recompute_from_predictions(stage_dir: str | Path) -> dict:
+    """Every metric, ratio and interval again, from the saved predictions and test manifests only."""
     row = read(stage_dir)
-    ya, sa = arrays(read_predictions(stage_dir / "predictions_a.csv", pd.read_csv(stage_dir / "test_a.csv")))
-    yb, sb = arrays(read_predictions(stage_dir / "predictions_b.csv", pd.read_csv(stage_dir / "test_b.csv")))
-    return metrics.two_way(ya, sa, yb, sb, threshold=row["param.classifier.threshold"],
-                           n_boot=row["param.classifier.bootstrap"], seed=row["bootstrap_seed"])
+    return metrics.matrix(cells_from(stage_dir), threshold=row["param.classifier.threshold"],
+                          n_boot=row["param.classifier.bootstrap"], seed=row["bootstrap_seed"],
+                          detection=detection_from(stage_dir))
 
 
 def metric_table(row: dict) -> pd.DataFrame:
-    """Both directions side by side: one row per metric, columns (a) and (b)."""
-    names = [k[2:] for k in row if k.startswith("a_") and f"b_{k[2:]}" in row]
-    return pd.DataFrame({"(a) synthetic -> real": [row[f"a_{n}"] for n in names],
-                         "(b) real -> synthetic": [row[f"b_{n}"] for n in names]}, index=names)
+    """The matrix's cells side by side: one row per metric, one column per cell."""
+    names = [k[2:] for k in row if k.startswith("a_") and all(f"{c}_{k[2:]}" in row for c in CELLS)]
+    return pd.DataFrame({metrics.CELL_NAMES[c]: [row[f"{c}_{n}"] for n in names] for c in CELLS}, index=names)

@@ -10,8 +10,11 @@ e.g. ``spectral-clip_n100_thr0.3_seed0``.
 - A stage already finished for these parameters (its folder holds DONE.json, e.g. curation when only
   the gating threshold changed) is not executed again: the run records it as reused and points at the
   notebook that produced it.
-- A failing cell stops the run; the partial output notebook is kept and the error names the notebook
-  and the cell.
+- A failing cell or a dead kernel (out of memory, killed) stops the run; the partial output notebook
+  is kept, run.json records the error, and the message names the notebook, the cell (its index in the
+  source notebook) and its first line. Rerunning resumes.
+- run.json is merged under a lock on every update, with a ``history`` of each process's stage events,
+  so two identical runs at once keep both records.
 
 CLI: ``python -m lib.runner PARAMS [--set key=value ...] [--runs-root DIR] [--notebooks DIR]``.
 """
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,10 +35,11 @@ from pathlib import Path
 
 import yaml
 
-from . import atomic, config, paths, stages
+from . import atomic, config, paths, references, stages
 
 NOTEBOOKS = paths.ROOT / "notebooks"
 ANALYSIS = "06_fter_analysis"
+REFERENCE_SKIPS = ("02_clustering", "03_dreambooth")   # a reference generator starts at stage 04
 log = logging.getLogger("lib.runner")
 
 
@@ -59,6 +65,10 @@ def method_label(cfg: config.Config) -> str:
 
 def run_id(cfg: config.Config, overrides: dict | None = None) -> str:
     """Readable id from the parameters that vary: method, size, threshold, control, seed, other overrides."""
+    if cfg.generation.kind != "diffusion":      # a reference generator: no tuning set, no fine-tuning
+        return "_".join([f"ref-{cfg.generation.kind}", f"seed{cfg.seed}"] +
+                        [f"{k.split('.')[-1]}{_fmt(v)}" for k, v in sorted((overrides or {}).items())
+                         if k not in ("generation.kind", "seed", "experiment")])
     parts = [cfg.finetune.method, f"n{cfg.selection.per_label}"]
     named = {"experiment", "finetune.method", "selection.per_label", "finetune.control", "seed",
              "gating.enabled"}
@@ -125,6 +135,7 @@ class Run:
     runs_root: Path
     directory: Path
     status: dict = field(default_factory=dict)
+    saved: dict = field(default_factory=dict, repr=False)   # stage entries as this process last wrote them
 
     @property
     def record_path(self) -> Path:
@@ -135,7 +146,43 @@ class Run:
         return bool(self.status.get("finished"))
 
     def save(self) -> None:
-        atomic.write_json(self.record_path, self.status)
+        """Merge this process's stage changes into run.json under a lock: concurrent runs keep both histories."""
+        mine = {s: v for s, v in self.status.get("stages", {}).items() if v != self.saved.get(s)}
+        now = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid(), "host": platform.node()}
+        events = [{"stage": s, **now, **{k: v[k] for k in ("status", "key", "error") if k in v}}
+                  for s, v in mine.items()]
+        with atomic.exclusive(self.directory / ".run.json.lock"):
+            disk = json.loads(self.record_path.read_text()) if self.record_path.exists() else {}
+            self.status = merge_status(disk, self.status, mine, events)
+            atomic.write_json(self.record_path, self.status)
+        self.saved = copy.deepcopy(self.status.get("stages", {}))
+
+
+FINAL = ("executed", "reused", "skipped")
+
+
+def merge_status(disk: dict, ours: dict, changed: dict, events: list[dict]) -> dict:
+    """run.json as on disk, with this process's changed stage entries and events added.
+
+    A stage another process finished is not downgraded by ours (e.g. our 'reused' of a stage it executed,
+    or a failure after it sealed the stage); every event is kept in ``history``.
+    """
+    if not disk:
+        return {**ours, "history": list(ours.get("history", [])) + events}
+    out = {**{k: v for k, v in ours.items() if k not in ("stages", "history")},
+           **{k: v for k, v in disk.items() if v is not None}}
+    out["stages"] = dict(disk.get("stages", {}))
+    for stage, entry in changed.items():
+        theirs = out["stages"].get(stage, {})
+        keep = theirs.get("status") in FINAL and (entry.get("status") not in FINAL or
+                                                  (theirs["status"] == "executed" and entry["status"] != "executed"))
+        if not keep:
+            out["stages"][stage] = entry
+    last = [x for x in (disk.get("done_through"), ours.get("done_through")) if x]
+    if last:
+        out["done_through"] = max(last, key=stages.ORDER.index)
+    out["history"] = list(disk.get("history", [])) + events
+    return out
 
 
 def resolve_config(params_file: str | Path, overrides: dict | None, runs_root: str | Path) -> config.Config:
@@ -185,6 +232,7 @@ def prepare(params_file: str | Path, overrides: dict | None = None, runs_root: s
     run = Run(cfg, dict(overrides or {}), runs_root, directory)
     if run.record_path.exists():
         run.status = json.loads(run.record_path.read_text())
+        run.saved = copy.deepcopy(run.status.get("stages", {}))
     elif create:
         directory.mkdir(parents=True, exist_ok=True)
         atomic.write_text(directory / "params.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True))
@@ -211,26 +259,51 @@ def _previous_notebook(run: Run, stage: str, stage_key: str) -> str | None:
 
 
 def papermill_engine(nb: Path, out_nb: Path, parameters: dict, kernel: str) -> None:
-    """Execute one notebook with papermill; a failing cell becomes RunFailed naming notebook and cell."""
+    """Execute one notebook with papermill. A failing cell or a dead kernel becomes RunFailed naming the
+    notebook, the cell (its index in the source notebook) and its first line, and the output notebook."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
+    kept = f"\n  partial output notebook kept: {out_nb}\n  rerunning the same command resumes at this stage."
     try:
         pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name=kernel,
                             log_output=True, progress_bar=False, cwd=str(paths.ROOT))
     except pm.PapermillExecutionError as exc:
-        index, first_line = _source_cell(out_nb, exc.cell_index)
-        raise RunFailed(f"{nb.name} failed in cell {index} (execution count {exc.exec_count}: "
-                        f"{first_line!r}): {exc.ename}: {exc.evalue}\n"
-                        f"  partial output notebook kept: {out_nb}") from None
+        index, first_line = _source_cell(out_nb, exc.cell_index, exc.source)
+        raise RunFailed(f"{nb.name} failed in cell {index} ({first_line!r}; execution count {exc.exec_count}): "
+                        f"{exc.ename}: {exc.evalue}{kept}") from None
+    except DeadKernelError as exc:
+        index, first_line = _source_cell(out_nb, None)
+        raise RunFailed(f"{nb.name}: the kernel died in cell {index} ({first_line!r}), e.g. out of memory or "
+                        f"killed ({type(exc).__name__}: {exc}){kept}") from None
 
 
-def _source_cell(out_nb: Path, index: int) -> tuple[int, str]:
-    """Index in the source notebook (papermill's injected-parameters cell removed) and its first line."""
+def _source_cell(out_nb: Path, index: int | None, source: str | None = None) -> tuple[int | None, str]:
+    """(index in the source notebook, first line) of the executed notebook's cell ``index``; with None,
+    of the last cell papermill started (the one a dead kernel was running).
+
+    The output notebook holds papermill's error banner and anchor cells and its injected-parameters
+    cell; none of them is in the source notebook, so they are not counted.
+    """
     import nbformat
 
-    cells = nbformat.read(out_nb, as_version=4).cells
+    try:
+        cells = [c for c in nbformat.read(out_nb, as_version=4).cells
+                 if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+    except (OSError, ValueError):
+        return index, _first_line(source or "")
+    if index is None:
+        started = [i for i, c in enumerate(cells) if c.metadata.get("papermill", {}).get("start_time")]
+        if not started:
+            return None, ""
+        index = started[-1]
     injected = sum("injected-parameters" in c.metadata.get("tags", []) for c in cells[:index])
-    return index - injected, cells[index].source.strip().splitlines()[0] if cells[index].source.strip() else ""
+    text = source if source is not None else (cells[index].source if index < len(cells) else "")
+    return index - injected, _first_line(text)
+
+
+def _first_line(text: str) -> str:
+    return next((line for line in text.strip().splitlines()), "")
 
 
 def run(params_file: str | Path, overrides: dict | None = None, runs_root: str | Path = "runs",
@@ -258,6 +331,11 @@ def run(params_file: str | Path, overrides: dict | None = None, runs_root: str |
         if st.get("status") in ("executed", "reused"):
             print(f"  {stage}: done earlier in this run ({st['status']})")
             continue
+        if stage in REFERENCE_SKIPS and references.is_reference(run_.cfg):
+            run_.status["stages"][stage] = {"status": "skipped", "reason": "a reference generator needs no "
+                                            "tuning set and no fine-tuning"}
+            print(f"  {stage}: skipped (reference generator {run_.cfg.generation.kind!r})")
+            continue
         sdir, skey = stages.stage_dir(run_.cfg, stage, run_.runs_root), stages.key(run_.cfg, stage)
         lock = run_.runs_root / run_.cfg.experiment / "stages" / f".{stage}-{skey}.lock"
         with atomic.exclusive(lock):     # parallel sweep points never run one stage twice
@@ -265,12 +343,12 @@ def run(params_file: str | Path, overrides: dict | None = None, runs_root: str |
             # notebook runs again (cheaply, run_stage reuses the artefacts) to complete its output.
             if stage != ANALYSIS and stages.is_done(sdir) and not st:
                 run_.status["stages"][stage] = {"status": "reused", "key": skey, "stage_dir": str(sdir),
-                                                "notebook": _previous_notebook(run_, stage, skey)}
+                                                "notebook": _previous_notebook(run_, stage, skey), "pid": os.getpid()}
                 run_.save()
                 print(f"  {stage}: already finished for these parameters; reusing {stages.paths_rel(sdir)}")
                 continue
             out_nb = run_.directory / nb.name
-            run_.status["stages"][stage] = {"status": "running", "key": skey, "notebook": nb.name}
+            run_.status["stages"][stage] = {"status": "running", "key": skey, "notebook": nb.name, "pid": os.getpid()}
             run_.save()
             print(f"  {stage}: executing {nb.name}")
             t0 = time.perf_counter()
@@ -282,17 +360,21 @@ def run(params_file: str | Path, overrides: dict | None = None, runs_root: str |
             try:
                 with batch_environment(progress):
                     engine(nb, out_nb, parameters, kernel)
-            except RunFailed as exc:
-                run_.status["stages"][stage].update(status="failed", error=str(exc))
+            except BaseException as exc:   # a failing cell, a dead kernel, an interrupt: recorded, then raised
+                run_.status["stages"][stage].update(
+                    status="failed", pid=os.getpid(),
+                    error=str(exc) if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}")
                 run_.save()
                 raise
             if stage != ANALYSIS and not stages.is_done(sdir):
-                msg = f"{nb.name} ran without sealing its stage folder {sdir} (no DONE.json)"
-                run_.status["stages"][stage].update(status="failed", error=msg)
+                msg = (f"{nb.name} ran without sealing its stage folder {sdir} (no DONE.json)"
+                       if not (sdir / "DONE.json").exists() else f"{sdir} changed after {nb.name} sealed it: "
+                       f"{stages.changed(sdir)}")
+                run_.status["stages"][stage].update(status="failed", error=msg, pid=os.getpid())
                 run_.save()
                 raise RunFailed(msg)
             secs = round(time.perf_counter() - t0, 1)
-            run_.status["stages"][stage].update(status="executed", stage_dir=str(sdir), seconds=secs)
+            run_.status["stages"][stage].update(status="executed", stage_dir=str(sdir), seconds=secs, pid=os.getpid())
             run_.save()
             print(f"  {stage}: done in {secs:.1f} s")
     if until is None:

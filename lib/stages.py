@@ -2,11 +2,16 @@
 
 Each stage's folder is keyed by a hash of exactly the parameter sections it (and the stages before
 it) depends on. Changing the gating threshold therefore changes the keys of stages 03-05 only, and
-curation, embeddings and clustering are found already done.
+curation, embeddings and clustering are found already done. For data.source nih the keys also hold a
+fingerprint of the data on disk (lib.curation.data_fingerprint), so changed images or a changed CSV
+are new data. A finished stage records a fingerprint of what it read and wrote (see the end of this
+module); one whose files or inputs changed since is refused, never reused.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -23,22 +28,38 @@ _OWN = {
     "05_classifier": ["classifier"],
     "06_fter_analysis": [],
 }
+# Stages no notebook owns, with every section they depend on: the real-trained classifier does not
+# depend on the generator, so every method of one data, seed and classifier setting shares it.
+_SIDE = {"05_real_baseline": ["seed", "data", "pools", "classifier"]}
+# A reference generator (lib.references) needs no tuning set and no fine-tuning: its stages skip 02-03.
+_REFERENCE_SKIPS = ["embedding", "cluster", "selection", "model", "finetune", "gating"]
 
 
-def sections(stage: str) -> list[str]:
+def sections(stage: str, reference: bool = False) -> list[str]:
     """Every parameter section the stage depends on, its own and its upstream stages'."""
+    if stage in _SIDE:
+        return list(_SIDE[stage])
     if stage not in _OWN:
-        raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(ORDER)}")
+        raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(ORDER + list(_SIDE))}")
     out: list[str] = []
     for s in ORDER[: ORDER.index(stage) + 1]:
         out += _OWN[s]
+    if reference and stage in ("04_generation", "05_classifier"):
+        out = [s for s in out if s not in _REFERENCE_SKIPS or s == "model"]   # vae-roundtrip uses model
     return out
 
 
-def key(cfg: Config, stage: str) -> str:
+def key(cfg: Config, stage: str, data: str | None = None) -> str:
+    """``data``: the data fingerprint when the caller has it (curation.data_fingerprint), else computed."""
     from .phantoms import GENERATOR_VERSION
 
-    base = _keyed(cfg).section_hash(*sections(stage))
+    from .references import is_reference
+
+    base = _keyed(cfg).section_hash(*sections(stage, is_reference(cfg)))
+    # Real data that changed on disk (images, CSV) under the same parameters is new data too.
+    data = data or _data_fingerprint(cfg)
+    if data:
+        base = hashlib.sha256(f"{base}|{data}".encode()).hexdigest()[:10]
     # A new phantom generator is new data: it must not reuse stages built on the old one.
     return base if cfg.data.source != "phantom" else f"{base}p{GENERATOR_VERSION}"
 
@@ -69,24 +90,28 @@ def stage_dir(cfg: Config, stage: str, runs_root: str | Path = "runs") -> Path:
 
 
 def is_done(directory: Path) -> bool:
-    return (Path(directory) / "DONE.json").exists()
+    """Sealed (DONE.json), and neither its files nor the upstream files it read changed since."""
+    return (Path(directory) / "DONE.json").exists() and changed(directory) is None
 
 
 def mark_done(directory: Path, cfg: Config, stage: str, **extra) -> Path:
     """Seal a stage: its parameters, code version and time. A sealed stage is never redone."""
     record = {"stage": stage, "key": key(cfg, stage), "params": cfg.to_dict(),
               "code_version": provenance.code_version(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              **extra}
+              "files": files_fingerprint(directory), **extra}
+    if "inputs" not in record:
+        record["inputs"] = inputs(cfg, stage, directory)
     return atomic.write_json(Path(directory) / "DONE.json", record, overwrite=False)
 
 
 def require(cfg: Config, stage: str, runs_root: str | Path = "runs") -> Path:
     """The folder of a finished upstream stage, or an error that says which notebook to run first."""
     d = stage_dir(cfg, stage, runs_root)
-    if not is_done(d):
+    if not (d / "DONE.json").exists():
         raise FileNotFoundError(f"stage {stage} has not finished for these parameters (looked in {d}). "
                                 f"Run notebooks/{stage}.ipynb with the same parameter file first, "
                                 "or `make run PARAMS=...` to run the whole pipeline.")
+    _refuse_if_changed(stage, d)
     return d
 
 
@@ -97,12 +122,18 @@ def run_stage(cfg: Config, stage: str, fn, runs_root: str | Path = "runs", **kwa
     (its functions skip artefacts already written).
     """
     out = stage_dir(cfg, stage, runs_root)
-    if is_done(out):
+    if (out / "DONE.json").exists():
+        _refuse_if_changed(stage, out)
         print(f"{stage}: already finished for these parameters, reusing {paths_rel(out)}")
         return out
     out.mkdir(parents=True, exist_ok=True)
+    started = start(cfg, stage, out)
     fn(cfg, out, runs_root=runs_root, **kwargs)
-    mark_done(out, cfg, stage)
+    moved = _input_changes(started, out.parent)
+    if moved:
+        raise StageChanged(f"the inputs of stage {stage} changed while it ran ({'; '.join(moved[:5])}); it is not "
+                           f"sealed. Delete {out} and run it again.")
+    mark_done(out, cfg, stage)        # records every input it read, those made while it ran included
     return out
 
 
@@ -111,3 +142,109 @@ def paths_rel(p: Path) -> str:
         return str(Path(p).relative_to(paths.ROOT))
     except ValueError:
         return str(p)
+
+
+# ------------------------------------------------------------------------------------ fingerprints
+# DONE.json records what a stage read (upstream folders and the content of their CSV/JSON files) and
+# the content of its own CSV/JSON files; INPUTS.json records what it read when it started. A stage whose
+# record no longer matches is refused, never reused; artefacts in sub-folders are not fingerprinted.
+RECORDS = ("DONE.json", "INPUTS.json")
+
+
+class StageChanged(RuntimeError):
+    """A stage folder's files, or the upstream files it was computed from, changed after the fact."""
+
+
+def _data_fingerprint(cfg: Config) -> str | None:
+    from .curation import data_fingerprint
+
+    return data_fingerprint(cfg)
+
+
+def files_fingerprint(directory: Path) -> dict[str, str]:
+    """Content hash of each CSV and JSON file directly in a stage folder (manifests, summaries, results)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return {}
+    return {f.name: provenance.file_hash(f) for f in sorted(d.iterdir())
+            if f.suffix in (".csv", ".json") and f.name not in RECORDS and not f.name.startswith(".") and f.is_file()}
+
+
+def upstream(cfg: Config, stage: str) -> list[str]:
+    """The stages a stage reads: those whose parameter sections are all among its own."""
+    from .references import is_reference
+
+    ref = is_reference(cfg)
+    mine = set(sections(stage, ref))
+    return [u for u in [*ORDER[:-1], *_SIDE] if u != stage and set(sections(u, ref)) <= mine]
+
+
+def inputs(cfg: Config, stage: str, directory: Path) -> dict:
+    """Each finished upstream stage's folder name and files fingerprint (what this stage reads now)."""
+    data = _data_fingerprint(cfg)
+    parent, out = Path(directory).parent, {}
+    for u in upstream(cfg, stage):
+        d = parent / f"{u}-{key(cfg, u, data)}"
+        if (d / "DONE.json").exists():
+            out[u] = {"dir": d.name, "files": files_fingerprint(d)}
+    return out
+
+
+def _differences(recorded: dict[str, str], now: dict[str, str], where: str) -> list[str]:
+    """Recorded files that changed or vanished (files added later are not the stage's inputs)."""
+    return [f"{where}/{name} {'changed' if name in now else 'was removed'}"
+            for name, h in recorded.items() if now.get(name) != h]
+
+
+def _input_changes(recorded: dict, parent: Path) -> list[str]:
+    out = []
+    for u, rec in recorded.items():
+        d = parent / rec["dir"]
+        if not (d / "DONE.json").exists():
+            out.append(f"upstream stage folder {rec['dir']} is gone or no longer finished")
+        else:
+            out += _differences(rec.get("files", {}), files_fingerprint(d), rec["dir"])
+    return out
+
+
+def changed(directory: Path) -> str | None:
+    """What changed in a sealed stage's files or inputs since it finished; None when nothing did.
+    Stages sealed before fingerprints existed (no "files" in DONE.json) are taken as they are."""
+    d = Path(directory)
+    record = json.loads((d / "DONE.json").read_text())
+    if "files" not in record:
+        return None
+    diffs = _differences(record["files"], files_fingerprint(d), d.name) + \
+        _input_changes(record.get("inputs", {}), d.parent)
+    return "; ".join(diffs[:5]) + (f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else "") if diffs else None
+
+
+def _refuse_if_changed(stage: str, d: Path) -> None:
+    what = changed(d)
+    if what:
+        raise StageChanged(f"stage {stage} in {d} finished, but since then {what}. Its results may no longer "
+                           f"follow from its inputs, so they are not reused. Delete {d} to recompute the stage "
+                           "(or restore the changed files).")
+
+
+def start(cfg: Config, stage: str, out: Path) -> dict:
+    """Record (or, on resume, check) the inputs an unfinished stage is computed from; returns them.
+
+    A folder whose recorded inputs changed, or that holds artefacts but no record (its DONE.json and
+    INPUTS.json were deleted, or an older version wrote it), is refused: its partial results may come
+    from other inputs.
+    """
+    record = out / "INPUTS.json"
+    if record.exists():
+        recorded = json.loads(record.read_text())["inputs"]
+        diffs = _input_changes(recorded, out.parent)
+        if diffs:
+            raise StageChanged(f"stage {stage} in {out} was started from other inputs: {'; '.join(diffs[:5])}. "
+                               f"Its partial results would mix the two. Delete {out} to recompute the stage.")
+        return recorded
+    if any(out.iterdir()):
+        raise StageChanged(f"stage {stage} in {out} holds artefacts but no record of the inputs they came from "
+                           f"(no DONE.json or INPUTS.json). Delete {out} to recompute the stage.")
+    current = inputs(cfg, stage, out)
+    atomic.write_json(record, {"stage": stage, "key": key(cfg, stage), "inputs": current})
+    return current

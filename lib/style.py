@@ -25,6 +25,10 @@ METHODS = ["random", "spectral-pixel", "spectral-clip", "textbook", "active-gati
            "random-skip", "no-fine-tune", "real"]
 _PALETTE = sns.color_palette("colorblind", len(METHODS))
 METHOD_COLORS = dict(zip(METHODS, _PALETTE))
+# Reference generators (lib.references): a palette of their own, so they never pass for a method.
+REFERENCES = ["real-holdout", "vae-roundtrip", "exaggerated", "findings-erased", "collapsed", "label-shuffled",
+              "folder"]
+METHOD_COLORS.update(zip(REFERENCES, sns.color_palette("dark", len(REFERENCES))))
 LABEL_COLORS = {"No Finding": _PALETTE[0], "Unhealthy": _PALETTE[3]}
 
 

@@ -90,11 +90,13 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
 
     ``extra`` overrides every point (the CLI's --set), e.g. a threshold rerun of the whole demo.
     """
-    path = paths.resolve(path)
+    given, path = Path(path), paths.resolve(path)
     if not path.exists():
-        raise config.ParamError(f"sweep file {path} not found; shipped sweeps: "
+        where = "" if given.expanduser().is_absolute() else \
+            f" (a relative path is resolved from the project root {paths.ROOT}, not the current directory)"
+        raise config.ParamError(f"sweep file {path} not found{where}; shipped sweeps: "
                                 f"{', '.join(p.name for p in sorted((paths.PARAMS / 'sweeps').glob('*.yaml')))}.")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _read_mapping(path)
     unknown = set(raw) - {"base", "fixed", "grid", "points", "figures_dir"}
     if unknown:
         raise config.ParamError(f"unknown key(s) {sorted(unknown)} in {path.name}; "
@@ -110,6 +112,21 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
     for p in pts:  # fail on a bad key before anything runs
         config.load(raw["base"], {k: v for k, v in p.items() if not (k == "gating.skip_rate" and v is None)})
     return Sweep(path.stem, raw["base"], _dedupe(pts), raw.get("figures_dir", "figures"))
+
+
+def _read_mapping(path: Path) -> dict:
+    """The sweep file as a mapping; malformed YAML is a ParamError naming the file and the line."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise config.ParamError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise config.ParamError(f"{path} must hold a mapping (base:, grid:, points: ...), not {type(raw).__name__}.")
+    for key, kind in (("fixed", dict), ("grid", dict), ("points", list)):
+        if raw.get(key) is not None and not isinstance(raw[key], kind):
+            raise config.ParamError(f"`{key}:` in {path.name} must be a {'mapping' if kind is dict else 'list'}, "
+                                    f"got {raw[key]!r}.")
+    return raw
 
 
 def _dedupe(points: list[dict]) -> list[dict]:

@@ -23,44 +23,54 @@ def _auroc(y, s):
     return float(roc_auc_score(y, s))
 
 
-def fake_predictions(n: int, quality: float, seed: int) -> pd.DataFrame:
-    """Scores that separate the two labels by ``quality`` (0 = chance)."""
+def fake_predictions(n: int, quality: float, seed: int, ids: str | None = None) -> pd.DataFrame:
+    """Per-class outputs that separate the two labels by ``quality`` (0 = chance), and their score."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    score = 1 / (1 + np.exp(-(quality * (2 * y - 1) + rng.normal(0, 1, n))))
-    return pd.DataFrame({"image_id": [f"img{seed}_{i:04d}" for i in range(n)],
-                         "label": [LABELS[v] for v in y], "score": score})
-
-
-def _direction(pred: pd.DataFrame, d: str) -> dict:
-    y = (pred["label"] == "Unhealthy").to_numpy()
-    s = pred["score"].to_numpy()
-    hit = (s >= 0.5) == y
-    row = {f"auroc_{d}": _auroc(y, s), f"acc_{d}": float(hit.mean()),
-           f"auroc_{d}_ci_low": 0.0, f"auroc_{d}_ci_high": 1.0, f"collapsed_{d}": False}
-    for lab in LABELS:
-        m = (pred["label"] == lab).to_numpy()
-        row[f"acc_{d}_{lab}"] = float(hit[m].mean())
-        row[f"auroc_{d}_{lab}"] = _auroc(y == (lab == "Unhealthy"), s if lab == "Unhealthy" else 1 - s)
-    return row
+    p1 = 1 / (1 + np.exp(-(quality * (2 * y - 1) + rng.normal(0, 1, n))))
+    p0 = 1 / (1 + np.exp(-(quality * (1 - 2 * y) + rng.normal(0, 1, n))))
+    return pd.DataFrame({"image_id": [f"{ids or f'img{seed}'}_{i:04d}" for i in range(n)],
+                         "label": [LABELS[v] for v in y], "score": p1 / (p0 + p1),
+                         "p[No Finding]": p0, "p[Unhealthy]": p1})
 
 
 def write_fake_results(cfg, out: Path, method: str | None = None, n: int = 120) -> None:
-    """A results record in the evaluation's format, with quality depending on method and seed."""
-    method = method or (cfg.finetune.control if cfg.finetune.control != "none" else
-                        "active-gating" if cfg.gating.enabled else cfg.finetune.method)
+    """A results record in the evaluation's format (every matrix cell, the detector, the row from
+    lib.metrics.matrix), with quality depending on method and seed. Runs of one seed share the real
+    test images, as stage 05's real baseline makes them."""
+    from lib import metrics, results
+
+    method = method or results.method_name(cfg)
     base = {"random": 0.3, "spectral-clip": 0.8, "active-gating": 1.2}.get(method, 0.1)
-    pa = fake_predictions(n, base, 100 + cfg.seed)
-    pb = fake_predictions(n, 2.0, 200 + cfg.seed)
-    atomic.write_csv(out / "predictions_a.csv", pa)
-    atomic.write_csv(out / "predictions_b.csv", pb)
-    row = {"method": method, "tuning_size": cfg.selection.per_label, "seed": cfg.seed,
-           "threshold": cfg.gating.threshold, "gating": cfg.gating.enabled, "control": cfg.finetune.control,
-           **_direction(pa, "a"), **_direction(pb, "b"), "code_version": "test", "data_hash": "d",
-           "model_hash": "m", "params_json": json.dumps(cfg.to_dict(), sort_keys=True)}
-    row["fter"] = row["auroc_a"] / row["auroc_b"]
-    row["fter_ci_low"], row["fter_ci_high"] = row["fter"] - 0.1, row["fter"] + 0.1
+    real = fake_predictions(n, 1.5, 300 + cfg.seed, ids=f"real{cfg.seed}")      # TRTR: the shared baseline
+    a = _relabel_scores(real, base, 100 + cfg.seed)                               # same images and labels
+    syn_b = fake_predictions(n, 2.0, 200 + cfg.seed, ids="syn")
+    syn_t = _relabel_scores(syn_b, 1.0, 400 + cfg.seed)
+    for k, df in {"a": a, "trtr": real, "b": syn_b, "tsts": syn_t}.items():
+        atomic.write_csv(out / f"predictions_{k}.csv", df)
+    atomic.write_csv(out / "test_a.csv", real[["image_id", "label"]])
+    atomic.write_csv(out / "test_b.csv", syn_b[["image_id", "label"]])
+    rng = np.random.default_rng(500 + cfg.seed)
+    det = pd.DataFrame({"image_id": list(real["image_id"]) + list(syn_b["image_id"]),
+                        "label": list(real["label"]) + list(syn_b["label"]),
+                        "source": ["real"] * n + ["synthetic"] * n})
+    det["score"] = 1 / (1 + np.exp(-(0.5 * (det["source"] == "synthetic") + rng.normal(0, 1, 2 * n))))
+    atomic.write_csv(out / "predictions_det.csv", det)
+    row = {"method": method, "tuning_per_label": cfg.selection.per_label, "tuning_size": 99, "seed": cfg.seed,
+           "bootstrap_seed": cfg.seed, "code_version": "test",
+           **metrics.matrix(results.cells_from(out), cfg.classifier.threshold, 50, cfg.seed,
+                            detection=results.detection_from(out)),
+           **results.flatten(cfg.to_dict(), "param.")}
     atomic.write_csv(out / "results.csv", pd.DataFrame([row]))
+
+
+def _relabel_scores(pred: pd.DataFrame, quality: float, seed: int) -> pd.DataFrame:
+    """Other outputs of given quality for the same images and labels."""
+    rng = np.random.default_rng(seed)
+    y = (pred["label"] == "Unhealthy").to_numpy().astype(int)
+    p1 = 1 / (1 + np.exp(-(quality * (2 * y - 1) + rng.normal(0, 1, len(y)))))
+    p0 = 1 / (1 + np.exp(-(quality * (1 - 2 * y) + rng.normal(0, 1, len(y)))))
+    return pred.assign(score=p1 / (p0 + p1), **{"p[No Finding]": p0, "p[Unhealthy]": p1})
 
 
 def _stage_code(stage: str) -> str:

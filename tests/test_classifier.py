@@ -1,4 +1,4 @@
-"""CheXNet wrapper: one logit, seeds honoured, validation carved from training data, early stopping, learning."""
+"""CheXNet wrapper: one output per class, seeds honoured, validation carved from training data, early stopping, learning."""
 import dataclasses
 
 import numpy as np
@@ -31,10 +31,10 @@ def toy(n=48, seed=0):
     return classifier.TensorSet((x.clamp(0, 1) * 255).to(torch.uint8), y.float())
 
 
-def test_densenet121_is_the_real_architecture_with_one_logit():
+def test_densenet121_is_the_real_architecture_with_one_output_per_class():
     m = classifier.CheXNet("densenet121", "none")
-    assert m.net.classifier.out_features == 1 and len(m.net.features.denseblock3) == 24
-    assert m(torch.rand(2, 1, 64, 64)).shape == (2,)
+    assert m.net.classifier.out_features == 2 and len(m.net.features.denseblock3) == 24
+    assert m(torch.rand(3, 1, 64, 64)).shape == (3, 2)
     with pytest.raises(ValueError, match="arch"):
         classifier.CheXNet("resnet")
 
@@ -79,3 +79,13 @@ def test_manifest_loading_matches_the_image_reader_and_refuses_one_class(tmp_pat
         classifier.train(data.subset([0, 2]), CFG, 0, progress=False)
     with pytest.raises(DataError, match="empty"):
         classifier.TensorSet.from_manifest(m.iloc[:0], 32)
+
+
+def test_each_class_has_its_own_output_and_the_binary_score_normalises_them():
+    res = classifier.train(toy(64), dataclasses.replace(CFG, epochs=6), seed=0, progress=False)
+    test = toy(64, seed=1)
+    out = classifier.predict_outputs(res.model, test)
+    assert out.shape == (64, 2) and ((out > 0) & (out < 1)).all()
+    np.testing.assert_allclose(classifier.predict(res.model, test), out[:, 1] / out.sum(1))
+    # two sigmoids, not a softmax: the outputs need not sum to one, so per-class AUROCs differ
+    assert not np.allclose(out.sum(1), 1.0)

@@ -111,7 +111,10 @@ def test_no_fine_tune_records_the_base_model(tmp_path, runs_root):
 def test_empty_tuning_set_is_a_clear_error(tmp_path, runs_root):
     cfg = tiny_cfg(tmp_path)
     df = fake_stage02(cfg, runs_root, tmp_path)
-    df.iloc[:0].to_csv(stages.stage_dir(cfg, "02_clustering", runs_root) / "tuning_spectral-clip.csv", index=False)
+    d02 = stages.stage_dir(cfg, "02_clustering", runs_root)
+    df.iloc[:0].to_csv(d02 / "tuning_spectral-clip.csv", index=False)
+    (d02 / "DONE.json").unlink()                 # sealed again with the empty set (an edited sealed stage is refused)
+    stages.mark_done(d02, cfg, "02_clustering")
     with pytest.raises(DataError, match="empty"):
         dreambooth.run(cfg, tmp_path / "03", runs_root, progress=False)
 

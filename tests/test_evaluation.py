@@ -1,15 +1,17 @@
-"""Two-way evaluation: results from saved predictions, leakage refusal, bad-input errors.
+"""The trainability matrix: results from saved predictions, the shared real baseline, leakage refusal,
+reference generators that calibrate the metrics, bad-input errors.
 
 Stage 04 is stood in for by real phantom images from the tuning pool, relabelled as a synthetic set,
 so these tests exercise stage 05 alone; tests/test_generation.py runs the chain through a diffusion model.
 """
+import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from lib import atomic, config, curation, evaluation, results, stages
+from lib import atomic, config, curation, evaluation, generation, leakage, results, stages
 from lib.curation import LeakageError
 from lib.nih import DataError
 
@@ -54,20 +56,70 @@ def test_results_record_and_recompute_from_predictions(finished):
     row = results.read(out)
     assert pd.read_csv(out / "results.csv").shape[0] == 1
     for key in ("method", "tuning_size", "seed", "fter", "fter_ci_low", "a_auroc", "b_auroc", "a_collapsed",
+                "trtr_auroc", "tsts_auroc", "cc_fter", "tr", "tr_defined", "det_auroc", "det_auroc[Unhealthy]",
                 "b_f1[Unhealthy]", "a_cm[No Finding->Unhealthy]", "code_version", "data_hash_test_a",
-                "param.classifier.arch", "param.gating.threshold", "a_classifier_hash"):
+                "param.classifier.arch", "param.gating.threshold", "a_classifier_hash", "real_baseline"):
         assert key in row, key
     assert row["method"] == results.method_name(cfg)
     again = results.recompute_from_predictions(out)
     for key, value in again.items():
         if isinstance(value, float) and np.isnan(value):
             assert np.isnan(row[key]), key
+        elif isinstance(value, str):
+            assert row[key] == value, key
         else:
             assert row[key] == pytest.approx(value, rel=1e-12), key
     assert row["fter"] == pytest.approx(row["a_auroc"] / row["b_auroc"])
     assert row["fter"] == pytest.approx(sklearn_fter(out), rel=1e-12)   # independent of lib.metrics
     pa, ta = pd.read_csv(out / "predictions_a.csv"), pd.read_csv(out / "test_a.csv")
-    assert list(pa.columns) == ["image_id", "label", "score"] and set(pa.image_id) == set(ta.image_id)
+    assert list(pa.columns) == ["image_id", "label", "score", "p[No Finding]", "p[Unhealthy]"]
+    assert set(pa.image_id) == set(ta.image_id)
+
+
+def test_every_new_number_equals_scikit_learn_on_the_saved_predictions(finished):
+    from sklearn.metrics import roc_auc_score
+
+    _, _, out = finished
+    row = results.read(out)
+    au = {}
+    for k in ("a", "b", "trtr", "tsts"):
+        p = pd.read_csv(out / f"predictions_{k}.csv")
+        y = (p["label"] == "Unhealthy").to_numpy()
+        au[k] = roc_auc_score(y, p["p[Unhealthy]"] / (p["p[Unhealthy]"] + p["p[No Finding]"]))
+        assert row[f"{k}_auroc"] == pytest.approx(au[k], abs=1e-12)
+        assert row[f"{k}_auroc[No Finding]"] == pytest.approx(roc_auc_score(~y, p["p[No Finding]"]), abs=1e-12)
+        assert row[f"{k}_auroc[Unhealthy]"] == pytest.approx(roc_auc_score(y, p["p[Unhealthy]"]), abs=1e-12)
+    # the matrix is on the same samples: TRTR and (a) share the real test set, TRTS and TSTS the synthetic one
+    ids = {k: set(pd.read_csv(out / f"predictions_{k}.csv")["image_id"]) for k in au}
+    assert ids["a"] == ids["trtr"] and ids["b"] == ids["tsts"] and not ids["a"] & ids["b"]
+    assert not ids["b"] & set(pd.read_csv(out / "train_a.csv")["image_id"])       # TSTS tests held-out images
+    for name, (num, den) in {"cc_fter": ("a", "b"), "tr": ("a", "trtr")}.items():
+        if row[f"{name}_defined"]:
+            assert row[name] == pytest.approx((au[num] - 0.5) / (au[den] - 0.5), abs=1e-12)
+        else:
+            assert np.isnan(row[name])
+    det = pd.read_csv(out / "predictions_det.csv")
+    assert (det["source"] == "real").sum() == (det["source"] == "synthetic").sum()   # balanced
+    assert row["det_auroc"] == pytest.approx(roc_auc_score(det["source"] == "synthetic", det["score"]), abs=1e-12)
+    unhealthy = det[det["label"] == "Unhealthy"]
+    assert row["det_auroc[Unhealthy]"] == pytest.approx(
+        roc_auc_score(unhealthy["source"] == "synthetic", unhealthy["score"]), abs=1e-12)
+
+
+def test_the_real_baseline_is_computed_once_and_shared_by_every_generator(finished):
+    cfg, runs_root, out = finished
+    other = config.load("params/smoke.yaml", {"finetune.method": "random", "gating.enabled": True,
+                                              "generation.steps": 2})
+    assert stages.stage_dir(other, evaluation.REAL_STAGE, runs_root) == \
+        stages.stage_dir(cfg, evaluation.REAL_STAGE, runs_root)
+    assert stages.key(other, "05_classifier") != stages.key(cfg, "05_classifier")
+    for change in ({"seed": 1}, {"classifier.epochs": 2}, {"pools.test": 90}):
+        moved = config.load("params/smoke.yaml", change)
+        assert stages.stage_dir(moved, evaluation.REAL_STAGE, runs_root) != \
+            stages.stage_dir(cfg, evaluation.REAL_STAGE, runs_root), change
+    row = results.read(out)
+    real = json.loads((stages.stage_dir(cfg, evaluation.REAL_STAGE, runs_root) / "direction_real.json").read_text())
+    assert row["b_classifier_hash"] == real["classifier_hash"]
 
 
 def test_prediction_file_that_does_not_match_its_manifest_is_refused(finished, tmp_path):
@@ -95,7 +147,7 @@ def test_leakage_refusal_names_the_overlap(smoke_cfg, runs_root):
     # A test *patient* in the real training pool is refused too, even with a new image id and hash.
     stowaway = pools["test"].iloc[:1].assign(image_id="other.png", hash="ffff")
     with pytest.raises(LeakageError, match="patient"):
-        evaluation.check_no_leakage(pools["test"], {"the real training pool": pd.concat([pools["train"], stowaway])})
+        leakage.check_content(pools["test"], {"the real training pool": pd.concat([pools["train"], stowaway])})
 
 
 def test_missing_class_and_empty_manifest_stop_the_run(smoke_cfg, runs_root, tmp_path):
@@ -114,3 +166,30 @@ def test_short_class_names_the_knob():
     df = pd.DataFrame({"label": ["No Finding"] * 5 + ["Unhealthy"] * 2, "path": "x"})
     with pytest.raises(DataError, match="n_train_per_class"):
         evaluation.per_class(df, 3, 0, "the synthetic set")
+
+
+# Enough signal for the calibration to be testable at smoke size: TRTR well above chance.
+CALIBRATION = {"classifier.epochs": 12, "classifier.patience": 12, "generation.n_per_label": 45,
+               "classifier.n_train_per_class": 30, "pools.tuning": 120, "data.phantom_n": 480}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """Stage 05 of the real-holdout and label-shuffled references, sharing one real baseline."""
+    runs_root = tmp_path_factory.mktemp("runs")
+    rows = {}
+    for kind in ("real-holdout", "label-shuffled"):
+        cfg = config.load("params/smoke.yaml", {**CALIBRATION, "generation.kind": kind})
+        stages.run_stage(cfg, "01_data_curation", curation.run, runs_root, progress=False)
+        stages.run_stage(cfg, "04_generation", generation.run, runs_root, progress=False)
+        rows[kind] = results.read(stages.run_stage(cfg, "05_classifier", evaluation.run, runs_root, progress=False))
+    return rows
+
+
+def test_references_calibrate_the_metrics_as_their_construction_says(calibrated):
+    holdout, shuffled = calibrated["real-holdout"], calibrated["label-shuffled"]
+    assert holdout["trtr_auroc_ci_low"] > 0.5                           # room to measure
+    assert holdout["tr_defined"] and holdout["tr_ci_low"] <= 1.0 <= holdout["tr_ci_high"]
+    assert shuffled["a_auroc_ci_low"] <= 0.5 <= shuffled["a_auroc_ci_high"]
+    assert holdout["real_baseline"] == shuffled["real_baseline"]       # one real baseline, reused
+    assert holdout["method"] == "real-holdout" and holdout["tuning_size"] is None or np.isnan(holdout["tuning_size"])

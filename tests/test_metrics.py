@@ -62,13 +62,53 @@ def test_bootstrap_interval_covers_the_estimate_and_is_seeded():
     assert metrics.auroc_ci(y, s, n_boot=300, seed=2) != (lo, hi)
 
 
-def test_fter_and_its_interval_resample_both_sets():
+def _outputs(y, q, rng):
+    """Two sigmoid outputs of quality q: one per class, not summing to one."""
+    p1 = 1 / (1 + np.exp(-(q * (2 * y - 1) + rng.normal(0, 1, len(y)))))
+    p0 = 1 / (1 + np.exp(-(q * (1 - 2 * y) + rng.normal(0, 1, len(y)))))
+    return np.column_stack([p0, p1])
+
+
+def test_matrix_cells_and_ratios_equal_sklearn():
     rng = np.random.default_rng(4)
-    ya, yb = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
-    sa, sb = rng.random(300) + 0.1 * ya, rng.random(300) + 0.8 * yb
-    row = metrics.two_way(ya, sa, yb, sb, n_boot=200, seed=0)
-    assert row["fter"] == pytest.approx(skm.roc_auc_score(ya, sa) / skm.roc_auc_score(yb, sb))
-    assert row["fter_ci_low"] < row["fter"] < row["fter_ci_high"]
-    # A perfect (b) set leaves only (a)'s sampling noise: the interval must narrow.
-    lo, hi = metrics.fter_ci(ya, sa, yb, yb.astype(float), n_boot=200, seed=0)
-    assert hi - lo < row["fter_ci_high"] - row["fter_ci_low"]
+    y_real, y_syn = rng.integers(0, 2, 300), rng.integers(0, 2, 250)
+    cells = {"a": (y_real, _outputs(y_real, 0.6, rng)), "trtr": (y_real, _outputs(y_real, 1.5, rng)),
+             "b": (y_syn, _outputs(y_syn, 1.2, rng)), "tsts": (y_syn, _outputs(y_syn, 2.0, rng))}
+    row = metrics.matrix(cells, n_boot=200, seed=0)
+    au = {}
+    for k, (y, o) in cells.items():
+        au[k] = skm.roc_auc_score(y, o[:, 1] / o.sum(1))
+        assert row[f"{k}_auroc"] == pytest.approx(au[k], abs=1e-12)
+        # per-class AUROC from each class's own output: never the overall value by construction
+        assert row[f"{k}_auroc[No Finding]"] == pytest.approx(skm.roc_auc_score(y == 0, o[:, 0]))
+        assert row[f"{k}_auroc[Unhealthy]"] == pytest.approx(skm.roc_auc_score(y, o[:, 1]))
+        assert len({row[f"{k}_auroc"], row[f"{k}_auroc[No Finding]"], row[f"{k}_auroc[Unhealthy]"]}) == 3
+    assert row["fter"] == pytest.approx(au["a"] / au["b"])
+    assert row["cc_fter"] == pytest.approx((au["a"] - 0.5) / (au["b"] - 0.5))
+    assert row["tr"] == pytest.approx((au["a"] - 0.5) / (au["trtr"] - 0.5))
+    for r in ("fter", "cc_fter", "tr"):
+        assert row[f"{r}_defined"] and row[f"{r}_ci_low"] < row[r] < row[f"{r}_ci_high"]
+
+
+def test_a_ratio_whose_denominator_is_at_chance_is_undefined_not_huge():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 300)
+    chance = np.column_stack([rng.random(300), rng.random(300)])      # (b) and TRTR at chance
+    cells = {"a": (y, _outputs(y, 1.0, rng)), "b": (y, chance), "trtr": (y, chance), "tsts": (y, chance)}
+    row = metrics.matrix(cells, n_boot=200, seed=0)
+    for r in ("cc_fter", "tr"):
+        assert not row[f"{r}_defined"] and np.isnan(row[r]) and np.isnan(row[f"{r}_ci_low"])
+        assert "chance" in row[f"{r}_note"]
+    assert row["fter_defined"] and np.isfinite(row["fter"])           # a / b itself stays a number
+
+
+def test_detection_auroc_overall_and_within_each_class():
+    rng = np.random.default_rng(6)
+    is_syn = np.repeat([0, 1], 200)
+    labels = np.tile(np.array(LABELS), 200)
+    score = rng.random(400) + 0.5 * is_syn * (labels == "Unhealthy")   # only Unhealthy fakes are visible
+    d = metrics.detection_metrics(is_syn, score, labels, n_boot=100)
+    assert d["det_auroc"] == pytest.approx(skm.roc_auc_score(is_syn, score))
+    m = labels == "No Finding"
+    assert d["det_auroc[No Finding]"] == pytest.approx(skm.roc_auc_score(is_syn[m], score[m]))
+    assert d["det_auroc[Unhealthy]"] > 0.7 > d["det_auroc[No Finding]"]

@@ -57,8 +57,8 @@ def fter_by_method(s: pd.DataFrame, figures_dir, name: str = "06_fter_by_method"
             if r["tuning_size"] != n:
                 continue
             i = groups.index(lab)
-            err = [[r["fter_mean"] - r["fter_ci_low"]], [r["fter_ci_high"] - r["fter_mean"]]]
-            ax.bar(i + (j - (len(sizes) - 1) / 2) * width, r["fter_mean"], width * 0.92, yerr=err,
+            err = [[r["fter_pooled"] - r["fter_ci_low"]], [r["fter_ci_high"] - r["fter_pooled"]]]
+            ax.bar(i + (j - (len(sizes) - 1) / 2) * width, r["fter_pooled"], width * 0.92, yerr=err,
                    color=style.color(r["method"]), alpha=1.0 if j == len(sizes) - 1 else 0.55,
                    error_kw={"lw": 0.8, "capsize": 1.5}, label=f"{n} per label" if i == 0 else None)
     ax.axhline(1.0, color="0.2", lw=0.8)
@@ -151,3 +151,42 @@ def explorer(s: pd.DataFrame, enabled: bool = True):
     display(box)
     redraw()
     return box
+
+
+def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration"):
+    """Reference generators (known answers) on the T-Gap plane, and on FTER, the chance-corrected FTER,
+    TR and detection AUROC, each with its two-level 95% CI; an undefined ratio is marked, not drawn."""
+    from .. import calibration as cal
+
+    ref = cal.references(s)
+    fig = style.figure(1.0, 0.42)[0]
+    fig.clf()
+    grid = fig.add_gridspec(1, 5, width_ratios=[1.5, 1, 1, 1, 1], wspace=0.12)
+    plane = fig.add_subplot(grid[0])
+    plane.plot([0.3, 1], [0.3, 1], color="0.2", lw=0.8)
+    for _, r in ref.iterrows():
+        xerr = [[r["auroc_b_pooled"] - r["auroc_b_ci_low"]], [r["auroc_b_ci_high"] - r["auroc_b_pooled"]]]
+        yerr = [[r["auroc_a_pooled"] - r["auroc_a_ci_low"]], [r["auroc_a_ci_high"] - r["auroc_a_pooled"]]]
+        plane.errorbar(r["auroc_b_pooled"], r["auroc_a_pooled"], xerr=xerr, yerr=yerr, fmt="o", ms=3, lw=0.7,
+                       capsize=1.2, color=style.color(r["method"]), label=r["method"])
+    plane.axhline(0.5, color="0.6", lw=0.6, ls=":")
+    plane.set(xlim=(0.3, 1), ylim=(0.3, 1), aspect="equal", xlabel="AUROC (b) train real → test syn.",
+              ylabel="AUROC (a) train syn. → test real")
+    ys = np.arange(len(ref))[::-1]
+    for j, (metric, ref_line) in enumerate((("fter", 1.0), ("cc_fter", 1.0), ("tr", 1.0), ("auroc_det", 0.5))):
+        ax = fig.add_subplot(grid[j + 1])
+        for y, (_, r) in zip(ys, ref.iterrows()):
+            v, lo, hi = cal.value(r, metric)
+            if np.isfinite(v):
+                ax.errorbar(v, y, xerr=[[v - lo], [hi - v]], fmt="o", ms=3, lw=0.7, capsize=1.2,
+                            color=style.color(r["method"]))
+            else:
+                ax.text(ref_line, y, "undefined", fontsize=5, ha="center", va="center", color="0.4")
+        ax.axvline(ref_line, color="0.4", lw=0.6, ls="--")
+        ax.set_yticks(ys, list(ref["method"]) if j == 0 else [""] * len(ys), fontsize=5.5)
+        ax.set_title(cal.METRICS[metric], fontsize=7)
+        ax.tick_params(labelsize=5.5)
+    if ref.empty:
+        _empty(plane, "no reference generators among the results")
+    style.save(fig, name, figures_dir)
+    return fig

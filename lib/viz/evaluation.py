@@ -6,17 +6,22 @@ import pandas as pd
 
 from .. import nih, results, style
 
-NAMES = {"a": "(a) train synthetic, test real", "b": "(b) train real, test synthetic"}
+NAMES = {"a": "(a) train synthetic, test real", "b": "(b) train real, test synthetic",
+         "trtr": "TRTR train real, test real", "tsts": "TSTS train synthetic, test held-out synthetic"}
 
 
 def headline(row: dict) -> None:
-    """AUROC of both directions with intervals, FTER with its interval, and any collapsed classifier."""
-    for k in "ab":
-        print(f"{NAMES[k]}: AUROC {row[f'{k}_auroc']:.3f} [{row[f'{k}_auroc_ci_low']:.3f}, "
+    """The trainability matrix with intervals, the three ratios, detection AUROC, any collapsed classifier."""
+    for k in NAMES:
+        print(f"{NAMES[k]:<48} AUROC {row[f'{k}_auroc']:.3f} [{row[f'{k}_auroc_ci_low']:.3f}, "
               f"{row[f'{k}_auroc_ci_high']:.3f}], accuracy {row[f'{k}_accuracy']:.3f}, n_test {row[f'{k}_n']}")
-    print(f"FTER = {row['fter']:.3f}  (95% bootstrap CI {row['fter_ci_low']:.3f} to {row['fter_ci_high']:.3f}); "
-          f"method {row['method']}, seed {row['seed']}")
-    for k in "ab":
+    for r, name in (("fter", "FTER = a / b"), ("cc_fter", "chance-corrected FTER"), ("tr", "TR = (a-.5)/(TRTR-.5)")):
+        text = (f"{row[r]:.3f} [{row[f'{r}_ci_low']:.3f}, {row[f'{r}_ci_high']:.3f}]" if row[f"{r}_defined"]
+                else f"undefined ({row[f'{r}_note']})")
+        print(f"{name:<26} {text}")
+    print(f"detection AUROC (real vs synthetic; 0.5 = indistinguishable) {row['det_auroc']:.3f} "
+          f"[{row['det_auroc_ci_low']:.3f}, {row['det_auroc_ci_high']:.3f}]; method {row['method']}, seed {row['seed']}")
+    for k in NAMES:
         if row[f"{k}_collapsed"]:
             print(f"WARNING: classifier {NAMES[k]} is COLLAPSED: it puts every test image in one class; "
                   "its accuracy and per-class metrics mean little.")
@@ -41,8 +46,8 @@ def roc_and_confusion(pred_a: pd.DataFrame, pred_b: pd.DataFrame, row: dict, fig
                       name: str = "05_roc_confusion"):
     fig, axes = style.figure(1.0, 0.32, ncols=3, gridspec_kw={"width_ratios": [1.3, 1, 1]})
     for k, pred, ls in (("a", pred_a, "-"), ("b", pred_b, "--")):
-        y, s = results.arrays(pred)
-        fpr, tpr = _roc(y, s)
+        y, _ = results.arrays(pred)
+        fpr, tpr = _roc(y, pred["score"].to_numpy(float))
         axes[0].plot(fpr, tpr, ls, color=style.color(row["method"]), label=f"{k}: AUROC {row[f'{k}_auroc']:.2f}")
     axes[0].plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
     axes[0].set_xlabel("false positive rate"); axes[0].set_ylabel("true positive rate")
