@@ -176,9 +176,9 @@ def _recompute_one(r: pd.Series) -> dict:
             out[f"auroc_det_{name}"] = roc_auc_score(q["source"] == "synthetic", q["score"])
     for name, (num, den, chance) in RATIOS.items():
         if f"auroc_{num}" in out and f"auroc_{den}" in out:
-            value = (out[f"auroc_{num}"] - chance) / (out[f"auroc_{den}"] - chance)
-            defined = r.get(f"{name}_defined", True)
-            out[name] = value if (defined is True or str(defined) == "True") else np.nan
+            defined = r.get(f"{name}_defined", True) in (True, "True")
+            den_above = out[f"auroc_{den}"] - chance
+            out[name] = (out[f"auroc_{num}"] - chance) / den_above if defined and den_above else np.nan
     return out
 
 
