@@ -378,7 +378,8 @@ def fter_table(s: pd.DataFrame) -> pd.DataFrame:
     head = ["method", "tuning size", "setting", "seeds"]
     if s.empty:
         return pd.DataFrame(columns=head + list(MATRIX_COLUMNS.values()))
-    out = pd.DataFrame({"method": s["method"], "tuning size": s["tuning_size"], "setting": s["setting"],
+    out = pd.DataFrame({"method": s["method"], "tuning size": s["tuning_size"].map(lambda n: n or "–"),
+                        "setting": s["setting"],
                         "seeds": s["n_seeds"]})
     for key, name in MATRIX_COLUMNS.items():
         out[name] = [_with_ci(r, key) for _, r in s.iterrows()]

@@ -226,7 +226,8 @@ def run(cfg: Config, out_dir: str | Path, runs_root: str | Path = "runs", progre
 def _record(cfg: Config, s: dict, infos: dict) -> dict:
     """The bookkeeping half of the row: what ran, on which data, with which code and generator."""
     row = {"experiment": cfg.experiment, "method": results.method_name(cfg), "tuning_method": cfg.finetune.method,
-           "generator_kind": cfg.generation.kind, "tuning_per_label": cfg.selection.per_label,
+           "generator_kind": cfg.generation.kind,
+           "tuning_per_label": 0 if s["tuning"] is None and cfg.generation.kind != "diffusion" else cfg.selection.per_label,
            "tuning_size": None if s["tuning"] is None else len(s["tuning"]), "seed": cfg.seed,
            "bootstrap_seed": cfg.seed, "real_baseline": stages.paths_rel(s["real_dir"])}
     for k, v in infos.items():

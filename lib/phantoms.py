@@ -20,7 +20,7 @@ from scipy import ndimage
 from . import atomic, nih, paths
 from .progress import tqdm
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
             "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax"]
 
@@ -106,44 +106,44 @@ def _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale: float
             pass  # drawn with the heart itself
         elif f == "Effusion":
             mask, side = pick_side()
-            level = a["dia_y"][side] - s * 0.35
+            level = a["dia_y"][side] - s * 0.5
             fluid = _sigmoid_mask(level - cv.y + 0.05 * np.abs(cv.x - side * a["lung_dx"]), 0.04) * mask
-            img = img + 0.45 * s * fluid
+            img = img + 0.81 * s * fluid
         elif f in ("Consolidation", "Infiltration", "Pneumonia"):
             mask, side = pick_side()
             cy = r.uniform(-0.3, 0.35)
             blob = cv.ellipse(side * a["lung_dx"] + r.uniform(-0.1, 0.1), cy, r.uniform(0.12, 0.22), r.uniform(0.12, 0.25))
             patch = np.clip(_smooth_noise(r, n, 0.03) * 0.5 + 0.8, 0, None) * blob * mask
-            img = img + (0.32 if f != "Infiltration" else 0.26) * s * patch
+            img = img + (0.58 if f != "Infiltration" else 0.47) * s * patch
         elif f in ("Nodule", "Mass"):
             mask, side = pick_side()
-            rad = r.uniform(0.03, 0.06) if f == "Nodule" else r.uniform(0.08, 0.15)
+            rad = r.uniform(0.05, 0.08) if f == "Nodule" else r.uniform(0.08, 0.15)
             blob = cv.ellipse(side * a["lung_dx"] + r.uniform(-0.12, 0.12), r.uniform(-0.4, 0.3), rad, rad * r.uniform(0.8, 1.2))
-            img = img + 0.35 * (0.5 + 0.5 * s) * blob * mask
+            img = img + 0.63 * (0.5 + 0.5 * s) * blob * mask
         elif f == "Pneumothorax":
             mask, side = pick_side()
             edge = side * (a["lung_dx"] + a["lung_w"] * (1.0 - 0.6 * s))
             air = _sigmoid_mask(-(cv.x - edge) * side, cv.soft) * mask
-            img = img - 0.12 * air * s + 0.1 * s * np.exp(-((cv.x - edge) * n / 2.5) ** 2) * mask
+            img = img - 0.3 * air * s + 0.18 * s * np.exp(-((cv.x - edge) * n / 2.5) ** 2) * mask
         elif f == "Atelectasis":
             mask, side = pick_side()
-            band = np.exp(-((cv.y - r.uniform(0.05, 0.35) - 0.3 * (cv.x - side * a["lung_dx"])) / 0.04) ** 2)
-            img = img + 0.3 * s * band * mask
+            band = np.exp(-((cv.y - r.uniform(0.05, 0.35) - 0.3 * (cv.x - side * a["lung_dx"])) / 0.06) ** 2)
+            img = img + 0.54 * s * band * mask
         elif f == "Edema":
             hilum = np.exp(-(((np.abs(cv.x) - 0.22) / 0.18) ** 2 + ((cv.y + 0.05) / 0.35) ** 2))
-            img = img + 0.25 * s * hilum * lung
+            img = img + 0.45 * s * hilum * lung
         elif f == "Emphysema":
-            img = img - 0.08 * s * lung
+            img = img - 0.14 * s * lung
         elif f == "Fibrosis":
             reticular = np.abs(_smooth_noise(r, n, 0.012)) < 0.35
             base = _sigmoid_mask(0.05 - cv.y, 0.15)
-            img = img + 0.15 * s * reticular * base * lung
+            img = img + 0.27 * s * reticular * base * lung
         elif f == "Pleural_Thickening":
             rim = np.clip(lung - ndimage.grey_erosion(lung, size=max(2, n // 24)), 0, 1)
-            img = img + 0.3 * s * rim
+            img = img + 0.54 * s * rim
         elif f == "Hernia":
             bubble = cv.ellipse(r.uniform(-0.05, 0.1), a["dia_y"][1] - 0.12, 0.09, 0.07)
-            img = img - 0.15 * s * bubble + 0.08 * s * cv.ellipse(0.02, a["dia_y"][1] - 0.05, 0.15, 0.1)
+            img = img - 0.27 * s * bubble + 0.14 * s * cv.ellipse(0.02, a["dia_y"][1] - 0.05, 0.15, 0.1)
     return img
 
 

@@ -168,28 +168,41 @@ def test_short_class_names_the_knob():
         evaluation.per_class(df, 3, 0, "the synthetic set")
 
 
-# Enough signal for the calibration to be testable at smoke size: TRTR well above chance.
-CALIBRATION = {"classifier.epochs": 12, "classifier.patience": 12, "generation.n_per_label": 45,
-               "classifier.n_train_per_class": 30, "pools.tuning": 120, "data.phantom_n": 480}
+# Enough signal for the calibration to be testable at a small size: TRTR well above chance. A single
+# seed is not enough: classifier training varies between seeds far more than the test-set bootstrap
+# says (seed 0 alone put the real-holdout's TR at 2.0 [1.25, 3.33]), so the calibration statements are
+# checked on the two-level intervals over three seeds, as notebook 06 reports them.
+CALIBRATION = {"classifier.epochs": 60, "classifier.patience": 30, "classifier.lr_patience": 10,
+               "classifier.learning_rate": 3e-3, "generation.n_per_label": 90, "classifier.n_train_per_class": 65,
+               "pools.tuning": 300, "pools.train": 240, "pools.test": 150, "classifier.n_test": 150,
+               "data.phantom_n": 900, "data.image_size": 64}
 
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
-    """Stage 05 of the real-holdout and label-shuffled references, sharing one real baseline."""
+    """The real-holdout and label-shuffled references over three seeds, each seed sharing one real baseline."""
+    from lib import analysis
+
     runs_root = tmp_path_factory.mktemp("runs")
-    rows = {}
-    for kind in ("real-holdout", "label-shuffled"):
-        cfg = config.load("params/smoke.yaml", {**CALIBRATION, "generation.kind": kind})
-        stages.run_stage(cfg, "01_data_curation", curation.run, runs_root, progress=False)
-        stages.run_stage(cfg, "04_generation", generation.run, runs_root, progress=False)
-        rows[kind] = results.read(stages.run_stage(cfg, "05_classifier", evaluation.run, runs_root, progress=False))
-    return rows
+    for seed in range(3):
+        for kind in ("real-holdout", "label-shuffled"):
+            cfg = config.load("params/smoke.yaml", {**CALIBRATION, "generation.kind": kind, "seed": seed})
+            stages.run_stage(cfg, "01_data_curation", curation.run, runs_root, progress=False)
+            stages.run_stage(cfg, "04_generation", generation.run, runs_root, progress=False)
+            stages.run_stage(cfg, "05_classifier", evaluation.run, runs_root, progress=False)
+    records = analysis.collect(runs_root)
+    return records, analysis.summary(records, n_boot=300).set_index("method")
 
 
 def test_references_calibrate_the_metrics_as_their_construction_says(calibrated):
-    holdout, shuffled = calibrated["real-holdout"], calibrated["label-shuffled"]
-    assert holdout["trtr_auroc_ci_low"] > 0.5                           # room to measure
+    from lib import calibration
+
+    records, s = calibrated
+    holdout, shuffled = s.loc["real-holdout"], s.loc["label-shuffled"]
+    assert holdout["n_seeds"] == 3 and holdout["auroc_trtr_ci_low"] > 0.5          # room to measure
     assert holdout["tr_defined"] and holdout["tr_ci_low"] <= 1.0 <= holdout["tr_ci_high"]
-    assert shuffled["a_auroc_ci_low"] <= 0.5 <= shuffled["a_auroc_ci_high"]
-    assert holdout["real_baseline"] == shuffled["real_baseline"]       # one real baseline, reused
-    assert holdout["method"] == "real-holdout" and holdout["tuning_size"] is None or np.isnan(holdout["tuning_size"])
+    assert shuffled["auroc_a_ci_low"] <= 0.5 <= shuffled["auroc_a_ci_high"]
+    assert calibration.checks(s.reset_index())["holds"].all()
+    # one real baseline per seed, reused by both references
+    per_seed = records.groupby("seed")["real_baseline"].nunique()
+    assert (per_seed == 1).all() and records["real_baseline"].nunique() == 3
