@@ -73,9 +73,38 @@ def test_sample(df: pd.DataFrame, n: int, seed: int, what: str) -> pd.DataFrame:
     return df.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
-def held_out(synthetic: pd.DataFrame, train: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """Up to n synthetic images the synthetic-trained classifier never saw (TRTS and TSTS test on them)."""
-    rest = synthetic[~synthetic["image_id"].isin(set(train["image_id"]))]
+def split_synthetic(synthetic: pd.DataFrame, n: int, n_test: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The synthetic training sample (n per class) and up to n_test held-out images (TRTS and TSTS test
+    on them). A set that records the patient each image came from (a reference built from real images)
+    is split by patient, or a classifier could recognise patients instead of classes; a set whose
+    patients cannot be split (collapsed) falls back to an image split, with a warning."""
+    if "patient" in synthetic and synthetic["patient"].notna().all():
+        try:
+            train = per_class_by_group(synthetic, n, seed, "patient")
+            return train, held_out(synthetic, train, n_test, seed + 1, "patient")
+        except DataError as exc:
+            log.warning("the synthetic set cannot be split by patient (%s); splitting by image instead.", exc)
+    train = per_class(synthetic, n, seed, "the synthetic set")
+    return train, held_out(synthetic, train, n_test, seed + 1)
+
+
+def per_class_by_group(df: pd.DataFrame, n: int, seed: int, group: str) -> pd.DataFrame:
+    """n images per class drawn from whole groups taken in random order (the rest of the last groups is
+    dropped, never tested on)."""
+    order = pd.Series(np.random.default_rng(seed).permutation(df[group].astype(str).unique()))
+    counts = pd.crosstab(df[group].astype(str), df["label"]).reindex(order).cumsum()
+    enough = (counts.reindex(columns=nih.LABELS, fill_value=0) >= n).all(axis=1)
+    if not enough.any():
+        raise DataError(f"the synthetic set's {group}s cannot give {n} images of every class.")
+    used = set(order.iloc[: int(np.argmax(enough.to_numpy())) + 1])
+    return per_class(df[df[group].astype(str).isin(used)], n, seed, "the synthetic set")
+
+
+def held_out(synthetic: pd.DataFrame, train: pd.DataFrame, n: int, seed: int, group: str = "image_id"
+             ) -> pd.DataFrame:
+    """Up to n synthetic images the synthetic-trained classifier never saw, nor any image of their group."""
+    seen = set(synthetic.loc[synthetic["image_id"].isin(train["image_id"]), group].astype(str))
+    rest = synthetic[~synthetic[group].astype(str).isin(seen)]
     short = [lab for lab in nih.LABELS if (rest["label"] == lab).sum() < 2]
     if short:
         raise DataError(f"after the {len(train)} synthetic training images, class(es) {short} keep fewer than 2 "
@@ -186,9 +215,8 @@ def _samples(cfg: Config, runs_root, progress: bool) -> dict:
     tuning, tuning_src = tuning_set(cfg, runs_root)
     dr = real_baseline(cfg, runs_root, progress)
     s = {"train_b": pd.read_csv(dr / "train_real.csv", dtype={"patient": str}),
-         "test_a": pd.read_csv(dr / "test_real.csv", dtype={"patient": str}),
-         "train_a": per_class(synthetic, c.n_train_per_class, cfg.seed, "the synthetic set")}
-    s["test_b"] = held_out(synthetic, s["train_a"], c.n_test, cfg.seed + 1)
+         "test_a": pd.read_csv(dr / "test_real.csv", dtype={"patient": str})}
+    s["train_a"], s["test_b"] = split_synthetic(synthetic, c.n_train_per_class, c.n_test, cfg.seed)
     sources = {"the real training pool": pools["train"], "the synthetic set": synthetic}
     if tuning is not None:
         sources[f"the generator's tuning set ({tuning_src})"] = tuning
@@ -227,7 +255,7 @@ def _record(cfg: Config, s: dict, infos: dict) -> dict:
     """The bookkeeping half of the row: what ran, on which data, with which code and generator."""
     row = {"experiment": cfg.experiment, "method": results.method_name(cfg), "tuning_method": cfg.finetune.method,
            "generator_kind": cfg.generation.kind,
-           "tuning_per_label": 0 if s["tuning"] is None and cfg.generation.kind != "diffusion" else cfg.selection.per_label,
+           "tuning_per_label": 0 if cfg.generation.kind != "diffusion" else cfg.selection.per_label,  # references: none
            "tuning_size": None if s["tuning"] is None else len(s["tuning"]), "seed": cfg.seed,
            "bootstrap_seed": cfg.seed, "real_baseline": stages.paths_rel(s["real_dir"])}
     for k, v in infos.items():

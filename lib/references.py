@@ -304,7 +304,9 @@ def build(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> dict
     manifest = df.assign(
         path=[str(f) if kind == "folder" else images.relpath(out_dir / f) for f in df["file"]],
         prompt="", model=kind, model_hash=ref_hash, scheduler="", steps="", guidance_scale="",
-        hash=[images.content_hash((out_dir / f).read_bytes()) for f in df["file"]])[manifest_columns()]
+        hash=[images.content_hash((out_dir / f).read_bytes()) for f in df["file"]])
+    # the source patient, where there is one, lets stage 05 hold out whole patients
+    manifest = manifest[manifest_columns() + (["patient"] if "patient" in manifest else [])]
     atomic.write_csv(out_dir / "manifest.csv", manifest)
     counts = manifest["label"].value_counts().reindex(nih.LABELS, fill_value=0)
     summary = {"model": kind, "models": {label: kind for label in nih.LABELS}, "model_hash": ref_hash,

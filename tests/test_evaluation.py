@@ -203,6 +203,10 @@ def test_references_calibrate_the_metrics_as_their_construction_says(calibrated)
     assert holdout["tr_defined"] and holdout["tr_ci_low"] <= 1.0 <= holdout["tr_ci_high"]
     assert shuffled["auroc_a_ci_low"] <= 0.5 <= shuffled["auroc_a_ci_high"]
     assert calibration.checks(s.reset_index())["holds"].all()
+    # a reference built from real images is split by patient: TSTS and detection cannot recognise patients
+    for d in records["results_dir"]:
+        train, test = pd.read_csv(f"{d}/train_a.csv"), pd.read_csv(f"{d}/test_b.csv")
+        assert len(test) >= 4 and not set(train["patient"].astype(str)) & set(test["patient"].astype(str))
     # one real baseline per seed, reused by both references
     per_seed = records.groupby("seed")["real_baseline"].nunique()
     assert (per_seed == 1).all() and records["real_baseline"].nunique() == 3

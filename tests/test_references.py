@@ -60,7 +60,7 @@ def test_kinds_and_config():
 def test_real_holdout_is_a_byte_copy_of_unseen_images_and_resumes(runs, pool, tmp_path):
     out = tmp_path / "real"
     summary, m = build("real-holdout", runs, out)
-    assert list(m.columns) == references.manifest_columns()
+    assert list(m.columns) == references.manifest_columns() + ["patient"]   # the source patient, for patient splits
     assert m["label"].value_counts().to_dict() == {lab: N for lab in nih.LABELS}
     assert m["image_id"].is_unique and m["image_id"].str.startswith("ref-real-holdout_").all()
     assert m["source_image_id"].is_unique and set(m["source_image_id"]) <= set(pool.index)
