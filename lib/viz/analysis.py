@@ -159,10 +159,11 @@ def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration"):
     from .. import calibration as cal
 
     ref = cal.references(s)
-    fig = style.figure(1.0, 0.42)[0]
+    fig = style.figure(1.0, 0.36)[0]
     fig.clf()
-    grid = fig.add_gridspec(1, 5, width_ratios=[1.5, 1, 1, 1, 1], wspace=0.12)
-    plane = fig.add_subplot(grid[0])
+    outer = fig.add_gridspec(1, 2, width_ratios=[1, 2.9], wspace=0.55)
+    forest = outer[1].subgridspec(1, 4, wspace=0.12)
+    plane = fig.add_subplot(outer[0])
     plane.plot([0.3, 1], [0.3, 1], color="0.2", lw=0.8)
     for _, r in ref.iterrows():
         xerr = [[r["auroc_b_pooled"] - r["auroc_b_ci_low"]], [r["auroc_b_ci_high"] - r["auroc_b_pooled"]]]
@@ -170,11 +171,13 @@ def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration"):
         plane.errorbar(r["auroc_b_pooled"], r["auroc_a_pooled"], xerr=xerr, yerr=yerr, fmt="o", ms=3, lw=0.7,
                        capsize=1.2, color=style.color(r["method"]), label=r["method"])
     plane.axhline(0.5, color="0.6", lw=0.6, ls=":")
-    plane.set(xlim=(0.3, 1), ylim=(0.3, 1), aspect="equal", xlabel="AUROC (b) train real → test syn.",
-              ylabel="AUROC (a) train syn. → test real")
+    plane.set(xlim=(0.3, 1), ylim=(0.3, 1), aspect="equal")
+    plane.set_xlabel("AUROC (b): train real, test syn.", fontsize=6)
+    plane.set_ylabel("AUROC (a): train syn., test real", fontsize=6)
+    plane.tick_params(labelsize=5.5)
     ys = np.arange(len(ref))[::-1]
     for j, (metric, ref_line) in enumerate((("fter", 1.0), ("cc_fter", 1.0), ("tr", 1.0), ("auroc_det", 0.5))):
-        ax = fig.add_subplot(grid[j + 1])
+        ax = fig.add_subplot(forest[j])
         for y, (_, r) in zip(ys, ref.iterrows()):
             v, lo, hi = cal.value(r, metric)
             if np.isfinite(v):
