@@ -39,6 +39,7 @@ from . import atomic, config, paths, references, stages
 
 NOTEBOOKS = paths.ROOT / "notebooks"
 ANALYSIS = "06_fter_analysis"
+BATCH = "SUITE_BATCH"                 # set in the kernels of batch runs: widgets print their first state
 REFERENCE_SKIPS = ("02_clustering", "03_dreambooth")   # a reference generator starts at stage 04
 log = logging.getLogger("lib.runner")
 
@@ -112,9 +113,11 @@ def default_kernel() -> str:
 
 @contextlib.contextmanager
 def batch_environment(progress: bool = False):
-    """Kernel environment for batch runs: no tqdm line per update in the logs."""
-    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "TQDM_MININTERVAL", "PYTHONWARNINGS")}
+    """Kernel environment for batch runs: no tqdm line per update in the logs, and no widgets (no front end
+    will ever draw them; an Output widget in a headless kernel once hung a demo run for good)."""
+    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "TQDM_MININTERVAL", "PYTHONWARNINGS", BATCH)}
     os.environ["TQDM_MININTERVAL"] = "30"
+    os.environ[BATCH] = "1"
     if not progress:
         os.environ["TQDM_DISABLE"] = "1"
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,9 @@ def threshold_explorer(out_dir):
         import ipywidgets as w
         from IPython.display import display
     except ImportError:
+        print(describe(start))
+        return None
+    if os.environ.get("SUITE_BATCH"):       # a batch run (lib.runner): nobody will move the slider
         print(describe(start))
         return None
     slider = w.FloatSlider(value=start, min=lo, max=hi, step=max((hi - lo) / 200, 1e-6), readout_format=".4f",
