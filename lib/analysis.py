@@ -427,6 +427,13 @@ def save_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, prefix: st
     return written
 
 
+def save_csvs(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+    """Named tables (the matrix, the comparisons, the calibration) as figures/06_<name>.csv."""
+    from . import atomic
+
+    return [atomic.write_csv(paths.resolve(out_dir) / f"06_{name}.csv", t) for name, t in tables.items()]
+
+
 def to_latex(t: pd.DataFrame, caption: str) -> str:
     esc = lambda v: str(v).replace("%", r"\%").replace("±", r"$\pm$").replace("&", r"\&")  # noqa: E731
     head1 = [t.index.name or ""] + [esc(c[0]) for c in t.columns]
