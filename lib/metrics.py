@@ -114,29 +114,6 @@ def auroc_ci(y_true, y_score, n_boot: int = 200, seed: int = 0, level: float = 0
     return _interval(_bootstrap_aurocs(y, s, n_boot, np.random.default_rng(seed)), level)
 
 
-def fter(auroc_a: float, auroc_b: float) -> float:
-    """FTER = AUROC(train synthetic, test real) / AUROC(train real, test synthetic)."""
-    return float(auroc_a / auroc_b) if auroc_b and np.isfinite(auroc_b) else float("nan")
-
-
-def fter_ci(y_a, s_a, y_b, s_b, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Bootstrap interval for FTER, resampling both test sets independently in each replicate."""
-    y_a, s_a = _check(y_a, s_a)
-    y_b, s_b = _check(y_b, s_b)
-    rng = np.random.default_rng(seed)
-    a = _bootstrap_aurocs(y_a, s_a, n_boot, rng)
-    b = _bootstrap_aurocs(y_b, s_b, n_boot, rng)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return _interval(a / b, level)
-
-
-def evaluate(y_true, outputs, threshold: float = 0.5, n_boot: int = 200, seed: int = 0) -> dict:
-    """summary() plus the AUROC bootstrap interval."""
-    out = summary(y_true, outputs, threshold)
-    out["auroc_ci_low"], out["auroc_ci_high"] = auroc_ci(y_true, score_of(outputs), n_boot, seed)
-    return out
-
-
 # ---------------------------------------------------------------------- the trainability matrix
 # Cells of the matrix: which classifier (trained on) meets which test set.
 CELLS = {"a": ("synthetic", "real"), "b": ("real", "synthetic"), "trtr": ("real", "real"),
