@@ -235,8 +235,19 @@ def _check_value(key: str, value: Any, tp) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
-        raise ParamError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}.")
+        hint = ""
+        if tp is float and isinstance(value, str) and _is_number(value):   # YAML 1.1 reads 1e-4 as a string
+            hint = f" YAML reads {value} as text: write it with a dot, e.g. {float(value):.1e}."
+        raise ParamError(f"{key} = {value!r} has the wrong type; expected {_type_name(tp)}.{hint}")
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _build(cls, values: dict, prefix: str):
@@ -364,6 +375,10 @@ def _validate_selection(cfg: Config) -> None:
     bad = [m for m in s.methods if m not in allowed]
     if bad or not s.methods:
         raise ParamError(f"selection.methods = {s.methods}: use one or more of {', '.join(allowed)}.")
+    tuned = cfg.finetune.control != "no-fine-tune" and cfg.generation.kind == "diffusion"
+    if tuned and cfg.finetune.method not in s.methods:
+        raise ParamError(f"finetune.method = {cfg.finetune.method!r} is not among selection.methods = {s.methods}, "
+                         "so stage 02 would write no tuning set for it; add it there or pick one of those.")
     if s.quota == "equal" and s.per_label < c.k and any(m != "random" for m in s.methods):
         raise ParamError(f"selection.per_label = {s.per_label} < cluster.k = {c.k} gives a quota of 0 per "
                          "cluster; raise selection.per_label to at least cluster.k or lower cluster.k.")

@@ -104,12 +104,18 @@ def mark_done(directory: Path, cfg: Config, stage: str, **extra) -> Path:
     return atomic.write_json(Path(directory) / "DONE.json", record, overwrite=False)
 
 
+def _notebook_name(stage: str) -> str:
+    """The notebook that runs a stage, as a path from the project root (its number picks it)."""
+    found = sorted((paths.ROOT / "notebooks").glob(f"{stage[:2]}_*.ipynb"))
+    return f"notebooks/{found[0].name}" if found else f"notebook {stage[:2]}"
+
+
 def require(cfg: Config, stage: str, runs_root: str | Path = "runs") -> Path:
     """The folder of a finished upstream stage, or an error that says which notebook to run first."""
     d = stage_dir(cfg, stage, runs_root)
     if not (d / "DONE.json").exists():
         raise FileNotFoundError(f"stage {stage} has not finished for these parameters (looked in {d}). "
-                                f"Run notebooks/{stage}.ipynb with the same parameter file first, "
+                                f"Run {_notebook_name(stage)} with the same parameter file first, "
                                 "or `make run PARAMS=...` to run the whole pipeline.")
     _refuse_if_changed(stage, d)
     return d

@@ -57,3 +57,26 @@ def test_section_hash_changes_only_with_its_sections():
     b = config.from_dict({"gating": {"threshold": 0.5}})
     assert a.section_hash("data", "pools") == b.section_hash("data", "pools")
     assert a.section_hash("gating") != b.section_hash("gating")
+
+
+def test_a_float_yaml_reads_as_text_gets_a_hint(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("base: params/smoke.yaml\nfinetune:\n  learning_rate: 1e-4\n")
+    with pytest.raises(ParamError, match=r"finetune.learning_rate.*write it with a dot, e.g. 1.0e-04"):
+        config.load(p)
+
+
+def test_a_mistyped_tuning_method_fails_at_load_not_at_stage_03():
+    with pytest.raises(ParamError, match="finetune.method = 'spectral-clp' is not among selection.methods"):
+        config.load("params/smoke.yaml", {"finetune.method": "spectral-clp"})
+    # a reference generator and the no-fine-tune control read no tuning set
+    config.load("params/smoke.yaml", {"finetune.method": "textbook", "generation.kind": "real-holdout"})
+    config.load("params/smoke.yaml", {"finetune.method": "textbook", "finetune.control": "no-fine-tune"})
+
+
+def test_a_missing_upstream_stage_names_the_notebook_that_exists(tmp_path):
+    from lib import stages
+
+    cfg = config.load("params/smoke.yaml")
+    with pytest.raises(FileNotFoundError, match=r"notebooks/03_dreambooth_active_gating\.ipynb"):
+        stages.require(cfg, "03_dreambooth", tmp_path)
