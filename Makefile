@@ -44,7 +44,7 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lab: $(STAMP)
-	.venv/bin/jupyter lab --notebook-dir=notebooks
+	.venv/bin/jupyter lab --notebook-dir=.
 
 clean-smoke:
 	rm -rf runs/smoke

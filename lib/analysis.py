@@ -434,9 +434,22 @@ def save_csvs(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path
     return [atomic.write_csv(paths.resolve(out_dir) / f"06_{name}.csv", t) for name, t in tables.items()]
 
 
+def _spans(names: list[str]) -> list[str]:
+    """Runs of equal top-level headers as one \\multicolumn each (never "Accuracy & Accuracy & Accuracy")."""
+    out, i = [], 0
+    while i < len(names):
+        j = i
+        while j + 1 < len(names) and names[j + 1] == names[i]:
+            j += 1
+        n = j - i + 1
+        out.append(names[i] if n == 1 else rf"\multicolumn{{{n}}}{{c}}{{{names[i]}}}")
+        i = j + 1
+    return out
+
+
 def to_latex(t: pd.DataFrame, caption: str) -> str:
     esc = lambda v: str(v).replace("%", r"\%").replace("±", r"$\pm$").replace("&", r"\&")  # noqa: E731
-    head1 = [t.index.name or ""] + [esc(c[0]) for c in t.columns]
+    head1 = [t.index.name or ""] + _spans([esc(c[0]) for c in t.columns])
     head2 = [""] + [esc(c[1]) for c in t.columns]
     lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * len(t.columns) + "}",
              r"\toprule", " & ".join(head1) + r" \\", " & ".join(head2) + r" \\", r"\midrule"]

@@ -107,6 +107,8 @@ def test_thesis_tables_have_the_thesis_layout(records, tmp_path):
     assert a.loc["12", ("AUROC", "95% CI")].startswith("[") and ("AUROC", "95% CI") in b.columns
     written = analysis.save_tables(tables, tmp_path)
     assert len(written) == 8 and r"\toprule" in written[1].read_text()
+    tex = written[1].read_text()        # multi-column headers, not "Accuracy & Accuracy & Accuracy"
+    assert r"\multicolumn{3}{c}{Accuracy}" in tex and "Accuracy & Accuracy" not in tex
 
 
 def test_no_records_gives_empty_tables_not_an_error(runs_root):
