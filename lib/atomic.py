@@ -8,15 +8,36 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+class LockTimeout(TimeoutError):
+    """Another process held a lock for longer than the caller would wait."""
+
+
 @contextmanager
-def exclusive(lock_path: str | Path):
-    """One process at a time (an advisory file lock), e.g. parallel sweep points building one stage or model."""
+def exclusive(lock_path: str | Path, timeout: float | None = None, what: str | None = None):
+    """One process at a time (an advisory file lock), e.g. parallel sweep points building one stage or model.
+
+    When another process holds the lock, say once what is waited for; with ``timeout`` (seconds), give
+    up with LockTimeout naming the lock instead of waiting for ever.
+    """
     import fcntl
+    import time
 
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        start, told = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told:
+                    print(f"waiting for {what or lock_path.name}: another process holds {lock_path}", flush=True)
+                    told = True
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise LockTimeout(f"gave up after {timeout:g} s waiting for {lock_path} ({what or 'a lock'}); "
+                                      "another process holds it. If none is running, delete the lock file.") from None
+                time.sleep(0.2)
         try:
             yield
         finally:

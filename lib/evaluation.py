@@ -182,7 +182,8 @@ def _real_baseline(cfg: Config, out_dir, runs_root="runs", progress: bool = True
 def real_baseline(cfg: Config, runs_root="runs", progress: bool = True) -> Path:
     """The real-trained classifier's stage folder, built once per data, pools, seed and classifier."""
     lock = stages.stage_dir(cfg, REAL_STAGE, runs_root).with_suffix(".lock")
-    with atomic.exclusive(lock):      # parallel sweep points share it: build it once
+    # parallel sweep points share it: build it once
+    with atomic.exclusive(lock, what="the real-baseline classifier another sweep point is training"):
         return stages.run_stage(cfg, REAL_STAGE, _real_baseline, runs_root, progress=progress)
 
 

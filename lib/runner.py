@@ -341,7 +341,7 @@ def run(params_file: str | Path, overrides: dict | None = None, runs_root: str |
             continue
         sdir, skey = stages.stage_dir(run_.cfg, stage, run_.runs_root), stages.key(run_.cfg, stage)
         lock = run_.runs_root / run_.cfg.experiment / "stages" / f".{stage}-{skey}.lock"
-        with atomic.exclusive(lock):     # parallel sweep points never run one stage twice
+        with atomic.exclusive(lock, what=f"stage {stage} ({skey}), which another process is running"):
             # Reuse a sealed stage only if this run never tried its notebook: after a failure the
             # notebook runs again (cheaply, run_stage reuses the artefacts) to complete its output.
             if stage != ANALYSIS and stages.is_done(sdir) and not st:

@@ -21,3 +21,27 @@ def test_refuses_to_overwrite_when_asked(tmp_path):
     with pytest.raises(atomic.ResultExistsError, match="refusing to overwrite"):
         atomic.write_json(target, {"x": 2}, overwrite=False)
     assert '"x": 1' in target.read_text()
+
+
+def test_a_held_lock_says_what_it_waits_for_and_times_out(tmp_path, capsys):
+    import multiprocessing as mp
+    import time
+
+    lock = tmp_path / "stage.lock"
+    ready = mp.Event()
+
+    def hold():
+        with atomic.exclusive(lock):
+            ready.set()
+            time.sleep(3)
+
+    p = mp.get_context("fork").Process(target=hold)
+    p.start()
+    ready.wait(5)
+    with pytest.raises(atomic.LockTimeout, match="stage.lock"):
+        with atomic.exclusive(lock, timeout=0.5, what="stage 03 of another sweep point"):
+            pass
+    assert "waiting for stage 03 of another sweep point" in capsys.readouterr().out
+    p.join()
+    with atomic.exclusive(lock, timeout=1):      # free again
+        pass
