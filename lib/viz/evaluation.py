@@ -19,8 +19,11 @@ def headline(row: dict) -> None:
         text = (f"{row[r]:.3f} [{row[f'{r}_ci_low']:.3f}, {row[f'{r}_ci_high']:.3f}]" if row[f"{r}_defined"]
                 else f"undefined ({row[f'{r}_note']})")
         print(f"{name:<26} {text}")
+    per_class = ", ".join(f"{c} {row[f'det_auroc[{c}]']:.3f} [{row[f'det_auroc[{c}]_ci_low']:.3f}, "
+                          f"{row[f'det_auroc[{c}]_ci_high']:.3f}]" for c in nih.LABELS)
     print(f"detection AUROC (real vs synthetic; 0.5 = indistinguishable) {row['det_auroc']:.3f} "
-          f"[{row['det_auroc_ci_low']:.3f}, {row['det_auroc_ci_high']:.3f}]; method {row['method']}, seed {row['seed']}")
+          f"[{row['det_auroc_ci_low']:.3f}, {row['det_auroc_ci_high']:.3f}]; within class: {per_class}")
+    print(f"method {row['method']}, seed {row['seed']}")
     for k in NAMES:
         if row[f"{k}_collapsed"]:
             print(f"WARNING: classifier {NAMES[k]} is COLLAPSED: it puts every test image in one class; "
