@@ -51,7 +51,8 @@ class PoolsConfig:
 class EmbeddingConfig:
     pixel_size: int = 16                    # side of the downsampled grayscale vector
     clip_model: str = "ViT-B-32"
-    clip_pretrained: Optional[str] = None   # e.g. "laion2b_s34b_b79k"; None = random weights (offline)
+    clip_pretrained: Optional[str] = None   # e.g. "laion2b_s34b_b79k"; None = random weights (offline);
+    # "offline" (with clip_model ViT-Tiny-P4-32) = a small CLIP pre-trained here on shapes; or a .pt path
     clip_image_size: Optional[int] = 64     # None = the model's native size
     batch_size: int = 64
     xrv_weights: Optional[str] = None       # torchxrayvision DenseNet weights name, used only if on disk
@@ -170,6 +171,24 @@ class ClassifierConfig:
 
 
 @dataclass
+class FidelityConfig:
+    """Fidelity, diversity and memorization of a synthetic set (lib/features.py, lib/fidelity.py, lib/memorization.py)."""
+    extractor: Literal["clip", "inception", "xrv", "classifier", "pixel"] = "clip"
+    inception_weights: Optional[str] = None  # None = <torch hub dir>/checkpoints/weights-inception-2015-12-05-6726825d.pth
+    cache_dir: Optional[str] = None         # None = embedding.cache_dir (CLIP/pixel vectors shared with stage 02)
+    fid_dims: Optional[int] = None          # FID on this many principal components of the real features (None = all)
+    kid_subset_size: int = 1000             # images per KID subset (at most the smaller set's size)
+    kid_subsets: int = 100                  # subsets averaged for KID
+    kid_bootstrap_subsets: int = 10         # subsets averaged in each bootstrap replicate
+    prdc_k: int = 5                         # k of the k-NN balls of precision/recall/density/coverage
+    diversity_pairs: int = 500              # random image pairs per class for (MS-)SSIM diversity
+    bootstrap: int = 100                    # bootstrap replicates (images resampled) for every CI
+    copy_threshold: float = 0.2             # copy: nearest-tuning distance < this x median real-to-real NN distance
+    montage_pairs: int = 8                  # closest synthetic-tuning pairs drawn
+    trace: Literal["pixel", "clip", "none"] = "pixel"   # features of the KID trace at fine-tuning validation
+
+
+@dataclass
 class Config:
     experiment: str = "demo"
     seed: int = 0
@@ -183,6 +202,7 @@ class Config:
     gating: GatingConfig = field(default_factory=GatingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -310,6 +330,24 @@ def _validate_ranges(cfg: Config) -> None:
     if c.input_size < 32:
         raise ParamError(f"classifier.input_size = {c.input_size} must be at least 32 (DenseNet downsamples 32x).")
     _validate_reference(cfg)
+    _validate_fidelity(cfg)
+
+
+def _validate_fidelity(cfg: Config) -> None:
+    """Fidelity metric ranges (lib/fidelity.py, lib/memorization.py)."""
+    f = cfg.fidelity
+    if f.kid_subset_size < 2:
+        raise ParamError(f"fidelity.kid_subset_size = {f.kid_subset_size} must be at least 2 (unbiased MMD needs pairs).")
+    for key, v in (("fidelity.prdc_k", f.prdc_k), ("fidelity.kid_subsets", f.kid_subsets), ("fidelity.kid_bootstrap_subsets", f.kid_bootstrap_subsets),
+                   ("fidelity.diversity_pairs", f.diversity_pairs), ("fidelity.bootstrap", f.bootstrap),
+                   ("fidelity.montage_pairs", f.montage_pairs)):
+        if v < 1:
+            raise ParamError(f"{key} = {v} must be at least 1.")
+    if f.fid_dims is not None and f.fid_dims < 1:
+        raise ParamError(f"fidelity.fid_dims = {f.fid_dims} must be at least 1 (or null for every dimension).")
+    if not 0.0 < f.copy_threshold < 1.0:
+        raise ParamError(f"fidelity.copy_threshold = {f.copy_threshold} must be in (0, 1): a fraction of the median "
+                         "distance between a real image and its nearest neighbour among other real images.")
 
 
 def _validate_reference(cfg: Config) -> None:

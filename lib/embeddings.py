@@ -118,7 +118,10 @@ class PixelEmbedder(_Embedder):
 
 def _clip_config(emb_cfg: EmbeddingConfig) -> dict:
     """What CLIP vectors depend on (batch size and cache folder do not)."""
-    return {"model": emb_cfg.clip_model, "pretrained": emb_cfg.clip_pretrained, "image_size": emb_cfg.clip_image_size,
+    from .clip_offline import pretrained_id   # 'offline' and checkpoint paths: what the weights are
+
+    return {"model": emb_cfg.clip_model, "pretrained": pretrained_id(emb_cfg.clip_pretrained),
+            "image_size": emb_cfg.clip_image_size,
             "init_seed": INIT_SEED if emb_cfg.clip_pretrained is None else None}
 
 
@@ -132,19 +135,28 @@ class ClipEmbedder(_Embedder):
         import open_clip
         import torch
 
+        from . import clip_offline
+
         self.batch_size = emb_cfg.batch_size
         self.random_weights = emb_cfg.clip_pretrained is None
         kw = {"force_image_size": emb_cfg.clip_image_size} if emb_cfg.clip_image_size else {}
+        try:   # 'offline' -> the cached offline CLIP's checkpoint (built on first use); paths are checked
+            pretrained = clip_offline.resolve_pretrained(emb_cfg.clip_model, emb_cfg.clip_pretrained)
+        except clip_offline.OfflineClipError as exc:
+            raise EmbeddingError(str(exc)) from exc
         try:
             # Seeded so that random weights are the same model in every process (cache and gating agree).
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(INIT_SEED)
-                model = open_clip.create_model(emb_cfg.clip_model, pretrained=emb_cfg.clip_pretrained, **kw)
+                model = open_clip.create_model(emb_cfg.clip_model, pretrained=pretrained, **kw)
         except Exception as exc:  # unknown name, no network, missing file: say what to change
+            if pretrained is not None and clip_offline.is_path(pretrained):
+                raise EmbeddingError(clip_offline.mismatch_message(pretrained, emb_cfg.clip_model, exc)) from exc
             raise EmbeddingError(
                 f"could not build CLIP {emb_cfg.clip_model!r} with pretrained={emb_cfg.clip_pretrained!r}: {exc}. "
                 "Check embedding.clip_model against open_clip.list_models(); offline, set "
-                "embedding.clip_pretrained: null (random weights) or put the weights in the HF cache first."
+                "embedding.clip_pretrained: null (random weights), or clip_model: ViT-Tiny-P4-32 with "
+                "clip_pretrained: offline (a small CLIP pre-trained here on shapes), or put the weights in the HF cache first."
             ) from exc
         self.device = device or pick_device()
         self.model = model.visual.eval().to(self.device)
@@ -309,5 +321,8 @@ def describe(kind: str, emb_cfg: EmbeddingConfig) -> str:
             return (f"clip: open_clip {emb_cfg.clip_model} at {size} with RANDOM weights (embedding.clip_pretrained "
                     "is null, the offline default). These CLIP embeddings carry no pre-trained semantics; set "
                     "embedding.clip_pretrained (e.g. laion2b_s34b_b79k) for real CLIP features.")
+        if emb_cfg.clip_pretrained == "offline":
+            return (f"clip: open_clip {emb_cfg.clip_model} at {size}, pre-trained offline on the out-of-domain shapes "
+                    "corpus (lib/clip_offline.py; never on chest X-rays).")
         return f"clip: open_clip {emb_cfg.clip_model} at {size}, pretrained weights {emb_cfg.clip_pretrained!r}."
     return f"xrv: torchxrayvision DenseNet features2, weights {emb_cfg.xrv_weights!r}."
