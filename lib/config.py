@@ -182,7 +182,7 @@ class FidelityConfig:
     kid_bootstrap_subsets: int = 10         # subsets averaged in each bootstrap replicate
     prdc_k: int = 5                         # k of the k-NN balls of precision/recall/density/coverage
     diversity_pairs: int = 500              # random image pairs per class for (MS-)SSIM diversity
-    bootstrap: int = 100                    # bootstrap replicates (images resampled) for every CI
+    bootstrap: int = 200                    # bootstrap replicates (images resampled) for every CI
     copy_threshold: float = 0.2             # copy: nearest-tuning distance < this x median real-to-real NN distance
     montage_pairs: int = 8                  # closest synthetic-tuning pairs drawn
     trace: Literal["pixel", "clip", "none"] = "pixel"   # features of the KID trace at fine-tuning validation
@@ -337,12 +337,11 @@ def _validate_fidelity(cfg: Config) -> None:
     """Fidelity metric ranges (lib/fidelity.py, lib/memorization.py)."""
     f = cfg.fidelity
     if f.kid_subset_size < 2:
-        raise ParamError(f"fidelity.kid_subset_size = {f.kid_subset_size} must be at least 2 (unbiased MMD needs pairs).")
-    for key, v in (("fidelity.prdc_k", f.prdc_k), ("fidelity.kid_subsets", f.kid_subsets), ("fidelity.kid_bootstrap_subsets", f.kid_bootstrap_subsets),
-                   ("fidelity.diversity_pairs", f.diversity_pairs), ("fidelity.bootstrap", f.bootstrap),
-                   ("fidelity.montage_pairs", f.montage_pairs)):
-        if v < 1:
-            raise ParamError(f"{key} = {v} must be at least 1.")
+        raise ParamError(f"fidelity.kid_subset_size = {f.kid_subset_size} must be at least 2 (unbiased MMD needs "
+                         "pairs).")
+    for key in ("prdc_k", "kid_subsets", "kid_bootstrap_subsets", "diversity_pairs", "bootstrap", "montage_pairs"):
+        if getattr(f, key) < 1:
+            raise ParamError(f"fidelity.{key} = {getattr(f, key)} must be at least 1.")
     if f.fid_dims is not None and f.fid_dims < 1:
         raise ParamError(f"fidelity.fid_dims = {f.fid_dims} must be at least 1 (or null for every dimension).")
     if not 0.0 < f.copy_threshold < 1.0:

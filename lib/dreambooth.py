@@ -7,7 +7,9 @@ timesteps, gating samples) is seeded by (seed, step), and a checkpoint holds the
 LR schedule, gating state and logs, so a run killed and resumed ends identical to an uninterrupted one.
 
 Artefacts in the stage folder: ``model/`` (or ``model_<label>/``) pipeline folders, ``gating_log.csv``,
-``loss_log.csv``, ``validation/step_XXXXXX.{png,npy}``, ``train_summary.json``, ``checkpoints/``.
+``loss_log.csv``, ``validation/step_XXXXXX.{png,npy,json}``, ``validation_log.csv`` (the KID of each
+validation save against the tuning images, on fidelity.trace features), ``train_summary.json``,
+``checkpoints/``.
 """
 from __future__ import annotations
 
@@ -200,6 +202,7 @@ class Trainer:
             self.skipset = gating.random_skips(self.gc.skip_rate, self.ft.steps, cfg.seed)
         self.step, self.gating_rows, self.loss_rows = 0, [], []
         self.ckpt_root = self.out / "checkpoints" / name
+        self._trace_ref = None      # (extractor, label -> tuning features) of the validation trace
 
     # ------------------------------------------------------------------------------- data
     def _pixels(self, arr: np.ndarray) -> torch.Tensor:
@@ -351,8 +354,26 @@ class Trainer:
         atomic.save_image(target.with_suffix(".png"),
                           Image.fromarray((grid(arr.reshape(-1, *arr.shape[2:]) / 255.0, arr.shape[1]) * 255).astype(np.uint8)))
         atomic.write_npy(target.with_suffix(".npy"), arr)
-        atomic.write_json(target.with_suffix(".json"), {"step": step, "labels": labels, "model": self.name})
+        meta = {"step": step, "labels": labels, "model": self.name}
+        trace = self.trace(arr, labels)
+        atomic.write_json(target.with_suffix(".json"), {**meta, "trace": trace} if trace else meta)
         return target
+
+    def trace(self, arr: np.ndarray, labels: list[str]) -> dict | None:
+        """KID of one validation save against the tuning images (lib.fidelity.validation_trace), on the
+        cheap features of fidelity.trace (none: no trace); the tuning images' features are cached."""
+        from . import features, fidelity
+
+        kind = self.cfg.fidelity.trace
+        if kind == "none":
+            return None
+        if self._trace_ref is None:
+            ex = features.extractor(self.cfg, kind)
+            ref = self.df.drop_duplicates("path").reset_index(drop=True)   # a quota may repeat images
+            vecs = features.extract(ref, self.cfg, ex)
+            self._trace_ref = ex, {lab: vecs[(ref["label"] == lab).to_numpy()] for lab in set(ref["label"])}
+        ex, ref = self._trace_ref
+        return fidelity.validation_trace(arr, labels, ref, ex)
 
     # -------------------------------------------------------------------------- checkpoints
     def _trainable_state(self) -> dict:
@@ -508,6 +529,9 @@ def _write_logs(out: Path, gating_rows: list, loss_rows: list) -> None:
     g = pd.DataFrame(gating_rows, columns=GATING_COLUMNS + (["oracle_score"] if any("oracle_score" in r for r in gating_rows) else []))
     atomic.write_csv(out / "gating_log.csv", g)
     atomic.write_csv(out / "loss_log.csv", pd.DataFrame(loss_rows, columns=LOSS_COLUMNS))
+    from .fidelity import trace_log
+
+    atomic.write_csv(out / "validation_log.csv", trace_log(out / "validation"))   # the KID trace per save
 
 
 def run(cfg: Config, out_dir, runs_root=None, progress: bool = True, resume: bool = True,

@@ -122,9 +122,9 @@ class InceptionFeatures(embeddings._Embedder):
         path = inception_weights(weights)
         if not path.is_file():
             raise FeatureUnavailable(
-                f"the FID Inception weights are not on disk: put {INCEPTION_FILE} in the folder {path.parent} "
-                f"(download it from {INCEPTION_URL}), or set fidelity.inception_weights to the file's path. "
-                "Nothing is downloaded here; offline, use fidelity.extractor: clip or classifier.")
+                f"the FID Inception weights are not on disk: download {INCEPTION_FILE} from {INCEPTION_URL} and "
+                f"save it as {path} (in the folder {path.parent}), or set fidelity.inception_weights to where it "
+                "is. Nothing is downloaded here; offline, use fidelity.extractor: clip or classifier.")
         try:
             import torch_fidelity  # noqa: F401   (torchmetrics' FID Inception is torch-fidelity's network)
             from torchmetrics.image.fid import NoTrainInceptionV3
@@ -180,6 +180,8 @@ def embed_array(ex, stack) -> np.ndarray:
 def extract(df: pd.DataFrame, cfg: Config, ex=None, classifier_weights=None, progress: bool = False,
             stats: dict | None = None) -> np.ndarray:
     """N x D features of a manifest's images (columns path and, optionally, hash), through the cache."""
+    if len(df) == 0:
+        raise embeddings.EmbeddingError("no images to extract features from (an empty manifest).")
     ex = ex or extractor(cfg, classifier_weights=classifier_weights)
     hashes = embeddings.content_hashes(df)
     cache = embeddings.Cache(cfg.fidelity.cache_dir or cfg.embedding.cache_dir, ex.key, ex.config, ex.input_size)
@@ -195,17 +197,19 @@ def extract(df: pd.DataFrame, cfg: Config, ex=None, classifier_weights=None, pro
     if stats is not None:
         stats.update(cached=len(set(hashes)) - len(todo), computed=len(todo), key=ex.key)
     log.info("%s features: %d cached, %d computed (%s)", ex.kind, len(set(hashes)) - len(todo), len(todo), ex.key)
-    if not hashes:
-        raise embeddings.EmbeddingError("no images to extract features from (an empty manifest).")
     return np.stack([stored[h] for h in hashes]).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------- saved features
 def save(path: str | Path, **arrays) -> Path:
     """Write named arrays (features, labels, ...) to one .npz, atomically: the metrics recompute from it."""
+    def plain(v):   # text columns as fixed-width unicode: loadable without pickle
+        v = np.asarray(v)
+        return v.astype(str) if v.dtype == object else v
+
     with atomic.atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items() if v is not None})
+            np.savez(fh, **{k: plain(v) for k, v in arrays.items() if v is not None})
     return Path(path)
 
 

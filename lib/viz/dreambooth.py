@@ -42,9 +42,21 @@ def skip_warning(out_dir) -> str | None:
     return None
 
 
+def read_trace(out_dir) -> pd.DataFrame:
+    """The KID trace of the validation saves (validation_log.csv; for a run still training, the step files)."""
+    from ..fidelity import trace_log
+
+    out = Path(out_dir)
+    f = out / "validation_log.csv"
+    return pd.read_csv(f) if f.exists() else trace_log(out / "validation")
+
+
 def loss_curve(out_dir, figures_dir, name: str = "03_loss"):
-    loss = read_logs(out_dir)[0]
-    fig, ax = style.figure(0.6)
+    """The denoising loss and, beside it, the KID of each validation save against the tuning images."""
+    loss, trace = read_logs(out_dir)[0], read_trace(out_dir).dropna(subset=["kid"])
+    fig, axes = style.figure(1.0 if len(trace) else 0.6, aspect=0.31 if len(trace) else 0.62,
+                             ncols=2 if len(trace) else 1, squeeze=False)
+    ax = axes[0, 0]
     for model, part in loss.groupby("model"):
         ax.plot(part["step"], part["loss"], ".", ms=2, alpha=0.35, color=style.color("spectral-clip"))
         roll = part["loss"].rolling(10, min_periods=1).mean()
@@ -53,8 +65,25 @@ def loss_curve(out_dir, figures_dir, name: str = "03_loss"):
             ax.plot(part["step"], part["loss_prior"].rolling(10, min_periods=1).mean(), lw=1, ls="--",
                     label=f"{model} prior loss")
     ax.set_xlabel("batch (step)"); ax.set_ylabel("denoising MSE"); ax.legend(fontsize=6, frameon=False)
+    if len(trace):
+        _trace_panel(axes[0, 1], trace)
     style.save(fig, name, figures_dir)
     return fig
+
+
+def _trace_panel(ax, trace: pd.DataFrame) -> None:
+    """KID (unbiased, full sets: lib.fidelity.validation_trace) per label and pooled, at each validation save."""
+    for (model, group), part in trace.groupby(["model", "group"], sort=True):
+        pooled = group == "all"
+        ax.plot(part["step"], part["kid"], "o-" if not pooled else "s--", ms=3, lw=1,
+                color="k" if pooled else style.LABEL_COLORS.get(group, "0.5"),
+                label=f"{group}" + ("" if model == "model" else f" ({model})"))
+    ax.axhline(0, color="0.6", lw=0.6)
+    kind = str(trace["features"].iloc[0]).split("-")[0]
+    ax.set_xlabel("batch (step)"); ax.set_ylabel("KID vs tuning images")
+    ax.set_title(f"validation images, {kind} features", fontsize=7)
+    ax.legend(fontsize=6, frameon=False)
+    ax.figure.subplots_adjust(wspace=0.4)
 
 
 def similarity_trace(out_dir, figures_dir, name: str = "03_similarity"):
