@@ -134,6 +134,11 @@ def tuning_set(cfg: Config, runs_root) -> tuple[pd.DataFrame | None, str]:
 
 
 # ------------------------------------------------------------------------------------ classifiers
+def _targets(df: pd.DataFrame, classes: list[str] | None) -> pd.DataFrame:
+    """The manifest a classifier learns from: the detector's classes are the image's source, not its label."""
+    return df.assign(label=df["source"]) if classes == SOURCES else df
+
+
 def _fit(key: str, train_df: pd.DataFrame, cfg: Config, out_dir: Path, seed: int, progress: bool,
          classes: list[str] | None = None):
     """Train (or, on a resumed run, load) one classifier; its record is direction_<key>.json."""
@@ -144,8 +149,7 @@ def _fit(key: str, train_df: pd.DataFrame, cfg: Config, out_dir: Path, seed: int
         model = classifier.build(c, len(classes)).to(dev)
         model.load_state_dict(torch.load(weights, map_location=dev))
         return model, json.loads(info_path.read_text())
-    target = train_df.assign(label=train_df["source"]) if classes == SOURCES else train_df
-    data = classifier.TensorSet.from_manifest(target, c.input_size, dev, classes)
+    data = classifier.TensorSet.from_manifest(_targets(train_df, classes), c.input_size, dev, classes)
     fit = classifier.train(data, c, seed, progress, desc=f"({key}) {DIRECTIONS[key]}", n_classes=len(classes))
     info = {"n_train": fit.n_train, "n_val": fit.n_val, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
             "stopped_early": fit.stopped_early, "train_seconds": round(fit.seconds, 2),
@@ -160,8 +164,8 @@ def _predict(model, test_df: pd.DataFrame, cfg: Config, path: Path, frame=result
     """Write a predictions file unless a resumed run already has it."""
     if path.exists():
         return
-    target = test_df.assign(label=test_df["source"]) if classes == SOURCES else test_df
-    data = classifier.TensorSet.from_manifest(target, cfg.classifier.input_size, classifier.device(), classes)
+    data = classifier.TensorSet.from_manifest(_targets(test_df, classes), cfg.classifier.input_size,
+                                              classifier.device(), classes)
     atomic.write_csv(path, frame(test_df, classifier.predict_outputs(model, data)))
 
 
