@@ -97,6 +97,11 @@ class FinetuneConfig:
     batch_size: int = 16
     learning_rate: float = 2e-4
     lr_warmup_steps: int = 0
+    noise_offset: float = 0.0               # diffusers' --noise_offset: per-channel constant added to the noise,
+                                            # so the model can learn an image mean far from the base's (dark X-rays)
+    zero_terminal_snr: bool = False         # Lin et al. 2024: rescale the schedule to zero SNR at the last step and
+                                            # sample with trailing timesteps (v-prediction bases only); without it the
+                                            # samples keep the base's mean brightness (X-rays come out too bright)
     prior_preservation: bool = False
     num_class_images: int = 32
     class_prompt: str = "an image of chest X-ray"
@@ -388,6 +393,9 @@ def _validate_finetune(cfg: Config) -> None:
     if f.learning_rate <= 0 or f.lr_warmup_steps < 0 or f.num_class_images < 1 or f.validation_images < 0:
         raise ParamError("finetune.learning_rate must be > 0, lr_warmup_steps >= 0, num_class_images >= 1, "
                          "validation_images >= 0.")
+    if not 0.0 <= f.noise_offset <= 1.0:
+        raise ParamError(f"finetune.noise_offset = {f.noise_offset} must be between 0 and 1 (diffusers' scripts "
+                         "use about 0.1; 0 turns it off).")
     if "{label}" not in f.prompt_template:
         raise ParamError(f"finetune.prompt_template = {f.prompt_template!r} must contain '{{label}}'.")
     if g.skip_rate is not None and not 0.0 <= g.skip_rate <= 1.0:

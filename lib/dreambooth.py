@@ -154,8 +154,8 @@ class Trainer:
         pipe = diffusion_model.load_pipeline(self.base, cfg.model.revision if self.base == cfg.model.base else None,
                                              device="cpu", dtype=torch.float32)
         self.tok, self.vae, self.text, self.unet = pipe.tokenizer, pipe.vae, pipe.text_encoder, pipe.unet
-        self.noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.base_sched_config = pipe.scheduler.config
+        self.base_sched_config = self._schedule(pipe.scheduler.config)
+        self.noise_sched = DDPMScheduler.from_config(self.base_sched_config)
         # Frozen parts in the compute dtype (memory); trained ones stay float32 (autocast does the rest).
         self.vae.requires_grad_(False)
         self.text.requires_grad_(self.ft.train_text_encoder)
@@ -203,6 +203,17 @@ class Trainer:
         self.step, self.gating_rows, self.loss_rows = 0, [], []
         self.ckpt_root = self.out / "checkpoints" / name
         self._trace_ref = None      # (extractor, label -> tuning features) of the validation trace
+
+    def _schedule(self, config) -> dict:
+        """The noise schedule fine-tuning trains with, which the saved model then samples with."""
+        config = dict(config)
+        if self.ft.zero_terminal_snr:
+            if config.get("prediction_type") != "v_prediction":
+                raise ParamError(f"finetune.zero_terminal_snr needs a v-prediction base model; {self.base} predicts "
+                                 f"{config.get('prediction_type')!r}. Turn it off, or use a v-prediction base "
+                                 "(Stable Diffusion 2.x, or model.base: tiny).")
+            config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+        return config
 
     # ------------------------------------------------------------------------------- data
     def _pixels(self, arr: np.ndarray) -> torch.Tensor:
@@ -294,7 +305,10 @@ class Trainer:
             ci = torch.randint(len(self.class_latents), (n_inst,), generator=g)
             z = torch.cat([z, self.class_latents[ci.to(self.class_latents.device)].to(dev)])
             prompts = prompts + [self.ft.class_prompt] * n_inst
-        noise = torch.randn(z.shape, generator=g).to(dev)
+        noise = torch.randn(z.shape, generator=g)
+        if self.ft.noise_offset:   # a constant per image and channel: shifts the mean the model can learn
+            noise = noise + self.ft.noise_offset * torch.randn(z.shape[:2] + (1, 1), generator=g)
+        noise = noise.to(dev)
         t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(z),), generator=g).to(dev)
         noisy = self.noise_sched.add_noise(z, noise, t)
         target = noise if self.noise_sched.config.prediction_type == "epsilon" else self.noise_sched.get_velocity(z, noise, t)

@@ -126,3 +126,35 @@ def test_a_model_id_that_cannot_be_found_says_offline_and_how_to_give_a_local_pa
     with pytest.raises(diffusion_model.ModelNotFoundError) as err:
         dreambooth.run(cfg, tmp_path / "03", runs_root, progress=False)
     assert "offline" in str(err.value) and "model.base" in str(err.value)
+
+
+def test_zero_terminal_snr_trains_and_saves_the_rescaled_schedule(tmp_path, runs_root):
+    cfg = tiny_cfg(tmp_path, **{"gating.enabled": False, "finetune.zero_terminal_snr": True,
+                                "finetune.noise_offset": 0.1})
+    out, summary = _run(cfg, runs_root, tmp_path)
+    saved = json.loads((out / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["rescale_betas_zero_snr"] is True and saved["timestep_spacing"] == "trailing"
+    from diffusers import DDPMScheduler
+
+    # the rescaled schedule reaches (almost) zero signal at its last step; the base's does not
+    assert DDPMScheduler.from_config(saved).alphas_cumprod[-1] < 1e-6
+    base = json.loads((__import__("pathlib").Path(summary["base"]) / "scheduler" / "scheduler_config.json").read_text())
+    assert DDPMScheduler.from_config(base).alphas_cumprod[-1] > 1e-3
+
+
+def test_zero_terminal_snr_on_an_epsilon_base_is_a_clear_error(tmp_path, runs_root):
+    import shutil
+
+    cfg = tiny_cfg(tmp_path, **{"gating.enabled": False, "finetune.zero_terminal_snr": True})
+    base = tmp_path / "eps-base"
+    shutil.copytree(diffusion_model.base_for(cfg.model, seed=cfg.seed, progress=False), base)
+    sc = base / "scheduler" / "scheduler_config.json"
+    sc.write_text(sc.read_text().replace('"v_prediction"', '"epsilon"'))
+    cfg.model.base = str(base)
+    with pytest.raises(dreambooth.ParamError, match="v-prediction"):
+        _run(cfg, runs_root, tmp_path)
+
+
+def test_noise_offset_out_of_range_is_refused(tmp_path):
+    with pytest.raises(dreambooth.ParamError, match="noise_offset"):
+        tiny_cfg(tmp_path, **{"finetune.noise_offset": 2.0})
