@@ -490,10 +490,19 @@ def _manifest(stage4: Path) -> pd.DataFrame | None:
     return None
 
 
+REAL_ROW = "real phantoms"
+
+
 def sample_paths(df: pd.DataFrame, per_label: int = 4, seed: int = 0) -> dict[str, dict[str, list[str]]]:
-    """A few synthetic image paths per label for each method (first seed), from stage 04's manifest."""
+    """A few image paths per label for each method (first seed), from stage 04's manifest, and under
+    REAL_ROW as many real test images (the first record's real test sample) to compare them with."""
     out = {}
     for _, r in df.iterrows():
+        real = Path(r["results_dir"]) / "test_a.csv"
+        t = pd.read_csv(real) if REAL_ROW not in out and real.exists() else None
+        if t is not None and {"path", "label"} <= set(t.columns):
+            out[REAL_ROW] = {lab: [str(paths.resolve(p)) for p in t[t["label"] == lab]["path"].sample(
+                min(per_label, int((t["label"] == lab).sum())), random_state=seed)] for lab in LABELS}
         if r["method"] in out:
             continue
         m = _manifest(upstream_dir(r, "04_generation"))

@@ -99,15 +99,26 @@ def gating_traces(logs: dict[str, pd.DataFrame], figures_dir, name: str = "06_ga
 
 def sample_montage(samples: dict[str, dict[str, list[str]]], size: int, figures_dir,
                    name: str = "06_samples_by_method"):
-    """One row per method: synthetic images, No Finding first, then Unhealthy."""
-    rows = {}
-    for m in style.method_order(samples):
-        paths = [p for lab in analysis.LABELS for p in samples[m][lab]]
-        if paths:
-            rows[m] = images.load_stack(paths, size)
+    """Real phantoms first, then one row per method (the no-fine-tune control is the base model), with
+    the No Finding and the Unhealthy images in two labelled column groups."""
+    order = ([analysis.REAL_ROW] if analysis.REAL_ROW in samples else []) + style.method_order(
+        [m for m in samples if m != analysis.REAL_ROW])
+    rows, ncols = {}, max((len(v) for s in samples.values() for v in s.values()), default=0)
+    for m in order:
+        halves = [images.load_stack(samples[m][lab], size) if samples[m][lab] else np.zeros((0, size, size))
+                  for lab in analysis.LABELS]
+        if sum(len(h) for h in halves):
+            # each label padded to ncols, with one blank image between the groups
+            pad = [np.concatenate([h, np.ones((ncols - len(h), size, size))]) for h in halves]
+            rows["base model (no fine-tune)" if m == "no-fine-tune" else m] = np.concatenate(
+                [pad[0], np.ones((1, size, size)), pad[1]])
     fig, axes = style.figure(0.8, 0.14 * max(1, len(rows)), nrows=max(1, len(rows)))
     if rows:
-        montage.show_rows(axes, rows, max(len(v) for v in rows.values()))
+        montage.show_rows(axes, rows, 2 * ncols + 1)
+        top = np.atleast_1d(axes)[0]
+        for i, lab in enumerate(analysis.LABELS):
+            top.text((i * (ncols + 1) + ncols / 2) / (2 * ncols + 1), 1.08, lab, transform=top.transAxes,
+                     ha="center", va="bottom", fontsize=7)
     else:
         _empty(np.atleast_1d(axes)[0], "no synthetic manifests found")
     style.save(fig, name, figures_dir)
