@@ -5,7 +5,7 @@ STAMP   := .venv/.installed
 PARAMS  ?= params/demo.yaml
 SWEEP   ?= params/sweeps/demo.yaml
 
-.PHONY: setup test demo lab run sweep bench clean-smoke
+.PHONY: setup test demo study lab run sweep bench clean-smoke
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ test: $(STAMP) clean-smoke
 demo: $(STAMP)
 	$(PY) -m lib.sweeps params/sweeps/demo.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s))
 	$(PY) -m lib.analysis --root runs/demo --sweep params/sweeps/demo.yaml $(foreach s,$(SET),--set $(s))
+
+# The demo grid over seeds 0-2 (about 1.5x the demo's time); figures in figures/study/.
+study: $(STAMP)
+	$(PY) -m lib.sweeps params/sweeps/study.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s))
+	$(PY) -m lib.analysis --root runs/demo --sweep params/sweeps/study.yaml $(foreach s,$(SET),--set $(s))
 
 # One pipeline run, notebooks 01-06: make run PARAMS=params/demo.yaml SET="gating.threshold=0.5 seed=1"
 run: $(STAMP)
