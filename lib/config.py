@@ -126,7 +126,8 @@ class GatingConfig:
     threshold: float = 0.3                  # thesis: skip when similarity > 0.3
     mode: Literal["absolute", "quantile"] = "absolute"
     skip_fraction: float = 0.3              # target skip rate in quantile mode
-    warmup_batches: int = 10                # quantile mode: window of recent scores the threshold rolls over
+    warmup_batches: int = 10                # quantile mode: window of recent scores the threshold rolls over;
+                                            # absolute mode: skipping all or none of these first batches warns
     aggregation: Literal["mean-pairwise", "centroid", "max"] = "mean-pairwise"
     n_images: int = 4                       # images generated per gate
     every_k: int = 1                        # gate every k batches

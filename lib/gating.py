@@ -16,6 +16,7 @@ Score aggregation (``gating.aggregation``), with G the generated and D the data 
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 from .config import GatingConfig, ParamError
+
+log = logging.getLogger(__name__)
 
 AGGREGATIONS = ("mean-pairwise", "centroid", "max")
 
@@ -55,7 +58,8 @@ def check(cfg: GatingConfig) -> None:
 @dataclass
 class GateState:
     """Everything a resumed run needs to take the same decisions: the quantile rule's recent scores,
-    its last threshold and its skip budget."""
+    its last threshold and its skip budget. Under the absolute rule, ``recent`` holds the first
+    warmup_batches scores and ``decided``/``skipped`` count every decision (for the warm-up check)."""
 
     recent: list = field(default_factory=list)
     calibrated: float | None = None
@@ -79,11 +83,15 @@ class Decider:
     so far (rounded up). The window rolls because scores climb as the model learns; a threshold fixed
     on the first batches would end up skipping nearly everything. Nothing is skipped until the window
     is full.
+
+    Under the absolute rule, a threshold that skips all of the first ``warmup_batches`` batches, or
+    none of them, gets a warning (``warn``) with the scores those batches measured: all means it sits
+    below the embedder's range (nothing will be trained), none that it may sit above it.
     """
 
-    def __init__(self, cfg: GatingConfig, state: GateState | None = None):
+    def __init__(self, cfg: GatingConfig, state: GateState | None = None, warn: bool = True):
         check(cfg)
-        self.cfg, self.state = cfg, state or GateState()
+        self.cfg, self.state, self.warn = cfg, state or GateState(), warn
 
     def threshold(self) -> float:
         if self.cfg.mode == "absolute":
@@ -93,7 +101,9 @@ class Decider:
     def decide(self, s: float) -> tuple[bool, float]:
         """(skip?, threshold used) for a score; updates the quantile rule's window and budget."""
         if self.cfg.mode == "absolute":
-            return bool(s > self.cfg.threshold), self.cfg.threshold
+            skip = bool(s > self.cfg.threshold)
+            self._watch_warmup(s, skip)
+            return skip, self.cfg.threshold
         st, f, w = self.state, self.cfg.skip_fraction, self.cfg.warmup_batches
         skip, thr = False, float("nan")
         if len(st.recent) >= w:
@@ -103,6 +113,35 @@ class Decider:
             st.decided, st.skipped = st.decided + 1, st.skipped + int(skip)
         st.recent = (st.recent + [float(s)])[-w:]
         return skip, thr
+
+    def _watch_warmup(self, s: float, skip: bool) -> None:
+        """Absolute rule: count decisions; at the end of the warm-up window, warn when it skipped all or none."""
+        st, w = self.state, self.cfg.warmup_batches
+        st.decided, st.skipped = st.decided + 1, st.skipped + int(skip)
+        if st.decided <= w:
+            st.recent = st.recent + [float(s)]
+        if self.warn and w >= 1 and st.decided == w and st.skipped in (0, w):
+            log.warning(warmup_message(self.cfg, st.recent, st.skipped))
+
+
+def warmup_message(cfg: GatingConfig, scores: list, skipped: int) -> str:
+    """What an absolute threshold that skipped all or none of the warm-up batches means, and what to set."""
+    v = np.asarray(scores, float)
+    lo, med, hi = float(v.min()), float(np.median(v)), float(v.max())
+    head = (f"gating.threshold = {cfg.threshold:g} (absolute mode) skipped {'all' if skipped else 'none'} of the "
+            f"first {len(v)} batches (gating.warmup_batches): their scores ({cfg.aggregation}) ranged "
+            f"{lo:.3f}-{hi:.3f}, median {med:.3f}. ")
+    if skipped:
+        what = ("The threshold sits below every score, so the gate skips nearly every batch and little is trained "
+                "(a CLIP with random weights scores near 0.9 whatever the images). Raise gating.threshold into "
+                f"or above this range (e.g. {hi:.2f}, its top)")
+    else:
+        what = ("The threshold sits above every score: fine early in fine-tuning, when the model does not resemble "
+                "the data yet and scores climb as it learns, but if they never reach it the gate skips nothing "
+                "and only adds its cost. Check the scores later batches reach (gating_log.csv) and set "
+                f"gating.threshold a little below them (here the highest so far is {hi:.3f})")
+    return (head + what + ", or use gating.mode: quantile with gating.skip_fraction, which calibrates the "
+            "threshold on the measured scores.")
 
 
 def sampler(pipe, steps: int):

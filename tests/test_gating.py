@@ -1,6 +1,9 @@
 """Gating rules (Algorithm 1): score aggregations, threshold modes, random-skip control, range checks."""
+import logging
+
 import numpy as np
 import pytest
+import torch
 
 from lib import config, gating
 
@@ -72,3 +75,70 @@ def test_threshold_outside_minus_one_one_is_refused():
 
 def test_single_process_broadcast_is_identity():
     assert gating.broadcast_decision(None, True, 0.4) == (True, 0.4)
+
+
+def _stub_gate(monkeypatch, threshold, every_k=1, warmup=3):
+    """A Gate whose samples are a fixed unit vector (no pipeline, no CLIP): a batch's score is then
+    exactly the cosine its data vector is given."""
+    monkeypatch.setattr(gating, "sampler", lambda pipe, steps: None)
+    monkeypatch.setattr(gating, "generate", lambda pipe, prompts, *a, **k: torch.zeros(len(prompts), 4, 4))
+    cfg = config.GatingConfig(mode="absolute", threshold=threshold, every_k=every_k, n_images=2,
+                              warmup_batches=warmup)
+    return gating.Gate(cfg, lambda imgs: np.tile([1.0, 0.0], (len(imgs), 1)), resolution=8, seed=0)
+
+
+@pytest.mark.parametrize("every_k", [1, 3])
+def test_absolute_gate_skips_exactly_the_batches_scored_above_the_threshold(monkeypatch, every_k):
+    gate = _stub_gate(monkeypatch, 0.5, every_k)
+    scores = [0.2, 0.9, 0.5, 0.51, -0.3, 0.99, 0.49, 0.8]
+    rows = [gate(step, None, ["a", "b"], np.array([[s, np.sqrt(1 - s * s)]])) for step, s in enumerate(scores)]
+    assert [r["score"] for r in rows] == pytest.approx(scores)
+    assert [r["skipped"] for r in rows] == [s > 0.5 for s in scores]
+    assert all(r["threshold"] == 0.5 for r in rows)
+    assert [r["generated"] for r in rows] == [step % every_k == 0 for step in range(len(scores))]
+
+
+WARMUP_CASES = {   # threshold, warm-up scores -> which warning (None: no warning)
+    "all-skipped": (0.3, [0.91, 0.87, 0.95], "skipped all of the first 3 batches"),
+    "none-skipped": (0.99, [0.61, 0.7, 0.65], "skipped none of the first 3 batches"),
+    "some-skipped": (0.8, [0.75, 0.85, 0.79], None),
+}
+
+
+@pytest.mark.parametrize("case", list(WARMUP_CASES))
+def test_absolute_threshold_that_skips_all_or_none_of_the_warmup_is_warned_with_the_score_range(case, caplog):
+    thr, warm, expected = WARMUP_CASES[case]
+    d = gating.Decider(config.GatingConfig(mode="absolute", threshold=thr, warmup_batches=3))
+    with caplog.at_level(logging.WARNING, logger="lib.gating"):
+        d.decide(warm[0]), d.decide(warm[1])
+        assert not caplog.records                            # not before the window is full
+        d.decide(warm[2])
+        for s in (0.5, 0.99, 0.2):                           # later batches never warn again
+            d.decide(s)
+    if expected is None:
+        assert not caplog.records
+        return
+    assert len(caplog.records) == 1
+    msg = caplog.records[0].getMessage()
+    lo, hi = min(warm), max(warm)
+    assert expected in msg and f"ranged {lo:.3f}-{hi:.3f}" in msg and f"gating.threshold = {thr:g}" in msg
+    assert "gating.mode: quantile" in msg and "gating.threshold" in msg.split("ranged")[1]
+
+
+def test_warmup_warning_is_off_for_quantile_mode_for_warn_false_and_after_a_resume(caplog):
+    with caplog.at_level(logging.WARNING, logger="lib.gating"):
+        q = gating.Decider(config.GatingConfig(mode="quantile", warmup_batches=3, skip_fraction=0.3))
+        quiet = gating.Decider(config.GatingConfig(threshold=0.3, warmup_batches=3), warn=False)
+        first = gating.Decider(config.GatingConfig(threshold=0.3, warmup_batches=3))
+        for s in (0.9, 0.9, 0.9, 0.9):
+            q.decide(s), quiet.decide(s), first.decide(s)
+        assert len(caplog.records) == 1                      # only ``first``
+        resumed = gating.Decider(first.cfg, gating.GateState.from_dict(first.state.to_dict()))
+        resumed.decide(0.9)
+        assert len(caplog.records) == 1
+        # a run resumed inside the window still warns once, with the scores from before the checkpoint
+        early = gating.Decider(config.GatingConfig(threshold=0.3, warmup_batches=3))
+        early.decide(0.81), early.decide(0.82)
+        late = gating.Decider(early.cfg, gating.GateState.from_dict(early.state.to_dict()))
+        late.decide(0.83)
+    assert len(caplog.records) == 2 and "ranged 0.810-0.830" in caplog.records[1].getMessage()
