@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import images, nih
+from . import backbones, images, nih
 from .config import ClassifierConfig
 from .nih import DataError
 from .progress import tqdm
@@ -35,27 +35,19 @@ MINI = dict(growth_rate=12, block_config=(2, 2, 2, 2), num_init_features=16, bn_
 
 # ------------------------------------------------------------------------------------------- model
 class CheXNet(nn.Module):
-    """Grayscale in [0, 1] -> 3 ImageNet-normalised channels -> DenseNet features -> one logit per class."""
+    """Grayscale in [0, 1] -> 3 ImageNet-normalised channels -> a backbone -> one logit per class.
+
+    The backbone is torchvision's DenseNet-121 (CheXNet's), the mini stand-in, or any timm model
+    (lib.backbones: the presets of seed 001, or a timm name)."""
 
     def __init__(self, arch: str = "densenet121", weights: str = "none", n_classes: int = 2):
         super().__init__()
-        import torchvision
-
-        if arch == "densenet121":
-            w = None
-            if weights == "imagenet":
-                w = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1
-            try:
-                net = torchvision.models.densenet121(weights=w)
-            except Exception as exc:  # offline, or a broken download
-                raise RuntimeError("could not fetch torchvision's ImageNet DenseNet-121 weights "
-                                   f"({exc}); set classifier.weights: none to train from scratch offline.") from exc
-        elif arch == "densenet-mini":
-            net = torchvision.models.DenseNet(**MINI)
+        if arch in backbones.BUILTIN:
+            net = backbones.build_torchvision(arch, weights, MINI)
+            net.classifier = nn.Linear(net.classifier.in_features, n_classes)
         else:
-            raise ValueError(f"unknown classifier.arch {arch!r}; use densenet121 or densenet-mini.")
-        net.classifier = nn.Linear(net.classifier.in_features, n_classes)
-        self.net = net
+            net = backbones.build_timm(arch, weights, n_classes)
+        self.net, self.arch, self.n_classes = net, arch, n_classes
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
@@ -195,7 +187,7 @@ def predict_outputs(model: nn.Module, data: TensorSet | torch.Tensor, batch_size
     with _autocast(dev):
         for i in range(0, len(x), batch_size):
             out.append(torch.sigmoid(model(to_float(x[i:i + batch_size].to(dev))).float()).cpu())
-    k = model.net.classifier.out_features
+    k = getattr(model, "n_classes", None) or model.net.classifier.out_features
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, k))
 
 

@@ -158,8 +158,11 @@ class GenerationConfig:
 
 @dataclass
 class ClassifierConfig:
-    weights: Literal["imagenet", "none"] = "none"   # imagenet: torchvision's download (real runs)
-    arch: Literal["densenet121", "densenet-mini"] = "densenet121"  # mini: offline CPU stand-in
+    weights: str = "none"                   # none (random, offline) | imagenet (torchvision's / timm's pre-trained
+                                            # weights, from the cache or downloaded) | a weights file's path
+    arch: str = "densenet121"               # densenet121 (CheXNet, torchvision) | densenet-mini (offline CPU stand-in)
+                                            # | a preset: resnet50, efficientnet-b0/-b1, convnext-t/-s, densenet121-timm
+                                            # | any timm model name (lib/backbones.py)
     input_size: int = 64                    # 224 for real runs
     epochs: int = 8
     batch_size: int = 64
@@ -195,6 +198,18 @@ class FidelityConfig:
 
 
 @dataclass
+class MixingConfig:
+    """Training sets that mix real and synthetic images (lib/mixing.py, notebook 07): Schaudt et al.'s
+    augmentation brackets with random oversampling (seed 001) and fixed-size mixing ratios (seed 003)."""
+    brackets: list[int] = field(default_factory=lambda: [100, 250, 500, 750, 1000])  # synthetic images added per
+    #                                       class to the real training sample (001: +100 ... +10,000)
+    oversample: bool = True                 # also the real sample randomly oversampled to each bracket's total
+    ratios: list[list[float]] = field(default_factory=lambda: [[1.0, 0.0], [0.7, 0.3], [0.5, 0.5], [0.3, 0.7],
+                                                               [0.0, 1.0]])   # real:synthetic shares, each pair sums to 1
+    total_per_class: Optional[int] = None   # a ratio's training-set size per class; None = classifier.n_train_per_class
+
+
+@dataclass
 class Config:
     experiment: str = "demo"
     seed: int = 0
@@ -209,14 +224,23 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        """Short stable hash of the named sections (top-level keys allowed), for cache and stage keys."""
+        """Short stable hash of the named sections (top-level keys allowed, and dotted fields such as
+        ``mixing.brackets``), for cache and stage keys."""
         d = self.to_dict()
-        blob = json.dumps({s: d[s] for s in sections}, sort_keys=True, default=str)
+
+        def pick(name: str):
+            node = d
+            for part in name.split("."):
+                node = node[part]
+            return node
+
+        blob = json.dumps({s: pick(s) for s in sections}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -327,9 +351,7 @@ def _validate_ranges(cfg: Config) -> None:
         raise ParamError(f"classifier.val_fraction = {c.val_fraction} must be in (0, 0.5).")
     if not 0.0 < c.threshold < 1.0:
         raise ParamError(f"classifier.threshold = {c.threshold} must be in (0, 1).")
-    if c.weights == "imagenet" and c.arch != "densenet121":
-        raise ParamError("classifier.weights = 'imagenet' needs classifier.arch = 'densenet121' "
-                         "(the mini stand-in has no pre-trained weights).")
+    _validate_backbone(cfg)
     for key, v in (("generation.cpu_threads", g.cpu_threads), ("classifier.cpu_threads", c.cpu_threads)):
         if v is not None and v < 1:
             raise ParamError(f"{key} = {v} must be at least 1 (or null for torch's default).")
@@ -337,6 +359,37 @@ def _validate_ranges(cfg: Config) -> None:
         raise ParamError(f"classifier.input_size = {c.input_size} must be at least 32 (DenseNet downsamples 32x).")
     _validate_reference(cfg)
     _validate_fidelity(cfg)
+    _validate_mixing(cfg)
+
+
+def _validate_backbone(cfg: Config) -> None:
+    """classifier.arch: built in, a preset or a timm name (closest names suggested); classifier.weights."""
+    from . import backbones
+
+    try:
+        backbones.check(cfg.classifier.arch, cfg.classifier.weights)
+    except backbones.BackboneError as exc:
+        raise ParamError(str(exc)) from None
+
+
+def _validate_mixing(cfg: Config) -> None:
+    """The mixing section's own consistency; brackets against the synthetic set are checked by lib.mixing
+    before anything trains (the set's size is known only once stage 04 has run)."""
+    m = cfg.mixing
+    if any(b < 1 for b in m.brackets) or len(set(m.brackets)) != len(m.brackets):
+        raise ParamError(f"mixing.brackets = {m.brackets} must be distinct positive numbers of synthetic images "
+                         "per class (the real-only baseline is always measured).")
+    for i, r in enumerate(m.ratios):
+        if len(r) != 2 or any(v < 0 for v in r) or abs(sum(r) - 1.0) > 1e-6:
+            hint = f" (write {r[0]:g}:{r[1]:g} as [{r[0] / sum(r):g}, {r[1] / sum(r):g}])" \
+                if len(r) == 2 and sum(r) > 0 and all(v >= 0 for v in r) else ""
+            raise ParamError(f"mixing.ratios[{i}] = {r} must be a [real, synthetic] pair of shares >= 0 that sum "
+                             f"to 1{hint}.")
+    if len({tuple(r) for r in m.ratios}) != len(m.ratios):
+        raise ParamError(f"mixing.ratios = {m.ratios} lists a ratio twice.")
+    if m.total_per_class is not None and m.total_per_class < 2:
+        raise ParamError(f"mixing.total_per_class = {m.total_per_class} must be at least 2 (or null for "
+                         "classifier.n_train_per_class).")
 
 
 def _validate_fidelity(cfg: Config) -> None:

@@ -88,7 +88,8 @@ def run_id(cfg: config.Config, overrides: dict | None = None) -> str:
 
 
 def params_hash(cfg: config.Config) -> str:
-    return cfg.section_hash(*cfg.to_dict().keys())
+    # The mixing section is read only by notebook 07, over finished runs (lib/mixing.py): it names no run.
+    return cfg.section_hash(*(k for k in cfg.to_dict() if k != "mixing"))
 
 
 # ------------------------------------------------------------------------------- notebooks
