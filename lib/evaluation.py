@@ -10,12 +10,27 @@ The real-trained classifier does not depend on the generator: it lives in a stag
 classifier of the same family learns real from synthetic (detection AUROC). FTER = AUROC(a) / AUROC(b)
 as in the thesis; lib.metrics adds the chance-aware ratios. Before anything trains, the real test pool
 is checked against every training source, the whole synthetic set and the tuning set, on file content.
+
+Stage 05 also measures the synthetic set's fidelity, diversity and memorization (lib.fidelity,
+lib.memorization; ``fidelity`` section) before any classifier trains, so a set too small for a metric
+stops the run early. The sets (``fidelity_sets``): the whole synthetic set against the real training
+sample (balanced per class like the synthetic set, so the overall metrics do not mix class proportions);
+memorization compares each synthetic image's nearest *seen* image with its nearest unseen real image (the
+real test sample). Seen is the generator's tuning set where it has one, the no-fine-tune control included
+(its base model never saw it: the same comparison as the fine-tuned methods, expected to find nothing);
+a reference generator has none, and is compared with the real training sample instead, never the tuning
+pool it is drawn from. The features come from ``fidelity.extractor`` (``classifier``: the real baseline's
+classifier_real.pt). The flat metrics with their bootstrap CIs join the results record
+(``fidelity.<metric>[.<class>]``, ``memorization.<metric>[.<class>]``, each with _ci_low/_ci_high); the
+folder keeps fidelity.csv, memorization.csv/.json, the saved features, the pair scores and the montage
+05_memorization.png, so every number recomputes (lib.fidelity.recompute).
 """
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +256,7 @@ def run(cfg: Config, out_dir: str | Path, runs_root: str | Path = "runs", progre
     s = _samples(cfg, runs_root, progress)
     for name in ("train_a", "test_a", "train_b", "test_b", "train_det", "test_det"):
         atomic.write_csv(out_dir / f"{name}.csv", s[name])
+    fid = fidelity_record(cfg, s, out_dir, progress)
     with compute.cpu_threads(c.cpu_threads):
         model_a, info_a = _fit("a", s["train_a"], cfg, out_dir, cfg.seed, progress)
         _predict(model_a, s["test_a"], cfg, out_dir / "predictions_a.csv")
@@ -253,7 +269,44 @@ def run(cfg: Config, out_dir: str | Path, runs_root: str | Path = "runs", progre
     row = _record(cfg, s, {"a": info_a, "b": info_b, "det": info_det})
     row.update(metrics.matrix(results.cells_from(out_dir), c.threshold, c.bootstrap, row["bootstrap_seed"],
                               detection=results.detection_from(out_dir)))
+    row.update(fid)
     return _write_checked(out_dir, row)
+
+
+FIDELITY_RECORD = "fidelity_record.json"
+
+
+def fidelity_sets(s: dict) -> tuple[dict[str, pd.DataFrame], str]:
+    """What the fidelity metrics compare (see the module's docstring): synthetic, real, seen, holdout; and
+    what the seen set is."""
+    if s["tuning"] is not None:
+        seen, what = s["tuning"], "tuning set"
+    else:
+        seen, what = s["train_b"], "real training sample (no tuning set)"
+    return {"synthetic": s["synthetic"], "real": s["train_b"], "seen": seen, "holdout": s["test_a"]}, what
+
+
+def fidelity_record(cfg: Config, s: dict, out_dir: Path, progress: bool = False) -> dict:
+    """Fidelity, diversity and memorization of the synthetic set (lib.fidelity.run) as flat record fields;
+    written once to fidelity_record.json (a resumed run reuses it), with the seconds it took beside it."""
+    from threadpoolctl import threadpool_limits
+
+    from . import fidelity
+
+    path = Path(out_dir) / FIDELITY_RECORD
+    if path.exists():
+        return json.loads(path.read_text())["record"]
+    sets, seen = fidelity_sets(s)
+    start = time.perf_counter()
+    with compute.cpu_threads(cfg.classifier.cpu_threads), threadpool_limits(cfg.classifier.cpu_threads):
+        record = fidelity.run(cfg, out_dir, sets["synthetic"], sets["real"], sets["seen"], sets["holdout"],
+                              classifier_weights=s["real_dir"] / "classifier_real.pt", figure_name="05_memorization",
+                              progress=progress)
+    record["memorization.seen"] = seen
+    seconds = round(time.perf_counter() - start, 2)
+    log.info("fidelity, diversity and memorization: %.1f s", seconds)
+    atomic.write_json(path, {"record": record, "seconds": seconds})
+    return record
 
 
 def _record(cfg: Config, s: dict, infos: dict) -> dict:

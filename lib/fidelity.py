@@ -486,7 +486,9 @@ def run(cfg: Config, out_dir, synthetic: pd.DataFrame, real: pd.DataFrame, tunin
                                      tuning_path=tuning["path"].to_numpy()[per_image["tuning_index"]])
         atomic.write_csv(out / "memorization.csv", per_image)
         atomic.write_json(out / "memorization.json", {**info, "summary": summary.to_dict("records")})
-        memorization.montage(per_image, figures_dir or out, figure_name, cfg.fidelity.montage_pairs, size)
+        import matplotlib.pyplot as plt
+
+        plt.close(memorization.montage(per_image, figures_dir or out, figure_name, cfg.fidelity.montage_pairs, size))
         record.update(flat(summary, "memorization."))
     return record
 

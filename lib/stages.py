@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import atomic, paths, provenance
-from .config import Config, GatingConfig
+from .config import Config, FidelityConfig, GatingConfig
 
 ORDER = ["01_data_curation", "02_clustering", "03_dreambooth", "04_generation", "05_classifier",
          "06_fter_analysis"]
@@ -25,7 +25,7 @@ _OWN = {
     "02_clustering": ["embedding", "cluster", "selection"],
     "03_dreambooth": ["model", "finetune", "gating"],
     "04_generation": ["generation"],
-    "05_classifier": ["classifier"],
+    "05_classifier": ["classifier", "fidelity"],
     "06_fter_analysis": [],
 }
 # Stages no notebook owns, with every section they depend on: the real-trained classifier does not
@@ -33,6 +33,8 @@ _OWN = {
 _SIDE = {"05_real_baseline": ["seed", "data", "pools", "classifier"]}
 # A reference generator (lib.references) needs no tuning set and no fine-tuning: its stages skip 02-03.
 _REFERENCE_SKIPS = ["embedding", "cluster", "selection", "model", "finetune", "gating"]
+# Fidelity extractors that read the embedding section (lib.features): a reference's stage 05 keeps it then.
+_EMBEDDING_EXTRACTORS = ("clip", "pixel", "xrv")
 
 
 def sections(stage: str, reference: bool = False) -> list[str]:
@@ -55,7 +57,10 @@ def key(cfg: Config, stage: str, data: str | None = None) -> str:
 
     from .references import is_reference
 
-    base = _keyed(cfg).section_hash(*sections(stage, is_reference(cfg)))
+    secs = sections(stage, is_reference(cfg))
+    if "fidelity" in secs and "embedding" not in secs and cfg.fidelity.extractor in _EMBEDDING_EXTRACTORS:
+        secs.append("embedding")        # the features of a reference's fidelity metrics depend on it
+    base = _keyed(cfg).section_hash(*secs)
     # Real data that changed on disk (images, CSV) under the same parameters is new data too.
     data = data or _data_fingerprint(cfg)
     if data:
@@ -78,10 +83,14 @@ def unused_gating(cfg: Config) -> set[str]:
 
 
 def _keyed(cfg: Config) -> Config:
-    """The config as stage keys see it: unused gating settings at their defaults."""
+    """The config as stage keys see it: unused gating settings at their defaults; fidelity.trace (a
+    diagnostic drawn during fine-tuning, no stage-05 number depends on it) and fidelity.cache_dir (where
+    feature vectors are cached) at theirs."""
     default = GatingConfig()
     unused = {name: getattr(default, name) for name in unused_gating(cfg)}
-    return dataclasses.replace(cfg, gating=dataclasses.replace(cfg.gating, **unused))
+    return dataclasses.replace(cfg, gating=dataclasses.replace(cfg.gating, **unused),
+                               fidelity=dataclasses.replace(cfg.fidelity, trace=FidelityConfig().trace,
+                                                            cache_dir=FidelityConfig().cache_dir))
 
 
 def stage_dir(cfg: Config, stage: str, runs_root: str | Path = "runs") -> Path:

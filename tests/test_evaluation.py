@@ -122,6 +122,47 @@ def test_the_real_baseline_is_computed_once_and_shared_by_every_generator(finish
     assert row["b_classifier_hash"] == real["classifier_hash"]
 
 
+FIDELITY_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "diversity_synthetic",
+                    "diversity_real")
+
+
+def test_the_record_carries_fidelity_and_memorization_that_recompute_from_the_saved_features(finished):
+    from lib import fidelity
+
+    cfg, _, out = finished
+    row = results.read(out)
+    assert row["fidelity.extractor"].startswith("classifier-")        # params/smoke.yaml: the real baseline's
+    for metric in FIDELITY_METRICS:
+        for group in ("", ".No Finding", ".Unhealthy"):
+            k = f"fidelity.{metric}{group}"
+            assert np.isfinite(row[k]) and row[f"{k}_ci_low"] <= row[f"{k}_ci_high"], k
+    # the stand-in synthetic set is the generator's tuning pool relabelled: every image a planted copy
+    assert row["memorization.seen"] == "tuning set"
+    assert row["memorization.copy_fraction"] == 1.0 and row["memorization.ratio_median"] == 0.0
+    table, (_, _, summary) = fidelity.recompute(out, cfg)
+    again = {**fidelity.flat(table), **fidelity.flat(summary, "memorization.")}
+    assert set(again) <= set(row)
+    for k, v in again.items():
+        assert row[k] == pytest.approx(v, rel=1e-12, abs=1e-15), k
+    assert "fidelity.fid_ci_low" in pd.read_csv(out / "results.csv").columns          # what notebook 06 collects
+    assert json.loads((out / evaluation.FIDELITY_RECORD).read_text())["seconds"] > 0
+    assert (out / "05_memorization.png").exists() and (out / "fidelity_features.npz").exists()
+
+
+def test_fidelity_settings_key_stage_05_but_not_the_real_baseline_nor_the_trace(smoke_cfg):
+    base05, base_real = stages.key(smoke_cfg, "05_classifier"), stages.key(smoke_cfg, evaluation.REAL_STAGE)
+    moved = config.load("params/smoke.yaml", {"fidelity.kid_subset_size": 10})
+    assert stages.key(moved, "05_classifier") != base05 and stages.key(moved, evaluation.REAL_STAGE) == base_real
+    for same in ({"fidelity.trace": "none"}, {"fidelity.cache_dir": "elsewhere"}):
+        assert stages.key(config.load("params/smoke.yaml", same), "05_classifier") == base05, same
+    # a reference skips the embedding section, unless its fidelity features read it
+    ref = {"generation.kind": "real-holdout"}
+    for extractor, moves in (("classifier", False), ("pixel", True)):
+        a = config.load("params/smoke.yaml", {**ref, "fidelity.extractor": extractor})
+        b = config.load("params/smoke.yaml", {**ref, "fidelity.extractor": extractor, "embedding.pixel_size": 4})
+        assert (stages.key(a, "05_classifier") != stages.key(b, "05_classifier")) == moves, extractor
+
+
 def test_prediction_file_that_does_not_match_its_manifest_is_refused(finished, tmp_path):
     _, _, out = finished
     copy = tmp_path / "stage"
@@ -207,6 +248,9 @@ def test_references_calibrate_the_metrics_as_their_construction_says(calibrated)
     for d in records["results_dir"]:
         train, test = pd.read_csv(f"{d}/train_a.csv"), pd.read_csv(f"{d}/test_b.csv")
         assert len(test) >= 4 and not set(train["patient"].astype(str)) & set(test["patient"].astype(str))
+    # memorization: a reference is compared with the real training sample, and real images copy nothing
+    assert (records["memorization.seen"] == "real training sample (no tuning set)").all()
+    assert (records["memorization.copy_fraction"] == 0).all()
     # one real baseline per seed, reused by both references
     per_seed = records.groupby("seed")["real_baseline"].nunique()
     assert (per_seed == 1).all() and records["real_baseline"].nunique() == 3
