@@ -8,6 +8,12 @@ chance-corrected FTER and TR = (AUROC(a) - .5) / (AUROC(trtr) - .5) know where c
 are normalised to ``auroc_a``, ``acc_b_Unhealthy``, ``auroc_det_Unhealthy`` ... whichever spelling the
 record uses (``a_auroc``, ``b_accuracy[Unhealthy]``). Every number can be recomputed from the raw
 predictions (``check``), with scikit-learn, independently of the code that wrote the record.
+
+A record also carries the synthetic set's fidelity, diversity and memorization (``fidelity.fid``,
+``memorization.copy_fraction``, ... each with its image-bootstrap CI; stage 05, lib.fidelity). ``summary``
+averages them over seeds like the matrix's metrics (``fidelity_summary``), ``fidelity_table`` lays them out
+per method, and ``fidelity_trainability`` / ``fidelity_agreement`` say whether the methods' FID and their
+trainability (TR, FTER) rank them alike.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata, spearmanr
 
 from . import config, paths, stages
 
@@ -298,8 +304,60 @@ def summary(df: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
             t = stats.seed_summary(g[c].astype(float).to_numpy())
             row.update({f"{c}_mean": t["mean"], f"{c}_std": t["sd"], f"{c}_t_low": t["t_low"], f"{c}_t_high": t["t_high"]})
         row.update(bootstrap_ci(list(g["results_dir"]), n_boot, seed))
+        row.update(fidelity_summary(g, n_boot, seed))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------- fidelity over seeds
+# Record fields (overall values; each has _ci_low/_ci_high) -> (table header, column)
+FIDELITY = {"fidelity.fid": ("Fidelity", "FID"), "fidelity.kid": ("Fidelity", "KID"),
+            "fidelity.precision": ("Fidelity", "precision"), "fidelity.density": ("Fidelity", "density"),
+            "fidelity.recall": ("Diversity", "recall"), "fidelity.coverage": ("Diversity", "coverage"),
+            "fidelity.diversity_synthetic": ("Diversity", "(MS-)SSIM syn."),
+            "fidelity.diversity_real": ("Diversity", "(MS-)SSIM real"),
+            "memorization.copy_fraction": ("Memorization", "copies"),
+            "memorization.ratio_median": ("Memorization", "d seen / d unseen")}
+_FIDELITY_RANGE = {"fid": (0, np.inf), "density": (0, np.inf), "ratio_median": (0, np.inf),
+                   "diversity_synthetic": (-1, 1), "diversity_real": (-1, 1), "kid": (-np.inf, np.inf)}
+_FIDELITY_SALT = 0xF1D
+
+
+def fidelity_summary(g: pd.DataFrame, n_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict:
+    """Each fidelity metric (FIDELITY) of one method's runs: mean, s.d. and t-interval over seeds, and
+    ``_pooled`` (the seed mean) with a two-level percentile CI. A replicate draws seeds with replacement,
+    then each drawn seed's value from its image-bootstrap distribution, approximated by the two-piece normal
+    that matches the record's own 95% CI (sd (value - ci_low) / 1.96 below, (ci_high - value) / 1.96 above,
+    clipped to the metric's range): stage 05 keeps the CI, not the replicates. With one seed the interval is
+    about that seed's own. Records without the fields (older runs) give NaN."""
+    from . import stats
+
+    def column(name):
+        return g[name].astype(float).to_numpy() if name in g else np.full(len(g), np.nan)
+
+    rng = np.random.default_rng([seed, _FIDELITY_SALT])
+    z = norm.ppf((1 + level) / 2)
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    kinds = g["param.fidelity.extractor"].dropna().astype(str) if "param.fidelity.extractor" in g else []
+    out = {"fidelity_extractor": ", ".join(sorted(set(kinds))) if "fidelity.fid" in g else ""}
+    for key in FIDELITY:
+        v, lo, hi = column(key), column(f"{key}_ci_low"), column(f"{key}_ci_high")
+        t = stats.seed_summary(v, level)
+        out.update({f"{key}_mean": t["mean"], f"{key}_std": t["sd"], f"{key}_t_low": t["t_low"],
+                    f"{key}_t_high": t["t_high"]})
+        ok = np.isfinite(v) & np.isfinite(lo) & np.isfinite(hi)
+        v, lo, hi = v[ok], lo[ok], hi[ok]
+        if not len(v):
+            out[f"{key}_pooled"] = out[f"{key}_ci_low"] = out[f"{key}_ci_high"] = np.nan
+            continue
+        below, above = np.maximum(v - lo, 0) / z, np.maximum(hi - v, 0) / z
+        picks = rng.integers(0, len(v), (n_boot, len(v)))
+        e = rng.standard_normal((n_boot, len(v)))
+        draws = np.clip(v[picks] + np.where(e < 0, e * below[picks], e * above[picks]),
+                        *_FIDELITY_RANGE.get(key.split(".", 1)[1], (0, 1)))
+        out[f"{key}_pooled"] = float(v.mean())
+        out[f"{key}_ci_low"], out[f"{key}_ci_high"] = (float(x) for x in np.percentile(draws.mean(1), q))
+    return out
 
 
 def _pm(mean, std, pct=False) -> str:
@@ -412,6 +470,102 @@ def explain_ratios(s: pd.DataFrame) -> str:
                    "The chance-corrected FTER and TR are undefined when their denominator is indistinguishable "
                    "from chance, instead of growing without bound.")
     return "\n".join(out)
+
+
+def _g3(v) -> str:
+    return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
+
+
+def _fidelity_cell(r, key: str) -> str:
+    v, lo, hi = r.get(f"{key}_pooled"), r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high")
+    if v is None or pd.isna(v):
+        return "–"
+    return f"{_g3(v)} [{_g3(lo)}, {_g3(hi)}]"
+
+
+def fidelity_table(s: pd.DataFrame) -> pd.DataFrame:
+    """Per method, tuning size and setting: every fidelity, diversity and memorization metric of FIDELITY as
+    the seed mean with its two-level 95% CI (see fidelity_summary), columns named '<header>: <column>'.
+    FID and KID: lower is closer to the real training sample; precision and density: synthetic images inside
+    the real manifold; recall and coverage: the real manifold reached; (MS-)SSIM: mean similarity of random
+    pairs within a class (higher is less diverse); copies: the fraction flagged as copies of a seen image;
+    d seen / d unseen: the median ratio of the distances to the nearest seen and nearest unseen real image."""
+    head = ["method", "tuning size", "setting", "seeds"]
+    cols = [f"{h}: {c}" for h, c in FIDELITY.values()]
+    if s.empty:
+        return pd.DataFrame(columns=head + cols)
+    out = pd.DataFrame({"method": s["method"], "tuning size": s["tuning_size"].map(lambda n: n or "–"),
+                        "setting": s["setting"], "seeds": s["n_seeds"]})
+    for key, col in zip(FIDELITY, cols):
+        out[col] = [_fidelity_cell(r, key) for _, r in s.iterrows()]
+    return out.reset_index(drop=True)
+
+
+def save_fidelity_table(t: pd.DataFrame, out_dir: str | Path, name: str = "06_fidelity") -> list[Path]:
+    """The fidelity table as <name>.csv and as a LaTeX tabular with grouped headers (<name>.tex)."""
+    from . import atomic
+
+    out_dir = paths.resolve(out_dir)
+    latex = t.assign(row=[f"{m} {st}".strip() + (f" (n={n})" if n != "–" else "")
+                          for m, st, n in zip(t["method"], t["setting"], t["tuning size"])]).set_index("row")
+    latex = latex.drop(columns=["method", "tuning size", "setting"])
+    latex.columns = pd.MultiIndex.from_tuples([("", c) if ": " not in c else tuple(c.split(": ", 1))
+                                               for c in latex.columns])
+    latex.index.name = "Method"
+    caption = ("Fidelity, diversity and memorization of each synthetic set: seed means with two-level 95% CIs "
+               "(seeds, then images)")
+    return [atomic.write_csv(out_dir / f"{name}.csv", t),
+            atomic.write_text(out_dir / f"{name}.tex", to_latex(latex, caption))]
+
+
+def fidelity_trainability(s: pd.DataFrame, fidelity: str = "fidelity.fid") -> pd.DataFrame:
+    """Spearman rank correlation across methods (summary rows) between a fidelity metric's seed mean and TR
+    and FTER (pooled), over every method and over the generators alone (reference generators left out: some
+    are built to keep fidelity and lose the labels). Columns: methods, trainability, n, rho, p."""
+    from .style import REFERENCES
+
+    rows = []
+    for subset, part in (("all", s), ("generators", s[~s["method"].isin(REFERENCES)] if len(s) else s)):
+        for target in ("tr", "fter"):
+            x = part.get(f"{fidelity}_pooled", pd.Series(dtype=float)).astype(float).to_numpy()
+            y = part.get(f"{target}_pooled", pd.Series(dtype=float)).astype(float).to_numpy()
+            ok = np.isfinite(x) & np.isfinite(y)
+            rho = p = np.nan
+            if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                rho, p = (float(v) for v in spearmanr(x[ok], y[ok]))
+            rows.append({"methods": subset, "fidelity": fidelity, "trainability": target, "n": int(ok.sum()),
+                         "rho": rho, "p": p})
+    return pd.DataFrame(rows)
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def _verdict(r) -> str:
+    if not np.isfinite(r["rho"]):
+        return f"cannot be compared ({r['n']} methods with both numbers; at least 3 are needed)"
+    stat = f"Spearman ρ(FID, TR) = {r['rho']:+.2f}, {_p(r['p'])}, over {r['n']} methods"
+    if r["rho"] < 0 and r["p"] < 0.05:
+        return f"agree: methods with a lower FID carry more of real data's signal ({stat})"
+    if r["rho"] < 0:
+        return f"do not clearly agree: the rank correlation has the expected sign but is not significant ({stat})"
+    return f"do not agree: a lower FID does not go with a higher TR ({stat})"
+
+
+def fidelity_agreement(s: pd.DataFrame) -> str:
+    """Whether fidelity (FID) and trainability (TR) rank the methods alike, in sentences with the numbers:
+    agreement is a significantly negative Spearman correlation between FID and TR (p < 0.05)."""
+    c = fidelity_trainability(s).set_index(["methods", "trainability"])
+    gen, every = c.loc[("generators", "tr")], c.loc[("all", "tr")]
+    out = [f"Among the generators (diffusion methods and controls), fidelity and trainability {_verdict(gen)}."]
+    if every["n"] > gen["n"]:
+        out.append(f"With the reference generators, fidelity and trainability {_verdict(every)}.")
+    fter = c.loc[("all", "fter")]
+    if np.isfinite(fter["rho"]):
+        out.append(f"FID against the plain FTER: ρ = {fter['rho']:+.2f} ({_p(fter['p'])}, {fter['n']} methods); "
+                   "FTER also rises when direction (b) gets worse, so it is no monotone measure of quality.")
+    return " ".join(out)
 
 
 def save_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, prefix: str = "06_table") -> list[Path]:
@@ -548,6 +702,12 @@ def main(argv: list[str] | None = None) -> int:
             print("\nCalibration on reference generators (must hold by construction):")
             print(checks.drop(columns="why").to_string(index=False))
             print(calibration.orderings(s).to_string(index=False))
+        fid = fidelity_table(s)
+        if len(fid) and (fid.iloc[:, 4:] != "–").any().any():
+            print("\nFidelity, diversity and memorization (seed means with two-level 95% CIs; stage 05, "
+                  "lib/fidelity.py):")
+            print(fid.to_string(index=False))
+            print("\n" + fidelity_agreement(s))
     checked = check(df)
     print(f"\nall {int(checked['checked'].sum())} reported metric values match their recomputation "
           "from the saved predictions")

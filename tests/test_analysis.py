@@ -171,3 +171,83 @@ def test_comparisons_pair_methods_on_shared_seeds_and_correct_for_multiplicity(r
                      roc_auc_score(pb["label"] == "Unhealthy", pb["score"]))
     assert g["d_auroc_a"] == pytest.approx(np.mean(diffs), abs=1e-12)
     assert "verdict" in comparisons.table(c)
+
+
+# ------------------------------------------------------------------------------ fidelity vs trainability
+def _fidelity_writer(fid_of):
+    """A stand-in record (standins.write_fake_results) with the fidelity fields stage 05 adds: FID from
+    fid_of(record), the other metrics fixed, each with an asymmetric image-bootstrap CI."""
+    def writer(cfg, out):
+        standins.write_fake_results(cfg, out)
+        rec = pd.read_csv(out / "results.csv")
+        values = {k: 0.5 for k in analysis.FIDELITY}
+        values.update({"fidelity.fid": fid_of(rec.iloc[0]), "memorization.copy_fraction": 0.0})
+        fields = {}
+        for k, v in values.items():
+            fields.update({k: v, f"{k}_ci_low": max(v - 0.1 * v - 0.01, 0), f"{k}_ci_high": v + 0.2 * v + 0.01})
+        pd.concat([rec, pd.DataFrame([fields])], axis=1).to_csv(out / "results.csv", index=False)
+    return writer
+
+
+def _fidelity_study(runs_root, fid_of, seeds=(0, 1, 2)):
+    for seed in seeds:
+        for method in ({"finetune.method": "random"}, {"finetune.method": "spectral-clip"},
+                       {"finetune.control": "no-fine-tune"},
+                       {"finetune.method": "spectral-clip", "gating.enabled": True}):
+            _record(runs_root, method, seed, _fidelity_writer(fid_of))
+    _record(runs_root, {"generation.kind": "label-shuffled"}, 0, _fidelity_writer(lambda r: 0.5))
+    return analysis.summary(analysis.collect(runs_root), n_boot=400)
+
+
+def test_fidelity_metrics_are_summarised_over_seeds_with_two_level_cis(runs_root, tmp_path):
+    s = _fidelity_study(runs_root, lambda r: 20 * (1 - r["tr"]))
+    df = analysis.collect(runs_root)
+    for method, r in s.set_index("method").iterrows():
+        fid = df.loc[df["method"] == method, "fidelity.fid"]
+        assert r["fidelity.fid_pooled"] == pytest.approx(fid.mean()) == pytest.approx(r["fidelity.fid_mean"])
+        assert r["fidelity.fid_ci_low"] < r["fidelity.fid_pooled"] < r["fidelity.fid_ci_high"]
+        assert r["fidelity_extractor"] == "classifier"                 # params/smoke.yaml
+        if len(fid) > 1:
+            assert r["fidelity.fid_std"] == pytest.approx(fid.std(ddof=1))
+    one = s.set_index("method").loc["label-shuffled"]               # one seed: about that seed's own CI
+    assert np.isnan(one["fidelity.fid_std"])
+    assert one["fidelity.fid_ci_low"] == pytest.approx(0.5 - 0.06, abs=0.02)
+    assert one["fidelity.fid_ci_high"] == pytest.approx(0.5 + 0.11, abs=0.02)
+    assert one["memorization.copy_fraction_ci_low"] == 0.0            # clipped to the metric's range
+    table = analysis.fidelity_table(s)
+    assert list(table.columns[4:]) == [f"{h}: {c}" for h, c in analysis.FIDELITY.values()]
+    assert table["Fidelity: FID"].str.match(r"^[\d.]+ \[[\d.]+, [\d.]+\]$").all()
+    csv, tex = analysis.save_fidelity_table(table, tmp_path)
+    assert csv.name == "06_fidelity.csv" and pd.read_csv(csv).shape == table.shape
+    assert r"\multicolumn{4}{c}{Fidelity}" in tex.read_text() and "label-shuffled" in tex.read_text()
+    # records written before stage 05 measured fidelity: dashes, not an error
+    old = analysis.fidelity_table(analysis.summary(analysis.collect(runs_root).drop(
+        columns=[c for c in df.columns if c.startswith(("fidelity.", "memorization."))]), n_boot=20))
+    assert (old["Fidelity: FID"] == "–").all()
+
+
+def test_the_agreement_sentence_follows_the_rank_correlation(runs_root, tmp_path):
+    from scipy.stats import spearmanr
+
+    from lib.viz import analysis as viz
+
+    s = _fidelity_study(runs_root / "agree", lambda r: 20 * (1 - r["tr"]))     # lower FID, higher TR
+    c = analysis.fidelity_trainability(s).set_index(["methods", "trainability"])
+    gen = s[s["method"] != "label-shuffled"]
+    assert c.loc[("generators", "tr"), "n"] == 4 and c.loc[("all", "tr"), "n"] == 5
+    assert c.loc[("generators", "tr"), "rho"] == pytest.approx(
+        spearmanr(gen["fidelity.fid_pooled"], gen["tr_pooled"])[0]) == pytest.approx(-1.0, abs=0.21)
+    text = analysis.fidelity_agreement(s)
+    assert "generators (diffusion methods and controls), fidelity and trainability agree" in text
+    assert "With the reference generators" in text and "ρ(FID, TR) = " in text
+    for out in ("one", "two"):
+        viz.fidelity_vs_trainability(s, tmp_path / out)
+    for ext in ("pdf", "png"):
+        name = f"06_fidelity_vs_trainability.{ext}"
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+    s = _fidelity_study(runs_root / "disagree", lambda r: 5 + 20 * r["tr"])     # lower FID, lower TR
+    text = analysis.fidelity_agreement(s)
+    assert "fidelity and trainability do not agree" in text and "agree: methods" not in text
+    viz.fidelity_vs_trainability(analysis.summary(analysis.collect(runs_root / "none")), tmp_path / "empty")
+    assert "cannot be compared" in analysis.fidelity_agreement(analysis.summary(analysis.collect(runs_root / "none")))

@@ -204,3 +204,54 @@ def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration"):
         _empty(plane, "no reference generators among the results")
     style.save(fig, name, figures_dir)
     return fig
+
+
+def fidelity_vs_trainability(s: pd.DataFrame, figures_dir=None, name: str = "06_fidelity_vs_trainability"):
+    """FID (seed mean, two-level 95% CI) against TR (left) and FTER (right), one point per method and
+    tuning size with CI bars on both axes; reference generators hollow. Each panel names Spearman's rho
+    over the methods (and over the generators alone); an undefined ratio is listed, not drawn."""
+    from ..style import REFERENCES
+
+    fig, axes = style.figure(1.0, 0.4, ncols=2)
+    corr = analysis.fidelity_trainability(s).set_index(["methods", "trainability"])
+    markers = _sizes(s) if len(s) else {}
+    for ax, (key, label, line) in zip(axes, (("tr", "TR = (a − .5) / (TRTR − .5)", 1.0),
+                                             ("fter", "FTER = AUROC(a) / AUROC(b)", 1.0))):
+        undefined = []
+        for _, r in s.iterrows():
+            x, y = r.get("fidelity.fid_pooled", np.nan), r.get(f"{key}_pooled", np.nan)
+            what = f"{r['method']}{' ' + r['setting'] if r['setting'] else ''}"
+            if not np.isfinite(x):
+                continue
+            if not np.isfinite(y):
+                undefined.append(what)
+                continue
+            ref = r["method"] in REFERENCES
+            ax.errorbar(x, y, xerr=[[x - r["fidelity.fid_ci_low"]], [r["fidelity.fid_ci_high"] - x]],
+                        yerr=[[y - r[f"{key}_ci_low"]], [r[f"{key}_ci_high"] - y]], fmt=markers[r["tuning_size"]],
+                        color=style.color(r["method"]), mfc="white" if ref else style.color(r["method"]), ms=3.5,
+                        lw=0.7, capsize=1.2, zorder=3,
+                        label=what + ("" if ref else f" (n={r['tuning_size']})") if key == "tr" else None)
+        ax.axhline(line, color="0.4", lw=0.6, ls="--", zorder=0)
+        if key == "tr":
+            ax.axhline(0.0, color="0.6", lw=0.6, ls=":", zorder=0)
+        rho = [f"{m} {corr.loc[(m, key), 'rho']:+.2f}".replace("-", "−") for m in ("generators", "all")
+               if np.isfinite(corr.loc[(m, key), "rho"])]
+        if rho:
+            ax.set_title("Spearman ρ: " + ", ".join(rho), fontsize=6.5)
+        if undefined:
+            ax.text(0.02, 0.02, "undefined: " + ", ".join(undefined), transform=ax.transAxes, fontsize=5,
+                    color="0.4", va="bottom", wrap=True)
+        kinds = sorted(set(s["fidelity_extractor"]) - {""}) if "fidelity_extractor" in s else []
+        ax.set_xlabel("FID" + (f" ({', '.join(kinds)} features)" if kinds else ""), fontsize=7)
+        ax.set_ylabel(label, fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.subplots_adjust(wspace=0.32)
+    if s.empty or "fidelity.fid_pooled" not in s or not np.isfinite(s["fidelity.fid_pooled"].astype(float)).any():
+        _empty(axes[0], "no fidelity metrics among the results")
+    else:
+        axes[1].legend(*axes[0].get_legend_handles_labels(), fontsize=5.5, frameon=False, loc="upper left",
+                       bbox_to_anchor=(1.03, 1.0))
+    if figures_dir is not None:
+        style.save(fig, name, figures_dir)
+    return fig
