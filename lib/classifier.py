@@ -142,14 +142,24 @@ def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
     return x_uint8.float().div_(255.0)
 
 
-def split_validation(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (train, validation) index split of a training source."""
+def split_validation(y: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train, validation) index split of a training source. With ``groups`` (e.g. the source
+    image of each copy in an oversampled set) every group falls wholly on one side, so no copy of a
+    validation image is trained on."""
     rng = np.random.default_rng(seed)
     tr, va = [], []
     for cls in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == cls))
-        k = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
-        va.append(idx[:k]); tr.append(idx[k:])
+        if groups is None:
+            idx = rng.permutation(np.flatnonzero(y == cls))
+            k = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
+            va.append(idx[:k]); tr.append(idx[k:])
+            continue
+        rows = np.flatnonzero(y == cls)
+        g = rng.permutation(np.unique(np.asarray(groups)[rows]))
+        k = max(1, int(round(fraction * len(g)))) if len(g) > 1 else 0
+        held = np.isin(np.asarray(groups)[rows], g[:k])
+        va.append(rows[held]); tr.append(rows[~held])
     return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
 
 
@@ -212,15 +222,16 @@ def _val_loss(model, val: TensorSet, batch_size: int) -> float:
 
 
 def train(data: TensorSet, cfg: ClassifierConfig, seed: int, progress: bool = True,
-          desc: str = "classifier", n_classes: int = 2) -> TrainResult:
-    """Train on ``data`` with a validation split carved from it; return the best-validation model."""
+          desc: str = "classifier", n_classes: int = 2, groups: np.ndarray | None = None) -> TrainResult:
+    """Train on ``data`` with a validation split carved from it (whole ``groups`` to one side, when given:
+    split_validation); return the best-validation model."""
     import time
 
     t0 = time.perf_counter()
     y = data.y.cpu().numpy()
     if len(np.unique(y)) < 2:
         raise DataError("the training data hold a single class; both labels are needed.")
-    tr_idx, va_idx = split_validation(y, cfg.val_fraction, seed)
+    tr_idx, va_idx = split_validation(y, cfg.val_fraction, seed, groups)
     train_set, val_set = data.subset(tr_idx), data.subset(va_idx)
     seed_everything(seed)
     dev = data.x.device

@@ -31,6 +31,12 @@ _OWN = {
 # Stages no notebook owns, with every section they depend on: the real-trained classifier does not
 # depend on the generator, so every method of one data, seed and classifier setting shares it.
 _SIDE = {"05_real_baseline": ["seed", "data", "pools", "classifier"]}
+# The related studies' training-set experiments (lib/mixing.py, notebook 07), keyed by their own fields of
+# the mixing section: the brackets and the ratios read a synthetic set (stage 04) and the real baseline;
+# oversampling reads the real baseline alone, so every generator of one data, seed and classifier shares it.
+_MIXING = {"07_brackets": ["mixing.brackets"], "07_ratios": ["mixing.ratios", "mixing.total_per_class"],
+           "07_oversampling": ["mixing.brackets"]}
+_REAL_ONLY = ("07_oversampling",)
 # A reference generator (lib.references) needs no tuning set and no fine-tuning: its stages skip 02-03.
 _REFERENCE_SKIPS = ["embedding", "cluster", "selection", "model", "finetune", "gating"]
 # Fidelity extractors that read the embedding section (lib.features): a reference's stage 05 keeps it then.
@@ -41,8 +47,12 @@ def sections(stage: str, reference: bool = False) -> list[str]:
     """Every parameter section the stage depends on, its own and its upstream stages'."""
     if stage in _SIDE:
         return list(_SIDE[stage])
+    if stage in _MIXING:
+        reads = list(_SIDE["05_real_baseline"]) if stage in _REAL_ONLY else \
+            sections("04_generation", reference) + ["classifier"]
+        return reads + _MIXING[stage]
     if stage not in _OWN:
-        raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(ORDER + list(_SIDE))}")
+        raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(ORDER + list(_SIDE) + list(_MIXING))}")
     out: list[str] = []
     for s in ORDER[: ORDER.index(stage) + 1]:
         out += _OWN[s]
@@ -191,7 +201,8 @@ def upstream(cfg: Config, stage: str) -> list[str]:
 
     ref = is_reference(cfg)
     mine = set(sections(stage, ref))
-    return [u for u in [*ORDER[:-1], *_SIDE] if u != stage and set(sections(u, ref)) <= mine]
+    pool = [*ORDER[:4], *_SIDE] if stage in _MIXING else [*ORDER[:-1], *_SIDE]   # 07_*: not stage 05's matrix
+    return [u for u in pool if u != stage and set(sections(u, ref)) <= mine]
 
 
 def inputs(cfg: Config, stage: str, directory: Path) -> dict:

@@ -14,6 +14,11 @@ A sweep file (``params/sweeps/*.yaml``)::
       - set: {finetune.control: random-skip}
         grid: {seed: [0, 1]}      # a point may carry its own small grid
     figures_dir: figures          # where the closing analysis (notebook 06) writes its figures
+    until: 05_classifier          # the last stage each point runs (optional; 04_generation for notebook 07)
+    analysis: 07_mixing           # the notebook run once over the points (optional; default 06_fter_analysis)
+    analysis_params:              # papermill parameters of that notebook (optional), e.g. its overrides
+      experiment: brackets
+      overrides: {mixing.brackets: [25, 50]}
 
 Points already finished are skipped. A random-skip control whose rate is left null runs after the
 gated points, since it copies their measured skip rate. The executor is a small interface
@@ -48,6 +53,9 @@ class Sweep:
     base: str
     points: list[dict]
     figures_dir: str = "figures"
+    until: str = "05_classifier"
+    analysis: str = runner.ANALYSIS
+    analysis_params: dict = field(default_factory=dict)
 
 
 def _is_config_key(dotted: str) -> bool:
@@ -97,10 +105,16 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
         raise config.ParamError(f"sweep file {path} not found{where}; shipped sweeps: "
                                 f"{', '.join(p.name for p in sorted((paths.PARAMS / 'sweeps').glob('*.yaml')))}.")
     raw = _read_mapping(path)
-    unknown = set(raw) - {"base", "fixed", "grid", "points", "figures_dir"}
+    allowed = ["base", "fixed", "grid", "points", "figures_dir", "until", "analysis", "analysis_params"]
+    unknown = set(raw) - set(allowed)
     if unknown:
-        raise config.ParamError(f"unknown key(s) {sorted(unknown)} in {path.name}; "
-                                "allowed: base, fixed, grid, points, figures_dir.")
+        raise config.ParamError(f"unknown key(s) {sorted(unknown)} in {path.name}; allowed: {', '.join(allowed)}.")
+    until, analysis = raw.get("until", "05_classifier"), str(raw.get("analysis", runner.ANALYSIS))
+    if until not in runner.stages.ORDER[:-1]:
+        raise config.ParamError(f"until: {until!r} in {path.name} must be one of {runner.stages.ORDER[:-1]}.")
+    runner.notebook_for(analysis)       # the closing notebook exists (its number picks it)
+    if not isinstance(raw.get("analysis_params") or {}, dict):
+        raise config.ParamError(f"analysis_params: in {path.name} must be a mapping of notebook parameters.")
     if "base" not in raw:
         raise config.ParamError(f"{path.name} needs `base:`, the parameter file every point starts from.")
     fixed = raw.get("fixed") or {}
@@ -111,7 +125,8 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
     pts = [{**fixed, **p, **(extra or {})} for p in pts]
     for p in pts:  # fail on a bad key before anything runs
         config.load(raw["base"], {k: v for k, v in p.items() if not (k == "gating.skip_rate" and v is None)})
-    return Sweep(path.stem, raw["base"], _dedupe(pts), raw.get("figures_dir", "figures"))
+    return Sweep(path.stem, raw["base"], _dedupe(pts), raw.get("figures_dir", "figures"), until, analysis,
+                 dict(raw.get("analysis_params") or {}))
 
 
 def _read_mapping(path: Path) -> dict:
@@ -274,7 +289,7 @@ class Plan:
 def plan(sweep: Sweep, runs_root: str | Path = "runs", notebooks_dir: str | Path = runner.NOTEBOOKS) -> Plan:
     """Every point as a task with its run id and whether it has finished already (gated points first)."""
     pts = sorted(sweep.points, key=lambda p: waits_for_gated(sweep.base, p))   # stable: file order kept
-    p = Plan(sweep, [PointTask(sweep.base, pt, str(runs_root), str(notebooks_dir)) for pt in pts])
+    p = Plan(sweep, [PointTask(sweep.base, pt, str(runs_root), str(notebooks_dir), sweep.until) for pt in pts])
     for t in p.tasks:
         try:
             r = runner.prepare(t.base, t.overrides, runs_root, create=False)
@@ -294,7 +309,8 @@ def plan(sweep: Sweep, runs_root: str | Path = "runs", notebooks_dir: str | Path
 def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path = "runs",
         notebooks_dir: str | Path = runner.NOTEBOOKS, dry_run: bool = False, analyse: bool = True,
         executor: Executor | None = None, engine=None, extra: dict | None = None) -> dict:
-    """Run every unfinished point (stages 01-05), then notebook 06 once over the sweep's runs."""
+    """Run every unfinished point (stages 01-05, or up to the sweep's ``until``), then the closing notebook
+    (06, or the sweep's ``analysis``) once over the sweep's runs."""
     sweep = load(sweep_file, extra)
     p = plan(sweep, runs_root, notebooks_dir)
     print(f"sweep {sweep.name}: {len(p.tasks)} points from {sweep.base}")
@@ -327,16 +343,18 @@ def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path =
 
 
 def analyse_sweep(sweep: Sweep, runs_root, notebooks_dir, engine=None) -> Path:
-    """Notebook 06 once over all of the sweep's runs; output in runs/<experiment>/sweep-<name>/."""
+    """The closing notebook (06, or the sweep's ``analysis``) once over all of the sweep's runs; output in
+    runs/<experiment>/sweep-<name>/."""
     runs = [runner.prepare(sweep.base, pt, runs_root, create=False) for pt in sweep.points]
     exp_dir = paths.resolve(runs_root) / runs[0].cfg.experiment
     out_dir = exp_dir / f"sweep-{sweep.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    nb = runner.notebook_for(runner.ANALYSIS, notebooks_dir)
+    nb = runner.notebook_for(sweep.analysis, notebooks_dir)
     params = {"params_file": str(runs[0].directory / "params.yaml"), "runs_root": str(paths.resolve(runs_root)),
               "figures_dir": str(paths.resolve(sweep.figures_dir)), "overrides": {},
-              "results_root": str(exp_dir), "runs": [str(r.directory) for r in runs], "interactive": False}
-    print(f"  06_fter_analysis over {len(runs)} runs -> {runner.stages.paths_rel(out_dir / nb.name)}")
+              "results_root": str(exp_dir), "runs": [str(r.directory) for r in runs], "interactive": False,
+              **sweep.analysis_params}
+    print(f"  {nb.stem} over {len(runs)} runs -> {runner.stages.paths_rel(out_dir / nb.name)}")
     with runner.batch_environment():
         (engine or runner.papermill_engine)(nb, out_dir / nb.name, params, runner.default_kernel())
     return out_dir / nb.name
