@@ -89,7 +89,10 @@ def params_of(row: pd.Series) -> dict:
             node = node.setdefault(p, {})
         if isinstance(v, str) and v[:1] in "[{":
             v = json.loads(v)
-        node[leaf] = v.item() if hasattr(v, "item") else v
+        v = v.item() if hasattr(v, "item") else v
+        # a column that is null in some records reads as float: 12 comes back 12.0, which an int field
+        # refuses (a float field takes an int back as float, so integral values go back to int)
+        node[leaf] = int(v) if isinstance(v, float) and v.is_integer() else v
     return out
 
 

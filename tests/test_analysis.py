@@ -251,3 +251,16 @@ def test_the_agreement_sentence_follows_the_rank_correlation(runs_root, tmp_path
     assert "fidelity and trainability do not agree" in text and "agree: methods" not in text
     viz.fidelity_vs_trainability(analysis.summary(analysis.collect(runs_root / "none")), tmp_path / "empty")
     assert "cannot be compared" in analysis.fidelity_agreement(analysis.summary(analysis.collect(runs_root / "none")))
+
+
+def test_parameters_come_back_from_a_column_that_is_null_in_other_records():
+    """Records with fidelity.fid_dims null and 12 share a CSV column, which pandas reads as float (12.0)."""
+    from lib import results
+
+    cfg = config.load("params/smoke.yaml")
+    row = pd.Series({**results.flatten(cfg.to_dict(), "param."), "param.fidelity.fid_dims": 12.0,
+                     "param.classifier.learning_rate": 1.0, "param.gating.skip_rate": np.nan})
+    back = config.from_dict(analysis.params_of(row))
+    assert back.fidelity.fid_dims == 12 and isinstance(back.fidelity.fid_dims, int)
+    assert back.classifier.learning_rate == 1.0 and isinstance(back.classifier.learning_rate, float)
+    assert back.gating.skip_rate is None
