@@ -149,6 +149,18 @@ def test_the_record_carries_fidelity_and_memorization_that_recompute_from_the_sa
     assert (out / "05_memorization.png").exists() and (out / "fidelity_features.npz").exists()
 
 
+def test_notebook_05_shows_the_fidelity_table_and_the_montage(finished, tmp_path, capsys):
+    from lib.viz import evaluation as viz
+
+    _, _, out = finished
+    table = viz.fidelity(out, tmp_path)
+    assert list(table.columns) == ["No Finding", "Unhealthy", "all"]
+    assert {"fid", "kid", "coverage", "memorization: copy_fraction"} <= set(table.index)
+    assert table.loc["memorization: copy_fraction", "all"].startswith("1 [1, 1]")
+    assert "nearest tuning set image" in capsys.readouterr().out
+    assert (tmp_path / "05_memorization.png").read_bytes() == (out / "05_memorization.png").read_bytes()
+
+
 def test_fidelity_settings_key_stage_05_but_not_the_real_baseline_nor_the_trace(smoke_cfg):
     base05, base_real = stages.key(smoke_cfg, "05_classifier"), stages.key(smoke_cfg, evaluation.REAL_STAGE)
     moved = config.load("params/smoke.yaml", {"fidelity.kid_subset_size": 10})

@@ -77,3 +77,46 @@ def training_curves(info_a: dict, info_b: dict, figures_dir, name: str = "05_tra
     axes[0].set_ylabel("BCE loss"); axes[0].legend(frameon=False)
     style.save(fig, name, figures_dir)
     return fig
+
+
+def fidelity(stage_dir, figures_dir, name: str = "05_memorization") -> pd.DataFrame:
+    """The synthetic set's fidelity, diversity and memorization (stage 05's fidelity.csv and
+    memorization.json): one row per metric, one column per class and overall, each value with its 95%
+    bootstrap CI. The montage of the synthetic images nearest a seen image, drawn by the stage, is copied
+    to figures_dir and shown."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from .. import fidelity as fid
+    from .. import paths
+
+    d = Path(stage_dir)
+    table = pd.read_csv(d / "fidelity.csv", keep_default_na=False)
+    mem = json.loads((d / "memorization.json").read_text()) if (d / "memorization.json").exists() else None
+    if mem is not None:
+        table = pd.concat([table, pd.DataFrame(mem["summary"]).assign(metric=lambda t: "memorization: " + t["metric"])])
+    row = results.read(d)
+    print(f"features: {row.get('fidelity.extractor')}; synthetic {int(table['n_fake'].max())} images against "
+          f"{int(table['n_real'].max())} real training images")
+    notes = table.drop_duplicates("metric").set_index("metric")["note"]
+    print("; ".join(f"{m}: {notes[m]}" for m in ("fid", "diversity_synthetic") if m in notes))
+    if mem is not None:
+        print(f"memorization: nearest {row.get('memorization.seen')} image against nearest unseen real image "
+              f"({mem['n_tuning']} seen, {mem['n_holdout']} unseen); copy = distance < {mem['copy_threshold']:g} x "
+              f"the median real-to-real nearest-neighbour distance ({mem['scale']:.3g})")
+        png = d / f"{name}.png"
+        if png.exists():
+            out = paths.resolve(figures_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            for ext in ("pdf", "png"):
+                shutil.copyfile(d / f"{name}.{ext}", out / f"{name}.{ext}")
+            try:
+                from IPython.display import Image, display
+                display(Image(filename=str(out / f"{name}.png")))
+            except ImportError:
+                pass
+    cell = [f"{v:.3g} [{lo:.3g}, {hi:.3g}]" for v, lo, hi in zip(table["value"], table["ci_low"], table["ci_high"])]
+    wide = table.assign(cell=cell).pivot(index="metric", columns="group", values="cell")
+    groups = [g for g in nih.LABELS if g in wide.columns] + [fid.ALL]
+    return wide.reindex(index=list(dict.fromkeys(table["metric"])), columns=groups)
