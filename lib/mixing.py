@@ -169,10 +169,18 @@ def inputs(cfg: Config, runs_root="runs", experiments=("brackets", "ratios"), bu
                                     f"the {side} of {where}, which holds {h}; lower mixing.total_per_class.")
         out.update(d04=d04, synthetic=synthetic)
     if build:
-        dr = evaluation.real_baseline(cfg, runs_root, progress)
+        dr = _real_baseline(cfg, runs_root, progress)
         out.update(real_dir=dr, train_real=pd.read_csv(dr / "train_real.csv", dtype={"patient": str}),
                    test_real=pd.read_csv(dr / "test_real.csv", dtype={"patient": str}))
     return out
+
+
+def _real_baseline(cfg: Config, runs_root, progress: bool) -> Path:
+    """The real baseline's folder, trained (stage 05's way) only if this data, seed and classifier have none."""
+    d = stages.stage_dir(cfg, evaluation.REAL_STAGE, runs_root)
+    if (d / "DONE.json").exists():
+        return stages.require(cfg, evaluation.REAL_STAGE, runs_root)
+    return evaluation.real_baseline(cfg, runs_root, progress)
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -304,7 +312,7 @@ def measure(cfgs: list[Config], which: str | list[str] = "both", runs_root="runs
     for cfg, names in plans:
         inputs(cfg, runs_root, names)
     for cfg, _ in plans:            # the real baselines first, so each 07 stage records it as an input
-        evaluation.real_baseline(cfg, runs_root, progress)
+        _real_baseline(cfg, runs_root, progress)
     out = []
     for cfg, names in plans:
         rec = {"cfg": cfg, "generator": results.method_name(cfg), "seed": cfg.seed}
@@ -327,7 +335,8 @@ def point_configs(params_file, runs: list | None = None, overrides: dict | None 
 # ------------------------------------------------------------------------------------------ tables
 def collect(measured: list[dict]) -> pd.DataFrame:
     """One row per stage folder and arm: generator, seed, experiment, arm, counts, metrics, the folder.
-    The shared oversampling folders appear once, under the generator name 'oversampling'."""
+    The shared oversampling folders appear once, under the generator name 'oversampling'; with several
+    backbones (classifier.arch) each generator name carries its backbone ('random · resnet50')."""
     frames, seen = [], set()
     for rec in measured:
         for exp in ("brackets", "oversampling", "ratios"):
@@ -340,7 +349,10 @@ def collect(measured: list[dict]) -> pd.DataFrame:
                                     experiment=exp, stage_dir=str(d)))
     if not frames:
         return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    if out["arch"].nunique() > 1:         # several backbones: each generator once per backbone
+        out["generator"] = out["generator"] + " · " + out["arch"]
+    return out
 
 
 def _scores(d, pred_file: str) -> tuple[np.ndarray, np.ndarray]:
@@ -549,8 +561,8 @@ def ratio_table(records: pd.DataFrame, n_boot: int = 1000, seed: int = 0, thresh
     rows = []
     for _, r in means.iterrows():
         k = (r["generator"], r["arm"])
-        row = {"generator": r["generator"], "real:synthetic": r["arm"].removeprefix("ratio "),
-               "synthetic share": r["synthetic_share"], "per class": int(r["total_per_class"]),
+        row = {"generator": r["generator"], "real:synthetic": "real only (baseline)" if r["arm"] == BASELINE else
+               r["arm"].removeprefix("ratio "), "synthetic share": round(r["synthetic_share"], 3), "per class": int(r["total_per_class"]),
                "seeds": r["n_seeds"], "accuracy (%)": _pm(r["accuracy_mean"], r["accuracy_sd"]),
                "balanced acc. (%)": _pm(r["balanced_accuracy_mean"], r["balanced_accuracy_sd"]),
                "AUROC": _pm(r["auroc_mean"], r["auroc_sd"], pct=False)}

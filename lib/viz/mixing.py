@@ -13,6 +13,7 @@ def _empty(ax, text="no mixing results yet: run notebooks 01-05 for a point firs
 
 
 def _color(gen: str):
+    gen = gen.split(" · ")[0]                # 'random · resnet50': the generator's colour
     return (0.45, 0.45, 0.45) if gen == mixing.OVERSAMPLING else style.color(gen)
 
 
@@ -41,8 +42,8 @@ def brackets(diffs: pd.DataFrame, records: pd.DataFrame, figures_dir, name: str 
             x = g["added"].to_numpy(float) * 10 ** offsets[gen]          # a small dodge on the log axis
             err = [g["diff_pp"] - g["ci_low_pp"], g["ci_high_pp"] - g["diff_pp"]]
             ax.errorbar(x, g["diff_pp"], yerr=err, marker="o", ms=3, lw=1.0, capsize=1.5, color=_color(gen),
-                        ls="--" if gen == mixing.OVERSAMPLING else "-",
-                        label="random oversampling (real)" if gen == mixing.OVERSAMPLING else gen)
+                        ls="--" if gen.startswith(mixing.OVERSAMPLING) else "-",
+                        label=gen.replace(mixing.OVERSAMPLING, "random oversampling (real)", 1))
         ticks = sorted(d["added"].unique())
         ax.set_xscale("log")
         ax.set_xticks(ticks, [f"+{t:,}" for t in ticks], fontsize=6)
