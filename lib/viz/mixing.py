@@ -78,7 +78,7 @@ def ratios(table: pd.DataFrame, figures_dir, name: str = "07_ratios", metrics=("
             ax.errorbar(100 * g["synthetic_share"], k * g[f"{m}_mean"], yerr=k * g[f"{m}_sd"].fillna(0), marker="o",
                         ms=3, lw=1.0, capsize=1.5, color=_color(gen), label=gen)
         ax.set_xticks([0, 30, 50, 70, 100])
-        ax.set_xlabel("synthetic share of the training set (%)")
+        ax.set_xlabel("synthetic share (%)")
         ax.set_ylabel({"accuracy": "accuracy (%)", "balanced_accuracy": "balanced accuracy (%)",
                        "auroc": "AUROC"}.get(m, m))
     axes[0].legend(fontsize=5.5, frameon=False)
