@@ -55,6 +55,18 @@ class CheXNet(nn.Module):
         x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
         return self.net(x)
 
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features the head reads (its input), for any backbone: DenseNet's features, ReLU and
+        global average pooling; a timm model's pre-logits."""
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        if self.arch in backbones.BUILTIN:
+            return nn.functional.adaptive_avg_pool2d(nn.functional.relu(self.net.features(x)), 1).flatten(1)
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+    def head(self) -> nn.Linear:
+        """The final linear layer (one output per class)."""
+        return self.net.classifier if self.arch in backbones.BUILTIN else self.net.get_classifier()
+
 
 def build(cfg: ClassifierConfig, n_classes: int = 2) -> CheXNet:
     return CheXNet(cfg.arch, cfg.weights, n_classes)
@@ -197,7 +209,7 @@ def predict_outputs(model: nn.Module, data: TensorSet | torch.Tensor, batch_size
     with _autocast(dev):
         for i in range(0, len(x), batch_size):
             out.append(torch.sigmoid(model(to_float(x[i:i + batch_size].to(dev))).float()).cpu())
-    k = getattr(model, "n_classes", None) or model.net.classifier.out_features
+    k = model.n_classes if isinstance(model, CheXNet) else model.net.classifier.out_features
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, k))
 
 

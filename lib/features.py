@@ -67,11 +67,15 @@ def _file_digest(path: Path) -> str:
 
 
 def penultimate(model, x):
-    """CheXNet's pooled DenseNet features for a batch x (N x 1|3 x H x W in [0, 1]): net.classifier's input."""
-    import torch.nn.functional as F
+    """CheXNet's pooled features for a batch x (N x 1|3 x H x W in [0, 1]): the head's input, for any backbone
+    (DenseNet's features, ReLU, average pooling; a timm model's pre-logits; lib.classifier.CheXNet.penultimate)."""
+    return model.penultimate(x)
 
-    x = (x.expand(-1, 3, -1, -1) - model.mean) / model.std
-    return F.adaptive_avg_pool2d(F.relu(model.net.features(x)), 1).flatten(1)
+
+def _head_key(model) -> str:
+    """The state-dict key of a CheXNet's head weight (net.classifier.weight for DenseNet, e.g. net.fc.weight)."""
+    head = model.head()
+    return next(f"{name}.weight" for name, mod in model.named_modules() if mod is head)
 
 
 class ClassifierFeatures(embeddings._Embedder):
@@ -91,7 +95,8 @@ class ClassifierFeatures(embeddings._Embedder):
                 "classifier's state dict, which stage 05 writes as <05_real_baseline folder>/classifier_real.pt.")
         super().__init__({"weights_sha256": _file_digest(path), "arch": arch, "input_size": int(input_size)})
         state = torch.load(path, map_location="cpu")
-        model = CheXNet(arch, "none", int(state["net.classifier.weight"].shape[0]))
+        model = CheXNet(arch, "none", 2)
+        model = CheXNet(arch, "none", int(state[_head_key(model)].shape[0]))   # the head's size, any backbone
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

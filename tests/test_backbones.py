@@ -63,3 +63,19 @@ def test_a_timm_backbone_trains_and_predicts_through_the_suite():
     fit = classifier.train(data, cfg, seed=0, progress=False)
     out = classifier.predict_outputs(fit.model, data)
     assert out.shape == (32, 2) and len(fit.history) == 2
+
+
+@pytest.mark.parametrize("arch", ["densenet-mini", "resnet10t"])
+def test_the_fidelity_extractor_reads_the_heads_input_for_any_backbone(arch, tmp_path):
+    """fidelity.extractor: classifier (lib.features) takes the penultimate layer of whatever backbone trained."""
+    from lib import features
+
+    torch.manual_seed(0)
+    model = classifier.CheXNet(arch, "none", 2).eval()
+    torch.save(model.state_dict(), tmp_path / "classifier_real.pt")
+    ex = features.ClassifierFeatures(tmp_path / "classifier_real.pt", arch, 32, device=torch.device("cpu"))
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    f = ex.embed(x)
+    assert f.shape == (3, model.head().in_features)
+    with torch.no_grad():
+        assert torch.allclose(model.head()(torch.from_numpy(f)), model(x), atol=1e-5)
