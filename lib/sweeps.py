@@ -257,8 +257,38 @@ class LocalPoolExecutor(Executor):
         self.futures = []
         return out
 
+    def prepare(self, specs: list[tuple]) -> None:
+        """Build the models every point shares side by side before the points start, instead of one point
+        building each while the others wait on its lock with a core idle."""
+        for f in [self.pool.submit(build_shared, spec) for spec in specs]:
+            f.result()
+
     def close(self):
         self.pool.shutdown()
+
+
+def shared_models(sweep: Sweep, points: list[dict]) -> list[tuple]:
+    """The models built locally on first use that these points need: the offline CLIP and the tiny base
+    of each seed. Longest build first."""
+    from . import clip_offline
+
+    specs = []
+    for p in points:
+        cfg = config.load(sweep.base, {k: v for k, v in p.items() if not (k == "gating.skip_rate" and v is None)})
+        if cfg.embedding.clip_pretrained == clip_offline.OFFLINE_TAG:
+            specs.append(("clip",))
+        if cfg.model.base == "tiny" and cfg.generation.kind in ("diffusion", "vae-roundtrip"):
+            specs.append(("tiny", cfg.model.resolution, cfg.model.tiny_pretrain_steps, cfg.seed))
+    return sorted(set(specs), key=lambda s: s[0] != "clip")
+
+
+def build_shared(spec: tuple) -> str:
+    """One shared model (a pool task); a model already built is only looked up."""
+    from . import clip_offline, diffusion_model
+
+    if spec[0] == "clip":
+        return str(clip_offline.build(clip_offline.DEFAULT_STEPS, progress=False))
+    return str(diffusion_model.build_tiny(*spec[1:], progress=False))
 
 
 def gpu_count() -> int:
@@ -324,6 +354,8 @@ def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path =
     todo = [(t, st) for t, st in zip(p.tasks, p.status) if st != "finished"]
     print(f"  {len(p.tasks) - len(todo)} finished already; running {len(todo)}")
     t0 = time.perf_counter()
+    if todo and isinstance(executor, LocalPoolExecutor):
+        executor.prepare(shared_models(sweep, [t.overrides for t, _ in todo]))
     results = []
     # Two waves: points that copy a gated run's skip rate wait until the gated points are done.
     for wave in (False, True):

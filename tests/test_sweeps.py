@@ -112,3 +112,13 @@ def test_a_process_pool_runs_points_in_parallel_without_running_a_shared_stage_t
     assert calls.count("01_data_curation") == 1 and calls.count("02_clustering") == 1   # locked, then reused
     assert calls.count("03_dreambooth") == 3
     assert len(list((runs_root / "smoke" / "stages").glob(f"{stages.ORDER[2]}-*"))) == 3
+
+
+def test_shared_models_lists_the_offline_clip_once_and_one_tiny_base_per_seed():
+    sw = sweeps.load("params/sweeps/demo.yaml")
+    specs = sweeps.shared_models(sw, sw.points)
+    assert specs[0] == ("clip",) and specs.count(("clip",)) == 1
+    tiny = [s for s in specs if s[0] == "tiny"]
+    assert sorted(s[3] for s in tiny) == [0, 1] and all(s[1:3] == (32, 300) for s in tiny)
+    refs = [p for p in sw.points if p.get("generation.kind") in ("real-holdout", "label-shuffled")]
+    assert all(s[0] == "clip" for s in sweeps.shared_models(sw, refs))   # no base built for them
