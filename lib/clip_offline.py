@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -66,9 +67,15 @@ def create(seed: int = 0):
     """An untrained OFFLINE_MODEL (seeded), built through open_clip's API."""
     import open_clip
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return open_clip.create_model(register())
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)   # open_clip warns "initialized randomly": here that is the point
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return open_clip.create_model(register())
+    finally:
+        root.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------- cache
