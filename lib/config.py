@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import typing
@@ -260,7 +261,8 @@ def _check_value(key: str, value: Any, tp) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ParamError(f"{key} = {value!r} is not allowed; use {_type_name(tp)}.")
+            raise ParamError(f"{key} = {value!r} is not allowed;{did_you_mean(value, typing.get_args(tp))} "
+                             f"use {_type_name(tp)}.")
         return value
     if origin is typing.Union:
         for arg in typing.get_args(tp):
@@ -292,6 +294,29 @@ def _check_value(key: str, value: Any, tp) -> Any:
     return value
 
 
+def did_you_mean(word, options, prefix: str = "") -> str:
+    """' did you mean 'x'?' for the closest of ``options`` to a mistyped ``word`` (difflib), or ''."""
+    if not isinstance(word, str):
+        return ""
+    texts = [o for o in options if isinstance(o, str)]
+    close = difflib.get_close_matches(word, texts, n=1, cutoff=0.6) or \
+        difflib.get_close_matches(word.lower(), [t.lower() for t in texts], n=1, cutoff=0.6)
+    if not close:
+        return ""
+    match = next(t for t in texts if t.lower() == close[0].lower())
+    return f" did you mean '{prefix}{match}'?"
+
+
+def dotted_keys(cls=None, prefix: str = "") -> list[str]:
+    """Every parameter as a dotted key (``gating.threshold``), for suggestions."""
+    cls = cls or Config
+    hints, out = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        out += dotted_keys(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else [f"{prefix}{f.name}"]
+    return out
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -306,7 +331,8 @@ def _build(cls, values: dict, prefix: str):
     unknown = sorted(set(values) - set(names))
     if unknown:
         where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
-        raise ParamError(f"unknown parameter '{prefix}{unknown[0]}' in {where}; allowed keys: {', '.join(names)}.")
+        raise ParamError(f"unknown parameter '{prefix}{unknown[0]}' in {where};"
+                         f"{did_you_mean(unknown[0], names, prefix)} allowed keys: {', '.join(names)}.")
     kwargs = {}
     for name in names:
         if name not in values:

@@ -76,7 +76,8 @@ def _axis(key: str, values) -> list[dict]:
     if all(isinstance(v, dict) for v in values):     # a named axis of override bundles
         return [dict(v) for v in values]
     raise config.ParamError(f"grid axis '{key}' is not a parameter (see lib/config.py) and its values are "
-                            "not override mappings; use a dotted key such as gating.threshold.")
+                            f"not override mappings;{config.did_you_mean(key, config.dotted_keys())} "
+                            "use a dotted key such as gating.threshold.")
 
 
 def expand_grid(grid: dict | None) -> list[dict]:

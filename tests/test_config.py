@@ -80,3 +80,15 @@ def test_a_missing_upstream_stage_names_the_notebook_that_exists(tmp_path):
     cfg = config.load("params/smoke.yaml")
     with pytest.raises(FileNotFoundError, match=r"notebooks/03_dreambooth_active_gating\.ipynb"):
         stages.require(cfg, "03_dreambooth", tmp_path)
+
+
+def test_typos_suggest_the_closest_key_or_value():
+    with pytest.raises(ParamError, match=r"'gating.treshold' in section 'gating'; did you mean 'gating.threshold'\?"):
+        config.from_dict({"gating": {"treshold": 0.3}})
+    with pytest.raises(ParamError, match=r"unknown parameter 'gatting' .*did you mean 'gating'\?"):
+        config.from_dict({"gatting": {"threshold": 0.3}})
+    with pytest.raises(ParamError, match=r"gating.mode = 'quantil' is not allowed; did you mean 'quantile'\?"):
+        config.load("params/smoke.yaml", {"gating.mode": "quantil"})
+    with pytest.raises(ParamError, match=r"unknown parameter 'zzz'.*top level; allowed"):   # nothing close: no guess
+        config.from_dict({"zzz": 1})
+    assert "gating.threshold" in config.dotted_keys() and "finetune.learning_rate" in config.dotted_keys()

@@ -31,7 +31,7 @@ def test_grid_expands_to_the_cartesian_product_with_bundles_and_explicit_points(
 
 
 @pytest.mark.parametrize("body, match", [
-    ({"grid": {"gating.thresold": [0.1]}}, "not a parameter"),
+    ({"grid": {"gating.thresold": [0.1]}}, r"not a parameter .*did you mean .gating.threshold.\?"),
     ({"grid": {"gating.threshold": [2.0]}}, "outside"),
     ({"grid": {"seed": []}}, "non-empty"),
     ({"grids": {}}, "unknown key"),
