@@ -21,7 +21,7 @@ cfg = config.load(args.params)
 c = cfg.classifier
 d01 = stages.run_stage(cfg, "01_data_curation", curation.run, args.runs_root, progress=False)
 manifest = curation.load_pools(d01)["train"]
-dev = classifier.device()
+dev = compute.device()
 
 
 def epoch(model, opt, x_all, y_all, gen, real: bool) -> None:

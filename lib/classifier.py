@@ -72,13 +72,6 @@ def build(cfg: ClassifierConfig, n_classes: int = 2) -> CheXNet:
     return CheXNet(cfg.arch, cfg.weights, n_classes)
 
 
-def device() -> torch.device:
-    """The device accelerate picks (GPU when there is one)."""
-    from accelerate import PartialState
-
-    return PartialState().device
-
-
 def _autocast(dev: torch.device):
     if dev.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -99,10 +99,10 @@ def build(steps: int = DEFAULT_STEPS, seed: int = 0, out_dir=None, progress: boo
 
 
 def _build(out: Path, steps: int, seed: int, progress: bool) -> None:
-    from .diffusion_model import cpu_threads
+    from .compute import cpu_threads
 
     start = time.perf_counter()
-    with cpu_threads(1):
+    with cpu_threads(1, gpu_too=True):      # trained on the CPU whatever the machine
         model = train(steps, seed, progress)
     seconds = time.perf_counter() - start
     atomic.save_torch(out / CHECKPOINT, model.state_dict())   # a plain open_clip state dict
@@ -269,12 +269,16 @@ def _quantiles(values: np.ndarray, qs=(0.05, 0.25, 0.5, 0.75, 0.95)) -> dict:
     return {f"q{int(q * 100):02d}": float(np.quantile(values, q)) for q in qs}
 
 
-def cosine_report(embed, phantoms: np.ndarray, corpus: np.ndarray, samples: np.ndarray | None = None) -> dict:
-    """Quantiles of image-image cosines for the sets a gating threshold sits between. ``embed`` maps
-    N x C x H x W images in [0, 1] to L2-normalised rows (e.g. ClipEmbedder.embed)."""
+def cosine_report(embed, phantoms: np.ndarray, corpus: np.ndarray, samples: np.ndarray | None = None,
+                  generated: np.ndarray | None = None) -> dict:
+    """Quantiles of image-image cosines for the sets a gating threshold sits between: ``samples`` of the base
+    model and ``generated`` images of a fine-tuned one. ``embed`` maps N x C x H x W images in [0, 1] to
+    L2-normalised rows (e.g. ClipEmbedder.embed)."""
     p = embed(phantoms)
     pp = p @ p.T
     out = {"phantom-phantom": _quantiles(pp[~np.eye(len(p), dtype=bool)])}
+    if generated is not None:
+        out["generated-phantom"] = _quantiles((embed(generated) @ p.T).ravel())
     if samples is not None:
         out["base_sample-phantom"] = _quantiles((embed(samples) @ p.T).ravel())
     out["corpus-phantom"] = _quantiles((embed(corpus) @ p.T).ravel())

@@ -9,7 +9,6 @@ plays a general pre-trained model that has never seen a chest X-ray. It is writt
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from . import atomic, paths
+from .compute import cpu_threads, device as default_device   # noqa: F401 (their home is lib.compute)
 from .progress import tqdm
 
 TINY_VERSION = 4
@@ -230,19 +230,6 @@ def _pretrain(comp: dict, tokenizer, steps: int, resolution: int, seed: int, pro
     unet.eval(); text.eval()
 
 
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    """Temporarily use n torch CPU threads. Small convolutions on a few shared cores run several times
-    faster on one thread than on two that compete with other processes."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def tiny_key(resolution: int, pretrain_steps: int, seed: int) -> str:
     blob = json.dumps([TINY_VERSION, TINY_MERGES, resolution, pretrain_steps, seed])
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
@@ -266,7 +253,7 @@ def build_tiny(resolution: int = 32, pretrain_steps: int = 0, seed: int = 0, out
 def _build_tiny(out: Path, resolution: int, pretrain_steps: int, seed: int, progress: bool) -> Path:
     from diffusers import StableDiffusionPipeline
 
-    with tempfile.TemporaryDirectory() as tmp, cpu_threads(1):
+    with tempfile.TemporaryDirectory() as tmp, cpu_threads(1, gpu_too=True):   # built on the CPU
         tok = build_tokenizer(Path(tmp) / "tok")
         comp = tiny_components(resolution, vocab_size=len(tok), seed=seed)
         if pretrain_steps > 0:
@@ -319,10 +306,6 @@ def base_for(model_cfg, seed: int = 0, progress: bool = True) -> str:
     if model_cfg.base == "tiny":
         return str(build_tiny(model_cfg.resolution, model_cfg.tiny_pretrain_steps, seed, progress=progress))
     return resolve_base(model_cfg.base)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_pipeline(base: str, revision: str | None = None, device=None, dtype=None):

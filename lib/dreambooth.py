@@ -17,7 +17,6 @@ import contextlib
 import copy
 import json
 import math
-import re
 import shutil
 import tempfile
 import time
@@ -32,6 +31,7 @@ from . import atomic, images, stages
 from .config import Config, ParamError
 from .nih import LABELS, DataError
 from .progress import tqdm
+from .prompts import prompt_for, slug  # noqa: F401 (dreambooth.prompt_for, .slug: their home is lib.prompts)
 
 GATING_COLUMNS = ["model", "step", "score", "threshold", "skipped", "generated", "seconds"]
 LOSS_COLUMNS = ["model", "step", "loss", "loss_prior", "lr", "train_seconds"]
@@ -46,19 +46,6 @@ class CheckpointMismatch(ParamError):
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def slug(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-
-
-def prompt_for(cfg: Config, label: str) -> str:
-    """Instance prompt: the template filled with the label's word (and the optional identifier token)."""
-    ft = cfg.finetune
-    word = ft.label_words.get(label, label)
-    if ft.identifier:
-        word = f"{ft.identifier} {word}"
-    return ft.prompt_template.format(label=word)
-
-
 def tuning_set_path(cfg: Config, runs_root="runs") -> Path:
     return stages.require(cfg, "02_clustering", runs_root) / f"tuning_{cfg.finetune.method}.csv"
 
@@ -553,12 +540,12 @@ def run(cfg: Config, out_dir, runs_root=None, progress: bool = True, resume: boo
     """Stage 03: fine-tune (or record the base model for no-fine-tune) and write the artefacts listed above.
 
     ``runs_root`` defaults to the one ``out_dir`` lies in (<runs_root>/<experiment>/stages/<stage>-<key>)."""
-    from . import diffusion_model
+    from . import compute
 
     if runs_root is None:
         runs_root = Path(out_dir).resolve().parents[2]
 
-    with diffusion_model.cpu_threads(cfg.finetune.cpu_threads if not torch.cuda.is_available() else None):
+    with compute.cpu_threads(cfg.finetune.cpu_threads):      # left alone on a CUDA machine
         return _run(cfg, Path(out_dir), runs_root, progress, resume, resume_from, stop_after)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, images, paths
+from . import atomic, compute, images, paths
 from .config import EmbeddingConfig
 from .progress import tqdm
 
@@ -37,18 +37,6 @@ class EmbedderUnavailable(EmbeddingError):
 
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def pick_device():
-    """The accelerator accelerate would use (CUDA/MPS when present), else the CPU."""
-    import torch
-
-    try:
-        from accelerate import PartialState
-
-        return PartialState().device
-    except Exception:  # accelerate missing or misconfigured: plain torch choice
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _check_finite(vectors: np.ndarray, what: str) -> np.ndarray:
@@ -158,7 +146,7 @@ class ClipEmbedder(_Embedder):
                 "embedding.clip_pretrained: null (random weights), or clip_model: ViT-Tiny-P4-32 with "
                 "clip_pretrained: offline (a small CLIP pre-trained here on shapes), or put the weights in the HF cache first."
             ) from exc
-        self.device = device or pick_device()
+        self.device = device or compute.device()
         self.model = model.visual.eval().to(self.device)
         size = self.model.image_size
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
@@ -200,7 +188,7 @@ class XrvEmbedder(_Embedder):
             raise EmbedderUnavailable(f"XRV weights {name!r} are not on disk ({local}); download "
                                       f"{xrv.models.model_urls[name]['weights_url']} there, or drop the xrv method.")
         self.batch_size = emb_cfg.batch_size
-        self.device = device or pick_device()
+        self.device = device or compute.device()
         self.model = xrv.models.DenseNet(weights=name).eval().to(self.device)
 
     def _embed_batch(self, x):

@@ -157,7 +157,7 @@ def _targets(df: pd.DataFrame, classes: list[str] | None) -> pd.DataFrame:
 def _fit(key: str, train_df: pd.DataFrame, cfg: Config, out_dir: Path, seed: int, progress: bool,
          classes: list[str] | None = None):
     """Train (or, on a resumed run, load) one classifier; its record is direction_<key>.json."""
-    c, dev = cfg.classifier, classifier.device()
+    c, dev = cfg.classifier, compute.device()
     classes = classes or nih.LABELS
     weights, info_path = out_dir / f"classifier_{key}.pt", out_dir / f"direction_{key}.json"
     if weights.exists() and info_path.exists():
@@ -180,7 +180,7 @@ def _predict(model, test_df: pd.DataFrame, cfg: Config, path: Path, frame=result
     if path.exists():
         return
     data = classifier.TensorSet.from_manifest(_targets(test_df, classes), cfg.classifier.input_size,
-                                              classifier.device(), classes)
+                                              compute.device(), classes)
     atomic.write_csv(path, frame(test_df, classifier.predict_outputs(model, data)))
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import atomic, embeddings, images, paths
+from . import atomic, compute, embeddings, images, paths
 from .config import Config
 from .progress import tqdm
 
@@ -102,7 +102,7 @@ class ClassifierFeatures(embeddings._Embedder):
         except RuntimeError as exc:
             raise embeddings.EmbeddingError(f"{path} is not a CheXNet state dict of arch {arch!r} "
                                             f"(classifier.arch): {str(exc)[:200]}") from exc
-        self.device = device or embeddings.pick_device()
+        self.device = device or compute.device()
         self.model = model.eval().to(self.device)
         self.input_size = int(input_size)
 
@@ -137,7 +137,7 @@ class InceptionFeatures(embeddings._Embedder):
             raise FeatureUnavailable(f"the FID Inception weights are at {path}, but the network needs the package "
                                      f"torch-fidelity: pip install torch-fidelity ({exc}).") from exc
         super().__init__({"weights": INCEPTION_FILE, "bytes": path.stat().st_size})
-        self.device = device or embeddings.pick_device()
+        self.device = device or compute.device()
         self.model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                         feature_extractor_weights_path=str(path)).eval().to(self.device)
 

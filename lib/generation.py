@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ from . import atomic, compute, images, nih, provenance, stages
 from .config import Config
 from .nih import DataError
 from .progress import tqdm
+from .prompts import prompt_for, slug  # noqa: F401 (generation.slug, .prompt_for: their home is lib.prompts)
 
 log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ["image_id", "path", "file", "label", "prompt", "seed", "index", "model", "model_hash",
@@ -38,19 +38,6 @@ SCHEDULERS = {"dpm": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "dd
 
 
 # -------------------------------------------------------------------------------------- the plan
-def slug(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-
-
-def prompt_for(cfg: Config, label: str) -> str:
-    """The instance prompt DreamBooth trained with: the template filled with the label's word."""
-    ft = cfg.finetune
-    word = ft.label_words.get(label, label)
-    if ft.identifier:
-        word = f"{ft.identifier} {word}"
-    return ft.prompt_template.format(label=word)
-
-
 def image_seed(run_seed: int, label: str, index: int) -> int:
     """A per-image seed, stable across runs, batch sizes and devices."""
     digest = hashlib.sha256(f"{run_seed}|{label}|{index}".encode()).digest()

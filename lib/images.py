@@ -1,4 +1,4 @@
-"""Reading images: decode checks, content hashes, resized grayscale arrays, manifest datasets."""
+"""Reading images: decode checks, content hashes, resized grayscale arrays."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from . import paths
@@ -52,26 +51,3 @@ def relpath(path: str | Path) -> str:
     except ValueError:
         return str(p)
 
-
-class ManifestDataset:
-    """A torch-style dataset over a manifest (columns path, label): (1 x H x W tensor, 0/1 label)."""
-
-    def __init__(self, manifest: pd.DataFrame, size: int, transform=None, preload: bool = True):
-        from .nih import LABELS
-
-        self.paths = manifest["path"].tolist()
-        self.labels = manifest["label"].map({LABELS[0]: 0, LABELS[1]: 1}).to_numpy()
-        self.size, self.transform = size, transform
-        self.cache = load_stack(self.paths, size) if preload else None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        import torch
-
-        arr = self.cache[i] if self.cache is not None else load_gray(self.paths[i], self.size)
-        x = torch.from_numpy(np.ascontiguousarray(arr))[None]
-        if self.transform is not None:
-            x = self.transform(x)
-        return x, int(self.labels[i])

@@ -191,7 +191,7 @@ def _train_arm(cfg: Config, out_dir: Path, arm: str, train_df: pd.DataFrame, tes
     pred, info = out_dir / f"predictions_{key}.csv", out_dir / f"arm_{key}.json"
     if pred.exists() and info.exists():
         return
-    dev = classifier.device()
+    dev = compute.device()
     atomic.write_csv(out_dir / f"train_{key}.csv", train_df)
     data = classifier.TensorSet.from_manifest(train_df, c.input_size, dev)
     groups = train_df["group"].to_numpy() if "group" in train_df else None

@@ -209,6 +209,8 @@ def gated_counterpart(cfg: config.Config) -> config.Config:
 
 
 def gated_skip_rate(cfg: config.Config, runs_root: str | Path) -> float:
+    from .dreambooth import skip_rate_of      # the one reader of a stage-03 skip rate
+
     gated = gated_counterpart(cfg)
     d = stages.stage_dir(gated, "03_dreambooth", runs_root)
     summary = d / "train_summary.json"
@@ -217,10 +219,10 @@ def gated_skip_rate(cfg: config.Config, runs_root: str | Path) -> float:
             "finetune.control = random-skip with gating.skip_rate = null needs the gated run's skip rate, "
             f"but the gated run (same parameters, gating.enabled = true) has not finished stage 03 "
             f"(looked for {summary}). Run that point first, or set gating.skip_rate.")
-    rate = json.loads(summary.read_text()).get("skip_rate")
-    if rate is None:
-        raise config.ParamError(f"{summary} has no 'skip_rate'; set gating.skip_rate by hand.")
-    return float(rate)
+    try:
+        return skip_rate_of(d)
+    except ValueError:
+        raise config.ParamError(f"{summary} has no 'skip_rate'; set gating.skip_rate by hand.") from None
 
 
 def prepare(params_file: str | Path, overrides: dict | None = None, runs_root: str | Path = "runs",

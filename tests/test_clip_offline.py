@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import clip_offline, diffusion_model, embeddings, paths
+from lib import clip_offline, compute, diffusion_model, embeddings, paths
 from lib.config import EmbeddingConfig
 
 STEPS = 60   # a short build: enough to rise clearly above chance (the default is clip_offline.DEFAULT_STEPS)
@@ -14,7 +14,7 @@ def built(tmp_path_factory):
     """A short build into a private folder: (checkpoint path, the in-memory model it was saved from)."""
     out = tmp_path_factory.mktemp("clip") / "clip-offline-test"
     torch.manual_seed(0)
-    with diffusion_model.cpu_threads(1):
+    with compute.cpu_threads(1):
         model = clip_offline.train(STEPS, seed=0, progress=False)
     ckpt = out / clip_offline.CHECKPOINT
     out.mkdir(parents=True)
