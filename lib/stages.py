@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -134,8 +135,8 @@ def require(cfg: Config, stage: str, runs_root: str | Path = "runs") -> Path:
     d = stage_dir(cfg, stage, runs_root)
     if not (d / "DONE.json").exists():
         raise FileNotFoundError(f"stage {stage} has not finished for these parameters (looked in {d}). "
-                                f"Run {_notebook_name(stage)} with the same parameter file first, "
-                                "or `make run PARAMS=...` to run the whole pipeline.")
+                                f"Run {_notebook_name(stage)} with the same params_file and overrides first, "
+                                f"or `make run PARAMS=...` to run the whole pipeline.{_nearest_finished(cfg, stage, d)}")
     _refuse_if_changed(stage, d)
     return d
 
@@ -274,3 +275,105 @@ def start(cfg: Config, stage: str, out: Path) -> dict:
     current = inputs(cfg, stage, out)
     atomic.write_json(record, {"stage": stage, "key": key(cfg, stage), "inputs": current})
     return current
+
+
+# ------------------------------------------------------------------------- one run configuration
+# Interactive notebooks 01-05 must read the stages the notebook before them made. Each records the
+# configuration it ran with in <runs_root>/notebook-session.json; a notebook of a later stage whose
+# parameters would make it read another folder of that stage is refused, naming the differing keys.
+# Batch runs (lib.runner, SUITE_BATCH set) pass one params.yaml to every notebook, so they cannot drift.
+SESSION = "notebook-session.json"
+
+
+class ParamsDrift(ValueError):
+    """A notebook's parameters differ from those the previous notebook ran with, in keys a stage it reads is keyed by."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "label_words":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def differences(a: Config, b: Config, stage: str) -> dict[str, tuple]:
+    """The dotted keys a ``stage`` folder is keyed by in which two configurations differ: {key: (a, b)}.
+    Settings no stage key holds (unused gating fields, fidelity.trace) do not count."""
+    from .references import is_reference
+
+    secs = sections(stage, is_reference(a) or is_reference(b))
+    fa, fb = _flat(_keyed(a).to_dict()), _flat(_keyed(b).to_dict())
+    keys = [k for k in sorted(set(fa) | set(fb)) if k.split(".")[0] in secs]
+    return {k: (fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)}
+
+
+def _describe(diffs: dict[str, tuple], there: str, here: str = "here", most: int = 6) -> str:
+    items = [f"{k} ({there}: {a!r}, {here}: {b!r})" for k, (a, b) in list(diffs.items())[:most]]
+    return ", ".join(items) + (f" and {len(diffs) - most} more" if len(diffs) > most else "")
+
+
+def _nearest_finished(cfg: Config, stage: str, missing: Path) -> str:
+    """For require's error: the finished folder of the same stage closest to these parameters, and how it differs."""
+    from .config import from_dict
+
+    best = None
+    for done in sorted(missing.parent.glob(f"{stage}-*/DONE.json")):
+        try:
+            other = from_dict(json.loads(done.read_text())["params"])
+        except Exception:          # a record of an older schema: not comparable
+            continue
+        diffs = differences(other, cfg, stage)
+        if diffs and (best is None or len(diffs) < len(best[1])):
+            best = (done.parent, diffs)
+    if best is None:
+        return ""
+    return (f" The closest finished {stage} ({best[0].name}) was made with other parameters: "
+            f"{_describe(best[1], 'there')}. If you meant that run, give this notebook the same params_file and "
+            "overrides as the notebooks before it.")
+
+
+def notebook_config(stage: str, params_file, overrides: dict | None = None, runs_root=None, figures_dir=None):
+    """(config, runs root, figures folder) of a notebook's parameters cell: every notebook takes the same
+    ``params_file`` and ``overrides``. For stages 01-05 run interactively, also the drift check above.
+
+    ``runs_root`` None: $SUITE_RUNS_ROOT or runs/; ``figures_dir`` None: <runs_root>/<experiment>/figures.
+    """
+    from .config import load
+
+    cfg = load(params_file, overrides)
+    root = paths.runs_root(runs_root)
+    figures = paths.resolve(figures_dir) if figures_dir else root / cfg.experiment / "figures"
+    if stage in ORDER[:-1] and not os.environ.get("SUITE_BATCH"):
+        check_session(cfg, stage, root, params_file, overrides)
+    return cfg, root, figures
+
+
+def check_session(cfg: Config, stage: str, runs_root, params_file=None, overrides=None) -> None:
+    """Refuse (ParamsDrift) when the last notebook run under this runs root was an earlier stage whose
+    folder these parameters would not find (they differ in keys it is keyed by); then record this one."""
+    from .config import from_dict
+
+    record = paths.resolve(runs_root) / SESSION
+    last = None
+    if record.exists():
+        try:
+            last = json.loads(record.read_text())
+            last_cfg = from_dict(last["params"])
+        except Exception:          # unreadable or of an older schema: start afresh
+            last = None
+    if last is not None and last.get("stage") in ORDER and ORDER.index(last["stage"]) < ORDER.index(stage):
+        diffs = differences(last_cfg, cfg, last["stage"])
+        if diffs:
+            nb = last.get("notebook") or _notebook_name(last["stage"])
+            raise ParamsDrift(
+                f"this notebook ({_notebook_name(stage)}) would read stage {last['stage']} made with other parameters "
+                f"than {nb} just ran with: {_describe(diffs, 'notebook ' + last['stage'][:2])}. Every notebook "
+                f"takes the same params_file and overrides: set them here as there (params_file = "
+                f"{last.get('params_file')!r}, overrides = {last.get('overrides')!r}), or rerun {nb} with this "
+                "notebook's parameters first.")
+    atomic.write_json(record, {"stage": stage, "notebook": _notebook_name(stage), "params_file": str(params_file),
+                               "overrides": dict(overrides or {}), "params": cfg.to_dict(),
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
