@@ -5,7 +5,7 @@ STAMP   := .venv/.installed
 PARAMS  ?= params/demo.yaml
 SWEEP   ?= params/sweeps/demo.yaml
 
-.PHONY: setup test demo study lab run sweep bench clean-smoke
+.PHONY: setup test demo study lab run sweep bench
 
 setup: $(STAMP)
 
@@ -16,11 +16,14 @@ $(STAMP): requirements.txt
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (synth-suite)" >/dev/null
 	touch $(STAMP)
 
-# Unit tests, then every notebook run as stored (smoke parameters) through nbval.
-# runs/smoke is removed first, so nbval executes every stage instead of reusing an earlier checkout's.
-test: $(STAMP) clean-smoke
-	$(PY) -m pytest -q -p no:cacheprovider tests
-	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-kernel-name $(KERNEL) \
+# Unit tests, then every notebook run as stored (smoke parameters) through nbval, in a runs root of their
+# own (SUITE_RUNS_ROOT, the notebooks' default runs_root): a user's runs/ is never touched. The tests' root
+# is removed first, so nbval executes every stage instead of reusing an earlier checkout's.
+TEST_RUNS := $(CURDIR)/runs/.test
+test: $(STAMP)
+	rm -rf "$(TEST_RUNS)"
+	SUITE_RUNS_ROOT="$(TEST_RUNS)" $(PY) -m pytest -q -p no:cacheprovider tests
+	SUITE_RUNS_ROOT="$(TEST_RUNS)" $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-kernel-name $(KERNEL) \
 		--nbval-cell-timeout 900 notebooks
 
 # The demo grid end to end (random, spectral-CLIP, active gating, no-fine-tune and random-skip
@@ -50,6 +53,3 @@ bench: $(STAMP)
 
 lab: $(STAMP)
 	.venv/bin/jupyter lab --notebook-dir=.
-
-clean-smoke:
-	rm -rf runs/smoke

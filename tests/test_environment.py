@@ -29,3 +29,28 @@ def test_ci_calls_the_readme_test_command():
 def test_lib_has_no_machine_paths():
     for p in (paths.ROOT / "lib").rglob("*.py"):
         assert not re.search(r"/(work|tmp|root|home)/", p.read_text()), p
+
+
+def test_make_test_uses_its_own_runs_root_and_deletes_nothing_else():
+    # The notebooks' default parameters put interactive runs in runs/<experiment>; make test must leave them.
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    plan = subprocess.run(["make", "-n", "test"], cwd=paths.ROOT, capture_output=True,
+                          text=True, check=True).stdout
+    removed = re.findall(r"rm -rf (\S+)", plan)
+    assert removed and all(r.strip('"').endswith("/runs/.test") for r in removed), removed
+    runs = [line for line in plan.splitlines() if "pytest" in line]
+    assert len(runs) == 2 and all(f'SUITE_RUNS_ROOT="{paths.ROOT}/runs/.test"' in line for line in runs), runs
+
+
+def test_notebooks_default_runs_root_follows_suite_runs_root(monkeypatch, tmp_path):
+    monkeypatch.delenv(paths.RUNS_ENV, raising=False)
+    assert paths.runs_root() == paths.ROOT / "runs"
+    monkeypatch.setenv(paths.RUNS_ENV, str(tmp_path / "elsewhere"))
+    assert paths.runs_root() == tmp_path / "elsewhere"
+    assert paths.runs_root("runs/mine") == paths.ROOT / "runs" / "mine"      # a given root wins
