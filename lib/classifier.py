@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import backbones, images, nih
+from . import atomic, backbones, images, nih
 from .config import ClassifierConfig
 from .nih import DataError
 from .progress import tqdm
@@ -227,9 +227,11 @@ def _val_loss(model, val: TensorSet, batch_size: int) -> float:
 
 
 def train(data: TensorSet, cfg: ClassifierConfig, seed: int, progress: bool = True,
-          desc: str = "classifier", n_classes: int = 2, groups: np.ndarray | None = None) -> TrainResult:
+          desc: str = "classifier", n_classes: int = 2, groups: np.ndarray | None = None,
+          history_path=None) -> TrainResult:
     """Train on ``data`` with a validation split carved from it (whole ``groups`` to one side, when given:
-    split_validation); return the best-validation model."""
+    split_validation); return the best-validation model. ``history_path``: a CSV rewritten after every
+    epoch with the history so far (epoch, train and validation loss, learning rate)."""
     import time
 
     t0 = time.perf_counter()
@@ -269,6 +271,8 @@ def train(data: TensorSet, cfg: ClassifierConfig, seed: int, progress: bool = Tr
         sched.step(vloss)
         rows.append({"epoch": epoch, "train_loss": run_loss / len(train_set), "val_loss": vloss,
                      "lr": opt.param_groups[0]["lr"]})
+        if history_path is not None:
+            atomic.write_csv(history_path, pd.DataFrame(rows))
         bar.set_postfix(val_loss=f"{vloss:.3f}")
         if vloss < best - 1e-4:
             best, best_epoch, bad = vloss, epoch, 0

@@ -9,7 +9,7 @@ LR schedule, gating state and logs, so a run killed and resumed ends identical t
 Artefacts in the stage folder: ``model/`` (or ``model_<label>/``) pipeline folders, ``gating_log.csv``,
 ``loss_log.csv``, ``validation/step_XXXXXX.{png,npy,json}``, ``validation_log.csv`` (the KID of each
 validation save against the tuning images, on fidelity.trace features), ``train_summary.json``,
-``checkpoints/``.
+``checkpoints/``. The three logs are rewritten at every validation and checkpoint while training runs.
 """
 from __future__ import annotations
 
@@ -188,6 +188,7 @@ class Trainer:
                                  "see dreambooth.skip_rate_of); the runner fills it in, or set it by hand.")
             self.skipset = gating.random_skips(self.gc.skip_rate, self.ft.steps, cfg.seed)
         self.step, self.gating_rows, self.loss_rows = 0, [], []
+        self.earlier: tuple[list, list] = ([], [])   # gating and loss rows of the models trained before this one
         self.ckpt_root = self.out / "checkpoints" / name
         self._trace_ref = None      # (extractor, label -> tuning features) of the validation trace
 
@@ -471,6 +472,9 @@ class Trainer:
                 self.validate(self.step)
             if self.step % self.ft.checkpoint_every == 0 and self.step < self.ft.steps:
                 self.save_checkpoint()
+            if self.step < self.ft.steps and (self.step % self.ft.validation_every == 0
+                                              or self.step % self.ft.checkpoint_every == 0):
+                self.write_logs()
             if stop_after is not None and self.step >= stop_after and self.step < self.ft.steps:
                 bar.close()
                 raise Interrupted(f"stopped after step {self.step} (stop_after); run again to resume.")
@@ -480,6 +484,12 @@ class Trainer:
                 "skip_rate": skipped / max(self.ft.steps, 1), "wall_seconds_this_session": time.perf_counter() - t0,
                 "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in self.loss_rows)),
                 "gating_seconds": float(sum(r["seconds"] for r in self.gating_rows))}
+
+    def write_logs(self) -> None:
+        """The loss, gating and validation logs so far (after the earlier models' rows), at each validation
+        and checkpoint, so curves can be read while training runs; stage 03 writes them whole at its end."""
+        if self.acc.is_main_process:
+            _write_logs(self.out, self.earlier[0] + self.gating_rows, self.earlier[1] + self.loss_rows)
 
     def trained_unet(self):
         """The UNet to save: LoRA merged into a copy, so the live model keeps its adapters."""
@@ -579,6 +589,7 @@ def _run(cfg: Config, out: Path, runs_root, progress, resume, resume_from, stop_
             raise DataError(f"the tuning set has no '{name}' images; per-label layout needs both labels.")
         tr = Trainer(cfg, out, part, name, base, progress, embed,
                      None if vectors is None else vectors[part.index.to_numpy()])
+        tr.earlier = (list(all_g), list(all_l))
         parts[name] = tr.fit(resume=resume, resume_from=resume_from, stop_after=stop_after)
         tr.save_model()
         all_g += tr.gating_rows

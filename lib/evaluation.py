@@ -156,7 +156,8 @@ def _targets(df: pd.DataFrame, classes: list[str] | None) -> pd.DataFrame:
 
 def _fit(key: str, train_df: pd.DataFrame, cfg: Config, out_dir: Path, seed: int, progress: bool,
          classes: list[str] | None = None):
-    """Train (or, on a resumed run, load) one classifier; its record is direction_<key>.json."""
+    """Train (or, on a resumed run, load) one classifier; its record is direction_<key>.json, its training
+    history history_<key>.csv (rewritten after every epoch, so the curves can be read while it trains)."""
     c, dev = cfg.classifier, compute.device()
     classes = classes or nih.LABELS
     weights, info_path = out_dir / f"classifier_{key}.pt", out_dir / f"direction_{key}.json"
@@ -165,7 +166,8 @@ def _fit(key: str, train_df: pd.DataFrame, cfg: Config, out_dir: Path, seed: int
         model.load_state_dict(torch.load(weights, map_location=dev))
         return model, json.loads(info_path.read_text())
     data = classifier.TensorSet.from_manifest(_targets(train_df, classes), c.input_size, dev, classes)
-    fit = classifier.train(data, c, seed, progress, desc=f"({key}) {DIRECTIONS[key]}", n_classes=len(classes))
+    fit = classifier.train(data, c, seed, progress, desc=f"({key}) {DIRECTIONS[key]}", n_classes=len(classes),
+                           history_path=out_dir / f"history_{key}.csv")
     info = {"n_train": fit.n_train, "n_val": fit.n_val, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
             "stopped_early": fit.stopped_early, "train_seconds": round(fit.seconds, 2),
             "classifier_hash": classifier.model_hash(fit.model), "history": fit.history.to_dict("list")}

@@ -195,7 +195,8 @@ def _train_arm(cfg: Config, out_dir: Path, arm: str, train_df: pd.DataFrame, tes
     atomic.write_csv(out_dir / f"train_{key}.csv", train_df)
     data = classifier.TensorSet.from_manifest(train_df, c.input_size, dev)
     groups = train_df["group"].to_numpy() if "group" in train_df else None
-    fit = classifier.train(data, c, cfg.seed + 1, progress, desc=f"({arm})", groups=groups)
+    fit = classifier.train(data, c, cfg.seed + 1, progress, desc=f"({arm})", groups=groups,
+                           history_path=out_dir / f"history_{key}.csv")
     test = classifier.TensorSet.from_manifest(test_df, c.input_size, dev)
     atomic.save_torch(out_dir / f"classifier_{key}.pt", fit.model.state_dict())
     atomic.write_csv(pred, results.predictions_frame(test_df, classifier.predict_outputs(fit.model, test)))

@@ -29,12 +29,14 @@ CLI: ``python -m lib.sweeps SWEEP.yaml [--jobs N] [--dry-run] [--runs-root DIR]`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import logging
 import os
 import shlex
 import sys
+import threading
 import time
 import typing
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -184,17 +186,65 @@ def _yaml_scalar(v) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def run_task(task: PointTask, engine=None) -> dict:
-    """Run one point in this process; returns a small picklable summary."""
+def run_task(task: PointTask, engine=None, echo: bool = True) -> dict:
+    """Run one point in this process; returns a small picklable summary.
+
+    Everything the point prints, and the notebooks' cell output papermill logs, is appended to
+    ``<run dir>/run.log`` (the point's log); with ``echo`` it reaches the console too (serial sweeps),
+    without it (pool workers) the console gets one line naming the log."""
     t0 = time.perf_counter()
     kw = {"engine": engine} if engine else {}
+    log_path = None
     try:
-        r = runner.run(task.base, task.overrides, task.runs_root, task.notebooks_dir, task.kernel,
-                       until=task.until, **kw)
-        return {"run": str(r.directory), "ok": True, "seconds": time.perf_counter() - t0, "error": None}
+        log_path = runner.prepare(task.base, task.overrides, task.runs_root).directory / "run.log"
+        if not echo:
+            print(f"  started {log_path.parent.name} (log: {runner.stages.paths_rel(log_path)})", flush=True)
+        with point_log(log_path, echo):
+            r = runner.run(task.base, task.overrides, task.runs_root, task.notebooks_dir, task.kernel,
+                           until=task.until, **kw)
+        return {"run": str(r.directory), "ok": True, "seconds": time.perf_counter() - t0, "error": None,
+                "log": str(log_path)}
     except (runner.RunFailed, config.ParamError, FileNotFoundError) as exc:
         return {"run": None, "ok": False, "seconds": time.perf_counter() - t0, "error": str(exc),
-                "overrides": task.overrides}
+                "overrides": task.overrides, "log": None if log_path is None else str(log_path)}
+
+
+class _Tee:
+    """A text stream writing to several (the point's log and the console)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for st in self.streams:
+            st.write(text)
+        return len(text)
+
+    def flush(self):
+        for st in self.streams:
+            st.flush()
+
+
+@contextlib.contextmanager
+def point_log(path: Path, echo: bool = True):
+    """Append this process's output (print, logging, papermill's cell output) to ``path`` inside the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root, pm_log = logging.getLogger(), logging.getLogger("papermill")
+    saved = root.handlers[:], pm_log.level
+    with open(path, "a", buffering=1) as fh:
+        fh.write(f"==== {time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()}\n")
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.handlers = (saved[0] if echo else []) + [handler]
+        if pm_log.getEffectiveLevel() > logging.INFO:
+            pm_log.setLevel(logging.INFO)          # the notebooks' cell output, as lib.runner's CLI logs it
+        out, err = (_Tee(fh, sys.stdout), _Tee(fh, sys.stderr)) if echo else (fh, fh)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                yield
+        finally:
+            root.handlers = saved[0]
+            pm_log.setLevel(saved[1])
 
 
 class Executor:
@@ -209,13 +259,14 @@ class Executor:
 
 class SerialExecutor(Executor):
     """Points one after another in this process (jobs = 1): plain logs, no pool."""
+    slots = 1
 
     def __init__(self, engine=None):
         self.engine, self.results = engine, []
 
     def submit(self, task):
         fut: Future = Future()
-        fut.set_result(run_task(task, self.engine))
+        fut.set_result(run_task(task, self.engine, echo=True))
         self.results.append(fut.result())
         return fut
 
@@ -246,10 +297,10 @@ class LocalPoolExecutor(Executor):
             for i in range(jobs):
                 queue.put(i)
         self.pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(queue,))
-        self.engine, self.futures = engine, []
+        self.engine, self.futures, self.slots = engine, [], jobs
 
     def submit(self, task):
-        fut = self.pool.submit(run_task, task, self.engine)
+        fut = self.pool.submit(run_task, task, self.engine, False)   # each point's output in its run.log
         self.futures.append(fut)
         return fut
 
@@ -358,21 +409,70 @@ def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path =
     if todo and isinstance(executor, LocalPoolExecutor):
         executor.prepare(shared_models(sweep, [t.overrides for t, _ in todo]))
     results = []
+    progress = Progress(sweep.name, len(p.tasks), len(p.tasks) - len(todo), getattr(executor, "slots", 1))
     # Two waves: points that copy a gated run's skip rate wait until the gated points are done.
     for wave in (False, True):
         for t, _ in todo:
             if waits_for_gated(t.base, t.overrides) == wave:
-                executor.submit(t)
+                progress.submitted()
+                executor.submit(t).add_done_callback(progress.finished)
         results += executor.wait()
     failed = [r for r in results if not r["ok"]]
     for r in failed:
-        print(f"FAILED point {r['overrides']}:\n  {r['error']}", file=sys.stderr)
+        where = f"\n  log: {runner.stages.paths_rel(Path(r['log']))}" if r.get("log") else ""
+        print(f"FAILED point {r['overrides']}:\n  {r['error']}{where}", file=sys.stderr)
     out = {"plan": p, "results": results, "seconds": time.perf_counter() - t0, "analysis": None}
     if analyse and not failed:
         out["analysis"] = analyse_sweep(sweep, runs_root, notebooks_dir, engine)
     if isinstance(executor, LocalPoolExecutor):
         executor.close()
     return out
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Progress:
+    """The sweep's progress line, printed as each point finishes: points done / running / failed / left, the
+    time so far and an ETA (the mean time of the points finished in this call, over the parallel slots)."""
+
+    def __init__(self, name: str, total: int, done_before: int = 0, slots: int = 1):
+        self.name, self.total, self.before, self.slots = name, total, done_before, max(1, slots)
+        self.sent = self.done = self.failed = 0
+        self.seconds: list[float] = []
+        self.t0, self.lock = time.perf_counter(), threading.Lock()
+
+    def submitted(self) -> None:
+        with self.lock:
+            self.sent += 1
+
+    def finished(self, fut: Future) -> None:
+        """A point's future is done (a done-callback): count it and print the line."""
+        try:
+            r = fut.result()
+        except Exception as exc:                 # a worker that died: counted as failed
+            r = {"ok": False, "seconds": None, "error": f"{type(exc).__name__}: {exc}"}
+        with self.lock:
+            if r["ok"]:
+                self.done += 1
+            else:
+                self.failed += 1
+            if r.get("seconds") is not None:
+                self.seconds.append(r["seconds"])
+            print(self.line(), flush=True)
+
+    def line(self) -> str:
+        ended = self.done + self.failed
+        running = min(self.slots, self.sent - ended)
+        left = self.total - self.before - ended - running
+        eta = "unknown until a point finishes"
+        if self.seconds:
+            per = sum(self.seconds) / len(self.seconds)
+            eta = _duration(per * (left + running) / self.slots) if left + running else "0s"
+        return (f"sweep {self.name}: {self.before + self.done}/{self.total} done, {running} running, "
+                f"{self.failed} failed, {left} left; {_duration(time.perf_counter() - self.t0)} elapsed, ETA {eta}")
 
 
 def analyse_sweep(sweep: Sweep, runs_root, notebooks_dir, engine=None) -> Path:

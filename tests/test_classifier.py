@@ -89,3 +89,17 @@ def test_each_class_has_its_own_output_and_the_binary_score_normalises_them():
     np.testing.assert_allclose(classifier.predict(res.model, test), out[:, 1] / out.sum(1))
     # two sigmoids, not a softmax: the outputs need not sum to one, so per-class AUROCs differ
     assert not np.allclose(out.sum(1), 1.0)
+
+
+def test_the_history_is_written_after_every_epoch(tmp_path, monkeypatch):
+    written, real_write = [], classifier.atomic.write_csv
+
+    def spy(path, df, *a, **kw):
+        written.append(len(df))
+        return real_write(path, df, *a, **kw)
+
+    monkeypatch.setattr(classifier.atomic, "write_csv", spy)
+    cfg = dataclasses.replace(CFG, epochs=3)
+    fit = classifier.train(toy(32), cfg, seed=0, progress=False, history_path=tmp_path / "history_a.csv")
+    assert written == [1, 2, 3]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "history_a.csv"), fit.history, check_dtype=False)

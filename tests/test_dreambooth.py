@@ -62,6 +62,9 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, runs_root):
     with pytest.raises(dreambooth.Interrupted):
         dreambooth.run(cfg, tmp_path / "b", runs_root, progress=False, stop_after=4)  # dies after step 4
     assert [p.name for p in (tmp_path / "b/checkpoints/model").glob("*.pt")] == ["step_000003.pt"]
+    # the logs were written at the checkpoint, while training ran, not only at the end
+    assert list(pd.read_csv(tmp_path / "b/gating_log.csv")["step"]) == [0, 1, 2]
+    assert set(pd.read_csv(tmp_path / "b/loss_log.csv")["step"]) <= {0, 1, 2}
     resumed = dreambooth.run(cfg, tmp_path / "b", runs_root, progress=False)
     a, b = _unet(tmp_path / "a/model"), _unet(tmp_path / "b/model")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,5 +1,6 @@
 """Sweeps: grid expansion, explicit points, skipping finished points, gated-before-random-skip, parallel pool."""
 import json
+from pathlib import Path
 
 import pytest
 import standins
@@ -86,8 +87,14 @@ def test_a_sweep_runs_every_point_gated_first_and_skips_finished_points(tmp_path
         (runs_root / "smoke" / "spectral-clip_n12_random-skip_seed0" / "params.yaml").read_text()
     )["gating"]["skip_rate"] == 0.25
     assert out["analysis"].exists() and out["analysis"].parent.name == "sweep-sweep"
-
-    capsys.readouterr()
+    # one log per point (what the runner and the notebooks printed), and a progress line as each point ends
+    for r in out["results"]:
+        log = Path(r["log"]).read_text()
+        assert Path(r["log"]) == Path(r["run"]) / "run.log" and "05_classifier: " in log, log
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line.startswith("sweep sweep: ") and " done, " in line]
+    assert len(lines) == 4 and lines[0].startswith("sweep sweep: 1/4 done, 0 running, 0 failed, 3 left;"), lines
+    assert lines[-1].startswith("sweep sweep: 4/4 done, 0 running, 0 failed, 0 left;") and "ETA 0s" in lines[-1]
     again = sweeps.run(f, 1, runs_root, nb, engine=standins.exec_engine)
     assert "4 finished already; running 0" in capsys.readouterr().out
     assert again["results"] == [] and standins.calls(runs_root) == calls
@@ -112,6 +119,27 @@ def test_a_process_pool_runs_points_in_parallel_without_running_a_shared_stage_t
     assert calls.count("01_data_curation") == 1 and calls.count("02_clustering") == 1   # locked, then reused
     assert calls.count("03_dreambooth") == 3
     assert len(list((runs_root / "smoke" / "stages").glob(f"{stages.ORDER[2]}-*"))) == 3
+    for r in out["results"]:    # a pool worker's output goes to its point's log, not the console
+        assert "03_dreambooth: executing" in (Path(r["run"]) / "run.log").read_text()
+
+
+def test_the_progress_line_counts_points_and_estimates_the_time_left():
+    from concurrent.futures import Future
+
+    prog = sweeps.Progress("demo", total=6, done_before=1, slots=2)
+    for _ in range(5):
+        prog.submitted()
+    assert prog.line().startswith("sweep demo: 1/6 done, 2 running, 0 failed, 3 left;") and "ETA unknown" in prog.line()
+    for ok in (True, False):
+        f = Future()
+        f.set_result({"ok": ok, "seconds": 120.0, "error": None if ok else "boom"})
+        prog.finished(f)
+    # 2 of 5 ended (one failed): 2 running, 1 left; 3 more at 120 s each over 2 slots = 3 min
+    assert prog.line().startswith("sweep demo: 2/6 done, 2 running, 1 failed, 1 left;") and prog.line().endswith("ETA 3m00s")
+    f = Future()
+    f.set_exception(RuntimeError("worker died"))
+    prog.finished(f)
+    assert prog.failed == 2
 
 
 def test_shared_models_lists_the_offline_clip_once_and_one_tiny_base_per_seed():
