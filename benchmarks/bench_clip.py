@@ -39,10 +39,24 @@ def base_samples(n: int, seed: int = 0) -> np.ndarray | None:
     return diffusion_model.to_gray(out)[:, None].numpy()
 
 
+def generated_images(stage04: str, n: int) -> np.ndarray:
+    """n images (half per label) from a generation stage's manifest, N x 1 x H x W in [0, 1]."""
+    import pandas as pd
+
+    from lib import images, paths
+
+    d = paths.resolve(stage04)
+    m = pd.read_csv(d / "manifest.csv")
+    m = pd.concat([g.head(n // 2) for _, g in m.groupby("label")])
+    return images.load_stack([str(d / f) for f in m["file"]], 32)[:, None]   # file: relative to the stage
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fresh", action="store_true", help="time a new build in a temporary folder")
     ap.add_argument("--n-phantoms", type=int, default=100)
+    ap.add_argument("--generated", help="a fine-tuned model's images: a stage-04 folder (its manifest.csv) for "
+                                        "generated-phantom cosines")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -69,7 +83,8 @@ def main() -> None:
     samples = base_samples(args.n_phantoms)
     if samples is None:
         print("\n(the demo's tiny base model is not in models/: base-sample cosines skipped)")
-    report = clip_offline.cosine_report(emb.embed, phantoms, corpus, samples)
+    generated = generated_images(args.generated, args.n_phantoms) if args.generated else None
+    report = clip_offline.cosine_report(emb.embed, phantoms, corpus, samples, generated)
     print(f"\nimage-image cosines ({args.n_phantoms} phantoms at 64 px, embedded at 32 px):")
     for pair, q in report.items():
         print(f"  {pair:20s} " + "  ".join(f"{k} {v:+.3f}" for k, v in q.items()))
