@@ -194,6 +194,11 @@ class FidelityConfig:
     diversity_pairs: int = 500              # random image pairs per class for (MS-)SSIM diversity
     bootstrap: int = 200                    # bootstrap replicates (images resampled) for every CI
     copy_threshold: float = 0.2             # copy: nearest-tuning distance < this x median real-to-real NN distance
+    memorization_extractor: Literal["same", "clip", "inception", "xrv", "classifier", "pixel"] = "pixel"
+    #                                       the space copies are judged in ("same": fidelity.extractor). Pixels by
+    #                                       default: a classifier's features discard the within-class detail that
+    #                                       tells two patients apart (smoke calibration, seed 1: a real image of
+    #                                       another patient at 0.195x the real-to-real scale, flagged as a copy)
     montage_pairs: int = 8                  # closest synthetic-tuning pairs drawn
     trace: Literal["pixel", "clip", "none"] = "pixel"   # features of the KID trace at fine-tuning validation
 

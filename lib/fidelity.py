@@ -454,6 +454,9 @@ def flat(table: pd.DataFrame, prefix: str = "fidelity.") -> dict:
 
 
 # ---------------------------------------------------------------------------------- stage-level helper
+MEM = "memorization_"     # saved features of the memorization analysis (fidelity.memorization_extractor)
+
+
 def run(cfg: Config, out_dir, synthetic: pd.DataFrame, real: pd.DataFrame, tuning: pd.DataFrame | None = None,
         holdout: pd.DataFrame | None = None, classifier_weights=None, figures_dir=None,
         figure_name: str = "06_memorization", progress: bool = False) -> dict:
@@ -465,18 +468,26 @@ def run(cfg: Config, out_dir, synthetic: pd.DataFrame, real: pd.DataFrame, tunin
 
     out = Path(out_dir)
     ex = features.extractor(cfg, classifier_weights=classifier_weights)
+    sets = {"real": real, "synthetic": synthetic}
+    feats = {k: features.extract(df, cfg, ex, progress=progress) for k, df in sets.items()}
+    labels = {f"{k}_labels": df["label"].astype(str).to_numpy() for k, df in sets.items()}
+    extra = {}
     if tuning is not None and holdout is not None:      # a quota may repeat tuning images: count each once
         tuning, holdout = (df.drop_duplicates("path").reset_index(drop=True) for df in (tuning, holdout))
-    sets = {"real": real, "synthetic": synthetic, "tuning": tuning, "holdout": holdout}
-    feats = {k: features.extract(df, cfg, ex, progress=progress) for k, df in sets.items() if df is not None}
-    labels = {f"{k}_labels": df["label"].astype(str).to_numpy() for k, df in sets.items() if df is not None}
-    features.save(out / "fidelity_features.npz", **feats, **labels, extractor=np.array(ex.key))
+        mem_kind = cfg.fidelity.memorization_extractor
+        mex = ex if mem_kind in ("same", ex.kind) else features.extractor(cfg, mem_kind, classifier_weights)
+        extra = {f"{MEM}{k}": features.extract(df, cfg, mex, progress=progress)
+                 for k, df in (("synthetic", synthetic), ("tuning", tuning), ("holdout", holdout))}
+        extra[f"{MEM}extractor"] = np.array(mex.key)
+    features.save(out / "fidelity_features.npz", **feats, **labels, **extra, extractor=np.array(ex.key))
     size = cfg.classifier.input_size
     pairs = pd.concat([pair_scores(images.load_stack(df["path"].tolist(), size), df["label"],
                                    cfg.fidelity.diversity_pairs, cfg.seed).assign(set=k)
                        for k, df in (("real", real), ("synthetic", synthetic))])
     atomic.write_csv(out / "diversity_pairs.csv", pairs)
     record = {"fidelity.extractor": ex.key}
+    if extra:
+        record["memorization.extractor"] = str(extra[f"{MEM}extractor"])
     table, mem = recompute(out, cfg)
     atomic.write_csv(out / "fidelity.csv", table)
     record.update(flat(table))
@@ -504,9 +515,9 @@ def recompute(out_dir, cfg: Config):
     table = evaluate(z["real"], z["synthetic"], z["real_labels"], z["synthetic_labels"], cfg.fidelity, cfg.seed,
                      pairs[pairs["set"] == "real"], pairs[pairs["set"] == "synthetic"])
     mem = None
-    if "tuning" in z and "holdout" in z:
-        per_image, info = memorization.analyse(z["synthetic"], z["tuning"], z["holdout"], cfg.fidelity.copy_threshold,
-                                               cfg.seed, z["synthetic_labels"])
+    if f"{MEM}tuning" in z and f"{MEM}holdout" in z:
+        per_image, info = memorization.analyse(z[f"{MEM}synthetic"], z[f"{MEM}tuning"], z[f"{MEM}holdout"],
+                                               cfg.fidelity.copy_threshold, cfg.seed, z["synthetic_labels"])
         mem = per_image, info, memorization.summary(per_image, cfg.fidelity.bootstrap, cfg.seed)
     return table, mem
 

@@ -1,7 +1,8 @@
 """Memorization: is a synthetic image nearer the generator's tuning images than real images it never saw?
 
-Distances are Euclidean, in the feature space of fidelity.extractor (lib.features). For each synthetic
-image s:
+Distances are Euclidean, in the feature space of fidelity.memorization_extractor (lib.features; pixels by
+default, since a classifier's features discard the within-class detail that tells two patients apart, and
+"same" follows fidelity.extractor). For each synthetic image s:
 
 - ``d_tuning``: the distance to its nearest tuning image (any class: a copy is a copy);
 - ``d_holdout``: the distance to its nearest held-out real image (never seen by the generator). The

@@ -132,6 +132,7 @@ def test_the_record_carries_fidelity_and_memorization_that_recompute_from_the_sa
     cfg, _, out = finished
     row = results.read(out)
     assert row["fidelity.extractor"].startswith("classifier-")        # params/smoke.yaml: the real baseline's
+    assert row["memorization.extractor"].startswith("pixel-")         # copies are judged in pixels
     for metric in FIDELITY_METRICS:
         for group in ("", ".No Finding", ".Unhealthy"):
             k = f"fidelity.{metric}{group}"
