@@ -254,6 +254,30 @@ def _vae_roundtrip(todo: pd.DataFrame, out_dir: Path, cfg: Config, base: str, ba
     del vae
 
 
+def reconstruction_error(manifest: pd.DataFrame, size: int) -> dict:
+    """The VAE ceiling's pixel error, read back from the files: each round trip against its source image at
+    ``size`` (model.resolution, where the VAE worked), intensities in [0, 1]. MSE, MAE and PSNR (dB, of the
+    mean MSE), overall and per label."""
+    def errors(rows):
+        src = images.load_stack(rows["source_path"].tolist(), size)
+        out = images.load_stack([str(paths.resolve(p)) for p in rows["path"]], size)
+        d = (out - src).reshape(len(rows), -1)
+        return (d ** 2).mean(1), np.abs(d).mean(1)
+
+    def summary(mse, mae):
+        m = float(mse.mean())
+        return {"mse": m, "mae": float(mae.mean()), "psnr_db": float(10 * np.log10(1 / m)) if m > 0 else float("inf"),
+                "n": int(len(mse))}
+
+    mse, mae = errors(manifest)
+    out = {"all": summary(mse, mae)}
+    for label in nih.LABELS:
+        idx = (manifest["label"] == label).to_numpy()
+        if idx.any():
+            out[label] = summary(mse[idx], mae[idx])
+    return out
+
+
 def _write(df: pd.DataFrame, out_dir: Path, cfg: Config, params: dict, progress: bool) -> int:
     """Write every planned file not on disk yet; the number written."""
     kind = cfg.generation.kind
@@ -319,5 +343,8 @@ def build(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> dict
                "generated_this_call": written, "seconds_this_call": round(seconds, 2),
                "images_per_second": round(written / seconds, 2) if written and seconds else None,
                "prompts": {label: "" for label in nih.LABELS}, "train_summary": {}}
+    if kind == "vae-roundtrip":          # the ceiling of any generator that decodes through this VAE
+        summary["reconstruction"] = reconstruction_error(manifest.assign(source_path=df["source_path"].to_numpy()),
+                                                         cfg.model.resolution)
     atomic.write_json(out_dir / "generation_summary.json", summary)
     return summary

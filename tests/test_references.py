@@ -35,6 +35,12 @@ def build(kind, runs, out, **extra):
     return summary, pd.read_csv(out / "manifest.csv", dtype={"source_image_id": str})
 
 
+def pool_paths(runs) -> dict:
+    """source image id -> path of the tuning pool's images."""
+    pool = curation.load_pools(stages.require(cfg_for(), "01_data_curation", runs))["tuning"]
+    return dict(zip(pool["image_id"].astype(str), pool["path"]))
+
+
 def gray(path):
     return np.asarray(Image.open(paths.resolve(path)).convert("L"), dtype=int)
 
@@ -133,6 +139,16 @@ def test_vae_roundtrip_of_an_untrained_tiny_base(runs, tmp_path):
     assert m["label"].value_counts().to_dict() == {lab: N for lab in nih.LABELS}
     assert all(gray(p).shape == (32, 32) for p in m["path"])
     assert s["params"]["vae_hash"] and "base" not in s["params"]
+    # the reconstruction error, recomputed from the PNGs with PIL (the source resized to the VAE's 32 px)
+    src = {str(i): Image.open(paths.resolve(p)).convert("L").resize((32, 32), Image.BILINEAR)
+           for i, p in pool_paths(runs).items()}
+    sq = [((gray(p) / 255.0 - np.asarray(src[str(i)], float) / 255.0) ** 2).mean()
+          for p, i in zip(m["path"], m["source_image_id"])]
+    rec = s["reconstruction"]
+    assert rec["all"]["n"] == len(m) and set(rec) == {"all", *nih.LABELS}
+    assert rec["all"]["mse"] == pytest.approx(np.mean(sq), rel=1e-5)
+    assert rec["all"]["psnr_db"] == pytest.approx(10 * np.log10(1 / rec["all"]["mse"]))
+    assert rec["all"]["mse"] > 1e-3                  # an untrained VAE does not give its input back
 
 
 def make_folder(root, pool, names, per=3):
