@@ -18,6 +18,13 @@ def exclusive(lock_path: str | Path, timeout: float | None = None, what: str | N
 
     When another process holds the lock, say once what is waited for; with ``timeout`` (seconds), give
     up with LockTimeout naming the lock instead of waiting for ever.
+
+    Across machines (sweep points as SLURM jobs or Ray tasks on several nodes) this relies on the shared file
+    system honouring flock() between nodes: Linux's NFS client turns flock into NFS byte-range locks
+    (NFSv4, or v3 with lockd), CephFS and GPFS lock cluster-wide, Lustre only when mounted with ``-o flock``
+    (``localflock`` locks per node only, and no option fails with ENOSYS, reported below), BeeGFS with
+    tuneUseGlobalFileLocks. A lock held by a node that crashed is freed when its lease runs out (NFSv4:
+    about 90 s). The ``filelock`` package would not help: on Unix it calls the same flock().
     """
     import fcntl
     import time
@@ -30,7 +37,11 @@ def exclusive(lock_path: str | Path, timeout: float | None = None, what: str | N
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except OSError as exc:
+                if not isinstance(exc, BlockingIOError):    # ENOLCK, ENOSYS, EOPNOTSUPP: no locks on this FS
+                    raise OSError(exc.errno, f"cannot lock {lock_path}: this file system does not support flock() "
+                                  f"({exc.strerror}); put the runs root on one that does (on Lustre mount with "
+                                  "-o flock; on NFS run lockd / use NFSv4).") from exc
                 if not told:
                     print(f"waiting for {what or lock_path.name}: another process holds {lock_path}", flush=True)
                     told = True

@@ -20,11 +20,15 @@ A sweep file (``params/sweeps/*.yaml``)::
       experiment: brackets
       overrides: {mixing.brackets: [25, 50]}
 
+    executor: {engine: slurm, partition: gpu, gpus_per_task: 1, time_min: 240, mem_gb: 32, array: true}
+                                  # who runs the points (optional; lib/executors.py lists the settings)
+
 Points already finished are skipped. A random-skip control whose rate is left null runs after the
 gated points, since it copies their measured skip rate. The executor is a small interface
-(``submit``/``wait``) so a later scheduler can take the points instead of the local process pool.
+(``submit``/``wait``): this process (serial), a local process pool (local), SLURM through submitit (slurm,
+or submitit-local to run that path on this machine) or a Ray cluster (ray), see lib/executors.py.
 
-CLI: ``python -m lib.sweeps SWEEP.yaml [--jobs N] [--dry-run] [--runs-root DIR]``.
+CLI: ``python -m lib.sweeps SWEEP.yaml [--jobs N] [--executor NAME] [--dry-run] [--runs-root DIR]``.
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ class Sweep:
     until: str = "05_classifier"
     analysis: str = runner.ANALYSIS
     analysis_params: dict = field(default_factory=dict)
+    executor: dict = field(default_factory=dict)      # the ``executor:`` settings (lib/executors.py)
 
 
 def _is_config_key(dotted: str) -> bool:
@@ -108,7 +113,7 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
         raise config.ParamError(f"sweep file {path} not found{where}; shipped sweeps: "
                                 f"{', '.join(p.name for p in sorted((paths.PARAMS / 'sweeps').glob('*.yaml')))}.")
     raw = _read_mapping(path)
-    allowed = ["base", "fixed", "grid", "points", "figures_dir", "until", "analysis", "analysis_params"]
+    allowed = ["base", "fixed", "grid", "points", "figures_dir", "until", "analysis", "analysis_params", "executor"]
     unknown = set(raw) - set(allowed)
     if unknown:
         raise config.ParamError(f"unknown key(s) {sorted(unknown)} in {path.name}; allowed: {', '.join(allowed)}.")
@@ -118,6 +123,9 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
     runner.notebook_for(analysis)       # the closing notebook exists (its number picks it)
     if not isinstance(raw.get("analysis_params") or {}, dict):
         raise config.ParamError(f"analysis_params: in {path.name} must be a mapping of notebook parameters.")
+    from . import executors
+
+    settings = executors.check_settings(raw.get("executor"), path.name)
     if "base" not in raw:
         raise config.ParamError(f"{path.name} needs `base:`, the parameter file every point starts from.")
     fixed = raw.get("fixed") or {}
@@ -129,7 +137,7 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
     for p in pts:  # fail on a bad key before anything runs
         config.load(raw["base"], {k: v for k, v in p.items() if not (k == "gating.skip_rate" and v is None)})
     return Sweep(path.stem, raw["base"], _dedupe(pts), raw.get("figures_dir", "figures"), until, analysis,
-                 dict(raw.get("analysis_params") or {}))
+                 dict(raw.get("analysis_params") or {}), settings)
 
 
 def _read_mapping(path: Path) -> dict:
@@ -205,6 +213,9 @@ def run_task(task: PointTask, engine=None, echo: bool = True) -> dict:
         return {"run": str(r.directory), "ok": True, "seconds": time.perf_counter() - t0, "error": None,
                 "log": str(log_path)}
     except (runner.RunFailed, config.ParamError, FileNotFoundError) as exc:
+        if log_path is not None and log_path.exists():     # the log ends with why (what a remote job's user reads)
+            with open(log_path, "a") as fh:
+                fh.write(f"FAILED: {exc}\n")
         return {"run": None, "ok": False, "seconds": time.perf_counter() - t0, "error": str(exc),
                 "overrides": task.overrides, "log": None if log_path is None else str(log_path)}
 
@@ -351,7 +362,14 @@ def gpu_count() -> int:
         return 0
 
 
-def make_executor(jobs: int | None, engine=None) -> Executor:
+def make_executor(jobs: int | None, engine=None, settings: dict | None = None, runs_root="runs",
+                  name: str = "sweep") -> Executor:
+    """The executor the sweep's ``executor:`` settings name (lib/executors.py); without one, a process pool
+    with one worker per GPU where there are GPUs, else ``jobs`` workers (serial for one)."""
+    if settings and settings.get("engine"):
+        from . import executors
+
+        return executors.make(settings, jobs, engine, runs_root, name)
     gpus = gpu_count()
     if gpus:
         return LocalPoolExecutor(jobs or gpus, gpus, engine)
@@ -390,9 +408,11 @@ def plan(sweep: Sweep, runs_root: str | Path = "runs", notebooks_dir: str | Path
 
 def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path = "runs",
         notebooks_dir: str | Path = runner.NOTEBOOKS, dry_run: bool = False, analyse: bool = True,
-        executor: Executor | None = None, engine=None, extra: dict | None = None) -> dict:
+        executor: Executor | None = None, engine=None, extra: dict | None = None,
+        executor_name: str | None = None) -> dict:
     """Run every unfinished point (stages 01-05, or up to the sweep's ``until``), then the closing notebook
-    (06, or the sweep's ``analysis``) once over the sweep's runs."""
+    (06, or the sweep's ``analysis``) once over the sweep's runs. ``executor_name`` (the CLI's --executor)
+    overrides the engine of the sweep file's ``executor:`` settings."""
     sweep = load(sweep_file, extra)
     p = plan(sweep, runs_root, notebooks_dir)
     print(f"sweep {sweep.name}: {len(p.tasks)} points from {sweep.base}")
@@ -402,14 +422,22 @@ def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path =
             print(f"             {t.command()}")
     if dry_run:
         return {"plan": p, "results": []}
-    executor = executor or make_executor(jobs, engine)
+    settings = {**sweep.executor, **({"engine": executor_name} if executor_name else {})}
+    if settings:
+        from . import executors
+
+        settings = executors.check_settings(settings, "--executor")
     todo = [(t, st) for t, st in zip(p.tasks, p.status) if st != "finished"]
+    # nothing left to run needs no scheduler or cluster
+    executor = executor or (make_executor(jobs, engine, settings, runs_root, sweep.name) if todo else
+                            SerialExecutor(engine))
     print(f"  {len(p.tasks) - len(todo)} finished already; running {len(todo)}")
     t0 = time.perf_counter()
     if todo and isinstance(executor, LocalPoolExecutor):
         executor.prepare(shared_models(sweep, [t.overrides for t, _ in todo]))
     results = []
-    progress = Progress(sweep.name, len(p.tasks), len(p.tasks) - len(todo), getattr(executor, "slots", 1))
+    slots = getattr(executor, "slots", 1) or max(1, len(todo))     # None: as many as the scheduler gives
+    progress = Progress(sweep.name, len(p.tasks), len(p.tasks) - len(todo), slots)
     # Two waves: points that copy a gated run's skip rate wait until the gated points are done.
     for wave in (False, True):
         for t, _ in todo:
@@ -420,11 +448,13 @@ def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path =
     failed = [r for r in results if not r["ok"]]
     for r in failed:
         where = f"\n  log: {runner.stages.paths_rel(Path(r['log']))}" if r.get("log") else ""
+        if r.get("job_log"):     # a job or worker that died: the scheduler's own log of it
+            where += f"\n  job log: {runner.stages.paths_rel(Path(r['job_log']))}"
         print(f"FAILED point {r['overrides']}:\n  {r['error']}{where}", file=sys.stderr)
     out = {"plan": p, "results": results, "seconds": time.perf_counter() - t0, "analysis": None}
     if analyse and not failed:
         out["analysis"] = analyse_sweep(sweep, runs_root, notebooks_dir, engine)
-    if isinstance(executor, LocalPoolExecutor):
+    if hasattr(executor, "close"):
         executor.close()
     return out
 
@@ -497,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib.sweeps", description="Run a parameter sweep.")
     ap.add_argument("sweep", help="e.g. params/sweeps/demo.yaml")
     ap.add_argument("--jobs", type=int, default=None, help="parallel points (default: one per GPU, else 1)")
+    ap.add_argument("--executor", default=None, choices=["serial", "local", "slurm", "submitit-local", "ray"],
+                    help="who runs the points; overrides the sweep file's executor: engine (lib/executors.py)")
     ap.add_argument("--dry-run", action="store_true", help="list the points and their commands; run nothing")
     ap.add_argument("--runs-root", default="runs")
     ap.add_argument("--notebooks", default=str(runner.NOTEBOOKS))
@@ -506,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         out = run(args.sweep, args.jobs, args.runs_root, args.notebooks, args.dry_run, not args.no_analysis,
-                  extra=runner.parse_sets(args.set))
+                  extra=runner.parse_sets(args.set), executor_name=args.executor)
     except (runner.RunFailed, config.ParamError, FileNotFoundError) as exc:
         print(f"\nFAILED: {exc}", file=sys.stderr)
         return 1
