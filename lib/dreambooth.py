@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -27,12 +28,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import atomic, images, stages
+from . import atomic, images, stages, tracking
 from .config import Config, ParamError
 from .nih import LABELS, DataError
 from .progress import tqdm
 from .prompts import prompt_for, slug  # noqa: F401 (dreambooth.prompt_for, .slug: their home is lib.prompts)
 
+log = logging.getLogger(__name__)
 GATING_COLUMNS = ["model", "step", "score", "threshold", "skipped", "generated", "seconds"]
 LOSS_COLUMNS = ["model", "step", "loss", "loss_prior", "lr", "train_seconds"]
 
@@ -97,8 +99,15 @@ def model_path(stage_dir, cfg: Config, label: str) -> str:
 
 
 def _precision(choice: str) -> str:
+    """accelerate's mixed_precision for finetune.mixed_precision on this machine.
+
+    On the CPU "auto" trains in fp32 (bf16 is slow on CPUs without bf16 units) and fp16 is not offered
+    (no CPU autocast for it), but an explicit "bf16" is honoured: accelerate autocasts on the CPU too,
+    which is how the thesis path is rehearsed there (benchmarks/rehearse_thesis.py)."""
     if not torch.cuda.is_available():
-        return "no"
+        if choice == "fp16":
+            log.warning("finetune.mixed_precision = fp16 needs a GPU; training in fp32 on the CPU (bf16 works there).")
+        return "bf16" if choice == "bf16" else "no"
     if choice == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return choice
@@ -133,7 +142,8 @@ class Trainer:
         gating.check(self.gc)
         self.out, self.df, self.name, self.progress = Path(out_dir), df.reset_index(drop=True), name, progress
         self.base = base or diffusion_model.base_for(cfg.model, seed=cfg.seed, progress=progress)
-        self.acc = Accelerator(mixed_precision=_precision(self.ft.mixed_precision))
+        self.acc = Accelerator(mixed_precision=_precision(self.ft.mixed_precision),
+                               **tracking.accelerator_kwargs(cfg, self.out))
         dev = self.acc.device
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.acc.mixed_precision, torch.float32)
         torch.manual_seed(cfg.seed)   # LoRA initialisation is part of the run's seed
@@ -191,6 +201,7 @@ class Trainer:
         self.earlier: tuple[list, list] = ([], [])   # gating and loss rows of the models trained before this one
         self.ckpt_root = self.out / "checkpoints" / name
         self._trace_ref = None      # (extractor, label -> tuning features) of the validation trace
+        self.board = tracking.Board(self.acc, name, 0, False)   # fit() opens the live one
 
     def _schedule(self, config) -> dict:
         """The noise schedule fine-tuning trains with, which the saved model then samples with."""
@@ -282,22 +293,40 @@ class Trainer:
                 m.train()
 
     # ------------------------------------------------------------------------------- steps
+    def _shard(self, n: int) -> tuple[np.ndarray, float]:
+        """This process's rows of a global batch of n (rows r, r + N, ...) and the weight of its loss.
+
+        DDP averages the processes' gradients; weighting each shard's mean loss by (its share of the batch)
+        x N makes that average the gradient of the whole batch's mean, as one process computes it, whatever
+        the shard sizes. A process left without rows (a short last batch) trains one row at weight 0, so
+        every process still joins the gradient all-reduce."""
+        world = self.acc.num_processes
+        mine = np.arange(self.acc.process_index, n, world)
+        if len(mine) == 0:
+            return np.arange(1), 0.0
+        return mine, (len(mine) / n * world if world > 1 else 1.0)
+
     def train_step(self, idx: np.ndarray, step: int) -> tuple[float, float]:
         g = _step_generator(self.cfg.seed, step)
         dev = self.acc.device
-        shard = idx[self.acc.process_index::self.acc.num_processes]   # each process its own part of the batch
-        z = self.latents[torch.as_tensor(shard)].to(dev)
-        prompts = [self.prompts[i] for i in shard]
-        n_inst = len(z)
+        # Every random draw is made for the whole batch and then sliced to this process's rows, so N processes
+        # train on exactly the noise, timesteps and class images one process would.
+        n = len(idx)
+        z = self.latents[torch.as_tensor(idx)].to(dev)
+        prompts = [self.prompts[i] for i in idx]
         if self.class_latents is not None:
-            ci = torch.randint(len(self.class_latents), (n_inst,), generator=g)
+            ci = torch.randint(len(self.class_latents), (n,), generator=g)
             z = torch.cat([z, self.class_latents[ci.to(self.class_latents.device)].to(dev)])
-            prompts = prompts + [self.ft.class_prompt] * n_inst
+            prompts = prompts + [self.ft.class_prompt] * n
         noise = torch.randn(z.shape, generator=g)
         if self.ft.noise_offset:   # a constant per image and channel: shifts the mean the model can learn
             noise = noise + self.ft.noise_offset * torch.randn(z.shape[:2] + (1, 1), generator=g)
-        noise = noise.to(dev)
-        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(z),), generator=g).to(dev)
+        t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(z),), generator=g)
+        mine, weight = self._shard(n)
+        rows = np.concatenate([mine, mine + n]) if self.class_latents is not None else mine
+        sel = torch.as_tensor(rows)
+        z, noise, t = z[sel.to(z.device)], noise[sel].to(dev), t[sel].to(dev)
+        prompts, n_inst = [prompts[i] for i in rows], len(mine)
         noisy = self.noise_sched.add_noise(z, noise, t)
         target = noise if self.noise_sched.config.prediction_type == "epsilon" else self.noise_sched.get_velocity(z, noise, t)
         with self.acc.autocast():
@@ -306,13 +335,18 @@ class Trainer:
         err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         loss_inst, loss_prior = err[:n_inst].mean(), err[n_inst:].mean() if len(err) > n_inst else err.new_zeros(())
         loss = loss_inst + self.ft.prior_loss_weight * loss_prior
-        self.acc.backward(loss)
+        self.acc.backward(loss * weight if weight != 1.0 else loss)
         if self.acc.sync_gradients:
             self.acc.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
         self.lr_sched.step()
         self.opt.zero_grad(set_to_none=True)
-        return float(loss_inst.detach()), float(loss_prior.detach())
+        if self.acc.num_processes == 1:
+            return float(loss_inst.detach()), float(loss_prior.detach())
+        # the whole batch's mean losses, as one process logs them: sum the shards' sums
+        share = n_inst if weight else 0
+        sums = self.acc.reduce(torch.stack([loss_inst.detach(), loss_prior.detach()]).float() * share, "sum")
+        return float(sums[0]) / n, float(sums[1]) / n
 
     def gate_step(self, idx: np.ndarray, step: int) -> dict:
         from . import gating
@@ -337,7 +371,9 @@ class Trainer:
         if not self.acc.is_main_process or self.ft.validation_images < 1:
             return None
         target = self.out / "validation" / (f"step_{step:06d}" + ("" if self.name == "model" else f"_{self.name}"))
-        if target.with_suffix(".npy").exists():
+        if target.with_suffix(".npy").exists():   # a resumed run: drawn before the kill, shown again (purged)
+            meta = json.loads(target.with_suffix(".json").read_text()) if target.with_suffix(".json").exists() else {}
+            self._board_validation(np.load(target.with_suffix(".npy")), meta.get("labels", []), meta.get("trace"), step)
             return target
         pipe, rows = self.live_pipeline(), []
         labels = sorted(set(self.labels), key=LABELS.index)
@@ -359,7 +395,15 @@ class Trainer:
         meta = {"step": step, "labels": labels, "model": self.name}
         trace = self.trace(arr, labels)
         atomic.write_json(target.with_suffix(".json"), {**meta, "trace": trace} if trace else meta)
+        self._board_validation(arr, labels, trace, step)
         return target
+
+    def _board_validation(self, arr: np.ndarray, labels: list[str], trace: dict | None, step: int) -> None:
+        """One validation save on the live board: its images per label and its KID trace."""
+        for stack, label in zip(arr, labels):
+            self.board.images(f"validation/{slug(label)}", stack, step)
+        self.board.scalars({f"validation/kid_{slug(g)}": v["kid"] for g, v in (trace or {}).get("groups", {}).items()},
+                           step)
 
     def trace(self, arr: np.ndarray, labels: list[str]) -> dict | None:
         """KID of one validation save against the tuning images (lib.fidelity.validation_trace), on the
@@ -443,9 +487,19 @@ class Trainer:
                 ckpt = found[-1] if found else None
             if ckpt is not None:
                 self.load_checkpoint(ckpt)
+        self.board = tracking.Board(self.acc, self.name, self.step, self.ft.tensorboard)
+        try:
+            return self._loop(oracle, dry_gate, stop_after)
+        finally:
+            self.board.close()
+
+    def _loop(self, oracle, dry_gate: bool, stop_after: int | None) -> dict:
         if self.step == 0:
             self.validate(0)
+        elif self.step % self.ft.validation_every == 0:
+            self.validate(self.step)   # saved before the checkpoint: back on the board, which the resume purged
         n, t0 = len(self.df), time.perf_counter()
+        n_skipped = sum(bool(r["skipped"]) for r in self.gating_rows)
         self.unet.train()
         bar = tqdm(total=self.ft.steps, initial=self.step, desc=f"DreamBooth {self.name}", mininterval=2,
                    disable=not self.progress)
@@ -461,11 +515,18 @@ class Trainer:
                 row["oracle_seconds"] = time.perf_counter() - t_o
                 t0 += row["oracle_seconds"]          # the oracle is not part of the run's wall time
             self.gating_rows.append({"model": self.name, **row})
+            n_skipped += bool(row["skipped"])
+            live = {"gate/score": row["score"], "gate/threshold": row["threshold"], "gate/skipped": row["skipped"],
+                    "gate/skip_rate": n_skipped / (step + 1)}
             if not row["skipped"] or dry_gate:
                 t_s = time.perf_counter()
                 loss, prior = self.train_step(idx, step)
                 self.loss_rows.append({"model": self.name, "step": step, "loss": loss, "loss_prior": prior,
                                        "lr": self.lr_sched.get_last_lr()[0], "train_seconds": time.perf_counter() - t_s})
+                live.update({"train/loss": loss, "train/lr": self.lr_sched.get_last_lr()[0]})
+                if self.class_latents is not None:
+                    live["train/loss_prior"] = prior
+            self.board.scalars(live, step)
             self.step += 1
             bar.update(1)
             if self.step % self.ft.validation_every == 0 or self.step == self.ft.steps:
@@ -490,6 +551,15 @@ class Trainer:
         and checkpoint, so curves can be read while training runs; stage 03 writes them whole at its end."""
         if self.acc.is_main_process:
             _write_logs(self.out, self.earlier[0] + self.gating_rows, self.earlier[1] + self.loss_rows)
+
+    def release_optimizer(self) -> None:
+        """Free the optimizer's state once training is over (its checkpoints are written). Fully fine-tuning
+        the UNet, AdamW's two moments are twice its weights, and save_model copies the UNet and serialises
+        the copy: kept, saving would need about five times the weights, more than a training step's four
+        (weights, gradients, moments). The thesis's 860M-parameter UNet in fp32 on the CPU: a 15.1 GiB peak
+        measured in training (benchmarks/rehearse_thesis.py), about 17 GiB estimated for saving without this."""
+        self.opt.zero_grad(set_to_none=True)
+        self.opt.optimizer.state.clear()
 
     def trained_unet(self):
         """The UNet to save: LoRA merged into a copy, so the live model keeps its adapters."""
@@ -546,39 +616,45 @@ def _write_logs(out: Path, gating_rows: list, loss_rows: list) -> None:
 
 
 def run(cfg: Config, out_dir, runs_root=None, progress: bool = True, resume: bool = True,
-        resume_from=None, stop_after: int | None = None) -> dict:
+        resume_from=None, stop_after: int | None = None, rank_report=None) -> dict:
     """Stage 03: fine-tune (or record the base model for no-fine-tune) and write the artefacts listed above.
 
-    ``runs_root`` defaults to the one ``out_dir`` lies in (<runs_root>/<experiment>/stages/<stage>-<key>)."""
+    ``runs_root`` defaults to the one ``out_dir`` lies in (<runs_root>/<experiment>/stages/<stage>-<key>).
+    Under ``accelerate launch`` every process calls it and rank 0 alone writes (lib/multiprocess.py);
+    ``rank_report`` (a folder, for tests) gets each rank's decisions and weight hash."""
     from . import compute
 
     if runs_root is None:
         runs_root = Path(out_dir).resolve().parents[2]
 
     with compute.cpu_threads(cfg.finetune.cpu_threads):      # left alone on a CUDA machine
-        return _run(cfg, Path(out_dir), runs_root, progress, resume, resume_from, stop_after)
+        return _run(cfg, Path(out_dir), runs_root, progress, resume, resume_from, stop_after, rank_report)
 
 
-def _run(cfg: Config, out: Path, runs_root, progress, resume, resume_from, stop_after) -> dict:
-    from . import diffusion_model, gating
+def _run(cfg: Config, out: Path, runs_root, progress, resume, resume_from, stop_after, rank_report=None) -> dict:
+    from . import diffusion_model, gating, multiprocess
 
+    state = multiprocess.state()
+    main = state.is_main_process
     out.mkdir(parents=True, exist_ok=True)
     gating.check(cfg.gating)
     t0 = time.perf_counter()
-    base = diffusion_model.base_for(cfg.model, seed=cfg.seed, progress=progress)
+    with state.main_process_first():      # one process builds the tiny base; the others load it
+        base = diffusion_model.base_for(cfg.model, seed=cfg.seed, progress=progress and main)
     summary = {"control": cfg.finetune.control, "base": base, "method": cfg.finetune.method,
                "gating": cfg.gating.enabled and cfg.finetune.control == "none", "mode": cfg.gating.mode,
                "threshold": cfg.gating.threshold, "aggregation": cfg.gating.aggregation,
                "model_layout": cfg.finetune.model_layout}
     if cfg.finetune.control == "no-fine-tune":
-        _write_logs(out, [], [])
         summary.update(steps=0, trained=0, skipped=0, skip_rate=None, wall_seconds=time.perf_counter() - t0,
                        models={label: base for label in LABELS}, tuning_set=None)
-        atomic.write_json(out / "train_summary.json", summary)
+        if main:
+            _write_logs(out, [], [])
+            atomic.write_json(out / "train_summary.json", summary)
         return summary
     df = tuning_set(cfg, runs_root)
     embed = vectors = None
-    if summary["gating"]:
+    if summary["gating"] and main:        # rank 0 alone scores the gate (on the whole batch) and broadcasts it
         embed, vectors = data_vectors(cfg, df, progress)
     names = model_dir_names(cfg)
     jobs = {"model": df} if cfg.finetune.model_layout == "joint" else {
@@ -591,10 +667,15 @@ def _run(cfg: Config, out: Path, runs_root, progress, resume, resume_from, stop_
                      None if vectors is None else vectors[part.index.to_numpy()])
         tr.earlier = (list(all_g), list(all_l))
         parts[name] = tr.fit(resume=resume, resume_from=resume_from, stop_after=stop_after)
+        tr.release_optimizer()
         tr.save_model()
+        if rank_report is not None:
+            multiprocess.write_rank_report(tr, rank_report)
         all_g += tr.gating_rows
         all_l += tr.loss_rows
         del tr
+    if not main:
+        return {}
     _write_logs(out, all_g, all_l)
     steps = sum(p["steps"] for p in parts.values())
     skipped = sum(p["skipped"] for p in parts.values())
@@ -605,8 +686,16 @@ def _run(cfg: Config, out: Path, runs_root, progress, resume, resume_from, stop_
                    models={label: str(out / names[label]) for label in LABELS},
                    tuning_set=stages.paths_rel(tuning_set_path(cfg, runs_root)), n_tuning=len(df),
                    device=str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
-                   mixed_precision=_precision(cfg.finetune.mixed_precision))
+                   mixed_precision=_precision(cfg.finetune.mixed_precision), num_processes=state.num_processes)
     atomic.write_json(out / "train_summary.json", summary)
     for name in jobs:
         atomic.write_json(out / name / "train_summary.json", summary)
     return summary
+
+
+if __name__ == "__main__":   # python -m lib.dreambooth PARAMS ... (alone or under accelerate launch): lib/multiprocess.py
+    import sys
+
+    from lib import multiprocess
+
+    sys.exit(multiprocess.main())

@@ -161,3 +161,49 @@ def test_zero_terminal_snr_on_an_epsilon_base_is_a_clear_error(tmp_path, runs_ro
 def test_noise_offset_out_of_range_is_refused(tmp_path):
     with pytest.raises(dreambooth.ParamError, match="noise_offset"):
         tiny_cfg(tmp_path, **{"finetune.noise_offset": 2.0})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's choices")
+def test_cpu_precision_honours_an_explicit_bf16_only(caplog):
+    assert dreambooth._precision("bf16") == "bf16"
+    assert dreambooth._precision("auto") == "no" and dreambooth._precision("no") == "no"
+    with caplog.at_level("WARNING", logger="lib.dreambooth"):
+        assert dreambooth._precision("fp16") == "no"
+    assert "needs a GPU" in caplog.text
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one mixed precision per process (a second Accelerator with another is refused): the
+    other tests' "no" is cleared before this test and its "bf16" after it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_bf16_autocast_with_prior_preservation_and_the_optimizer_freed_before_saving(tmp_path, runs_root, monkeypatch,
+                                                                                      fresh_accelerate_state):
+    # The thesis's switches on the tiny model (benchmarks/rehearse_thesis.py runs them at SD1.5 size).
+    cfg = tiny_cfg(tmp_path, **{"gating.enabled": False, "finetune.mixed_precision": "bf16", "finetune.steps": 2,
+                                "finetune.prior_preservation": True, "finetune.num_class_images": 2,
+                                "finetune.gradient_checkpointing": True, "finetune.checkpoint_every": 100})
+    seen, release = {}, dreambooth.Trainer.release_optimizer
+
+    def spy(self):
+        seen.update(precision=self.acc.mixed_precision, vae=self.vae.dtype, unet=next(self.unet.parameters()).dtype,
+                    before=len(self.opt.state))
+        release(self)
+        seen["after"] = len(self.opt.state)
+
+    monkeypatch.setattr(dreambooth.Trainer, "release_optimizer", spy)
+    out, summary = _run(cfg, runs_root, tmp_path)
+    # frozen parts in bf16, the trained UNet in fp32 under autocast; AdamW's state gone before the save
+    assert seen["precision"] == "bf16" and seen["vae"] == torch.bfloat16 and seen["unet"] == torch.float32
+    assert seen["before"] > 0 and seen["after"] == 0
+    assert summary["mixed_precision"] == "bf16"
+    loss = pd.read_csv(out / "loss_log.csv")
+    assert len(loss) == 2 and loss["loss_prior"].gt(0).all()
+    base = _unet(summary["base"])
+    assert any(not torch.equal(v, base[k]) for k, v in _unet(out / "model").items())
