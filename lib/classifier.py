@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import atomic, backbones, images, nih
+from . import atomic, backbones, compute, images, nih
 from .config import ClassifierConfig
 from .nih import DataError
 from .progress import tqdm
@@ -114,7 +114,7 @@ class TensorSet:
                       ) -> "TensorSet":
         if len(manifest) == 0:
             raise DataError("cannot build a data set from an empty manifest.")
-        dev = dev or device()
+        dev = dev or compute.device()
         x = load_images(manifest["path"].tolist(), size)
         return cls(x.to(dev), torch.from_numpy(labels_of(manifest, classes)).to(dev))
 

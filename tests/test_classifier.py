@@ -79,6 +79,8 @@ def test_manifest_loading_matches_the_image_reader_and_refuses_one_class(tmp_pat
         classifier.train(data.subset([0, 2]), CFG, 0, progress=False)
     with pytest.raises(DataError, match="empty"):
         classifier.TensorSet.from_manifest(m.iloc[:0], 32)
+    on_default = classifier.TensorSet.from_manifest(m, 32)       # no device given: accelerate's pick
+    assert on_default.x.device.type == compute.device().type and torch.equal(on_default.x.cpu(), data.x)
 
 
 def test_each_class_has_its_own_output_and_the_binary_score_normalises_them():
