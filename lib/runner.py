@@ -88,8 +88,9 @@ def run_id(cfg: config.Config, overrides: dict | None = None) -> str:
 
 
 def params_hash(cfg: config.Config) -> str:
-    # The mixing section is read only by notebook 07, over finished runs (lib/mixing.py): it names no run.
-    return cfg.section_hash(*(k for k in cfg.to_dict() if k != "mixing"))
+    # The mixing and transfer sections are read only by notebooks 07 and 08, over finished runs (lib/mixing.py,
+    # lib/transfer.py): they name no run.
+    return cfg.section_hash(*(k for k in cfg.to_dict() if k not in ("mixing", "transfer")))
 
 
 # ------------------------------------------------------------------------------- notebooks

@@ -5,7 +5,9 @@ Methods are named ``random``, ``textbook`` or ``<algorithm>-<embedding>`` (``spe
 textbook cases): it draws at random from the typical cases of the pool only, PA views with no finding
 or exactly one. The thesis's method takes the same number of images from each cluster of a label,
 duplicating images at random where a cluster is short (Experiments 3-4); each selected row records its
-cluster and whether it is a duplicate. Rows come only from the stage-01 tuning pool.
+cluster and whether it is a duplicate. Rows come only from the stage-01 tuning pool, except for ``external``
+(the thesis's real Experiment 5: a folder of unlabelled images pseudo-labelled by a classifier trained on
+the real training pool, lib/external.py), whose rows also record each pseudo-label's confidence.
 """
 from __future__ import annotations
 
@@ -30,12 +32,13 @@ class SelectionError(ValueError):
 
 
 def parse_method(method: str) -> tuple[str | None, str | None]:
-    """'random' and 'textbook' -> (None, None); 'spectral-clip' -> ('spectral', 'clip')."""
-    if method in ("random", "textbook"):
+    """'random', 'textbook' and 'external' -> (None, None); 'spectral-clip' -> ('spectral', 'clip')."""
+    if method in ("random", "textbook", "external"):
         return None, None
     algo, _, kind = method.partition("-")
     if algo not in ALGORITHMS or kind not in embeddings.KINDS:
-        raise SelectionError(f"unknown selection method {method!r}; use 'random', 'textbook' or <algorithm>-<embedding> "
+        raise SelectionError(f"unknown selection method {method!r}; use 'random', 'textbook', 'external' or "
+                             "<algorithm>-<embedding> "
                              f"with algorithm in {ALGORITHMS} and embedding in {embeddings.KINDS}.")
     return algo, kind
 
@@ -165,6 +168,10 @@ def run(cfg: Config, out_dir, runs_root=None, progress: bool = True) -> dict:
             ids, q = method_clusters(cfg, pool, method, out_dir, progress)
             quality.append(q)
         target = out_dir / f"tuning_{method}.csv"
+        if method == "external":          # its own pool: the confident pseudo-labelled images
+            candidates, chosen = _external(cfg, out_dir, target, runs_root, progress)
+            summaries.append(summarise(method, candidates, None, chosen))
+            continue
         if target.exists():
             chosen = read_tuning_set(target)
         else:
@@ -179,6 +186,18 @@ def run(cfg: Config, out_dir, runs_root=None, progress: bool = True) -> dict:
     kinds = sorted({parse_method(m)[1] for m in sel.methods} - {None})
     atomic.write_json(out_dir / "embeddings.json", {k: embeddings.describe(k, cfg.embedding) for k in kinds})
     return {"pool": pool, "summary": summary, "quality": quality_df}
+
+
+def _external(cfg: Config, out_dir: Path, target: Path, runs_root, progress: bool):
+    """(the confident external images, the external tuning set), written once and then read back."""
+    from . import external
+
+    if target.exists() and (out_dir / "external_labels.csv").exists():
+        labels = pd.read_csv(out_dir / "external_labels.csv", dtype={"patient": str})
+        return labels[labels["kept"]].reset_index(drop=True), read_tuning_set(target)
+    candidates, chosen = external.tuning_set(cfg, out_dir, runs_root, progress)
+    atomic.write_csv(target, chosen)
+    return candidates, chosen
 
 
 def read_tuning_set(path) -> pd.DataFrame:

@@ -38,6 +38,10 @@ _SIDE = {"05_real_baseline": ["seed", "data", "pools", "classifier"]}
 _MIXING = {"07_brackets": ["mixing.brackets"], "07_ratios": ["mixing.ratios", "mixing.total_per_class"],
            "07_oversampling": ["mixing.brackets"]}
 _REAL_ONLY = ("07_oversampling",)
+# The source x target matrix (lib/transfer.py, notebook 08): one stage per set, holding its train/test split
+# and the classifier trained on it; the real pools' own stage reads stage 01 alone.
+_TRANSFER = {"08_transfer": ["transfer.n_train_per_class", "transfer.n_test"],
+             "08_transfer_real": ["transfer.n_train_per_class", "transfer.n_test"]}
 # A reference generator (lib.references) needs no tuning set and no fine-tuning: its stages skip 02-03.
 _REFERENCE_SKIPS = ["embedding", "cluster", "selection", "model", "finetune", "gating"]
 # Fidelity extractors that read the embedding section (lib.features): a reference's stage 05 keeps it then.
@@ -52,8 +56,13 @@ def sections(stage: str, reference: bool = False) -> list[str]:
         reads = list(_SIDE["05_real_baseline"]) if stage in _REAL_ONLY else \
             sections("04_generation", reference) + ["classifier"]
         return reads + _MIXING[stage]
+    if stage in _TRANSFER:
+        reads = list(_SIDE["05_real_baseline"]) if stage == "08_transfer_real" else \
+            sections("04_generation", reference) + ["classifier"]
+        return reads + _TRANSFER[stage]
     if stage not in _OWN:
-        raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(ORDER + list(_SIDE) + list(_MIXING))}")
+        raise KeyError(f"unknown stage {stage!r}; stages are "
+                       f"{', '.join(ORDER + list(_SIDE) + list(_MIXING) + list(_TRANSFER))}")
     out: list[str] = []
     for s in ORDER[: ORDER.index(stage) + 1]:
         out += _OWN[s]
@@ -71,7 +80,14 @@ def key(cfg: Config, stage: str, data: str | None = None) -> str:
     secs = sections(stage, is_reference(cfg))
     if "fidelity" in secs and "embedding" not in secs and cfg.fidelity.extractor in _EMBEDDING_EXTRACTORS:
         secs.append("embedding")        # the features of a reference's fidelity metrics depend on it
+    external = "selection" in secs and "external" in cfg.selection.methods
+    if external and "classifier" not in secs:
+        secs.append("classifier")       # the external set's pseudo-labeller is trained in stage 02
     base = _keyed(cfg).section_hash(*secs)
+    if external:                        # and its images are data: changed files make a new stage
+        from .external import folder_fingerprint
+
+        base = hashlib.sha256(f"{base}|{folder_fingerprint(cfg.selection.external_dir)}".encode()).hexdigest()[:10]
     # Real data that changed on disk (images, CSV) under the same parameters is new data too.
     data = data or _data_fingerprint(cfg)
     if data:
@@ -202,7 +218,7 @@ def upstream(cfg: Config, stage: str) -> list[str]:
 
     ref = is_reference(cfg)
     mine = set(sections(stage, ref))
-    pool = [*ORDER[:4], *_SIDE] if stage in _MIXING else [*ORDER[:-1], *_SIDE]   # 07_*: not stage 05's matrix
+    pool = [*ORDER[:4], *_SIDE] if stage in _MIXING or stage in _TRANSFER else [*ORDER[:-1], *_SIDE]   # 07/08: not 05
     return [u for u in pool if u != stage and set(sections(u, ref)) <= mine]
 
 

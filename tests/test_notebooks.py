@@ -18,8 +18,9 @@ def test_notebook_is_committed_without_outputs_and_has_a_parameters_cell(path):
 
 
 def test_there_is_one_notebook_per_stage():
-    # 01-06: the pipeline (lib.stages.ORDER); 07: the mixing experiments over finished runs (lib/mixing.py)
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
+    # 01-06: the pipeline (lib.stages.ORDER); 07: the mixing experiments over finished runs (lib/mixing.py);
+    # 08: the source x target matrix (lib/transfer.py)
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
 
 
 # ---------------------------------------------------------------------- one run configuration (issue 14)
