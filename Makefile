@@ -5,15 +5,14 @@ STAMP   := .venv/.installed
 PARAMS  ?= params/demo.yaml
 SWEEP   ?= params/sweeps/demo.yaml
 
-.PHONY: setup test demo study lab run sweep bench
+.PHONY: setup test demo study lab run sweep bench board rehearse
 
 setup: $(STAMP)
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'synth_suite.pth').write_text('$(CURDIR)\n')"
-	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (synth-suite)" >/dev/null
+	$(PY) -m lib.setup_env --name $(KERNEL) >/dev/null   # lib importable (.pth) + the kernel; conda: see README
 	touch $(STAMP)
 
 # Unit tests, then every notebook run as stored (smoke parameters) through nbval, in a runs root of their
@@ -43,13 +42,24 @@ study: $(STAMP)
 run: $(STAMP)
 	$(PY) -m lib.runner $(PARAMS) $(foreach s,$(SET),--set $(s))
 
-# A sweep: make sweep SWEEP=params/sweeps/threshold.yaml [JOBS=2] [DRY=1]
+# A sweep: make sweep SWEEP=params/sweeps/threshold.yaml [JOBS=2] [DRY=1] [EXECUTOR=slurm|submitit-local|ray|...]
 sweep: $(STAMP)
-	$(PY) -m lib.sweeps $(SWEEP) $(if $(JOBS),--jobs $(JOBS)) $(if $(DRY),--dry-run)
+	$(PY) -m lib.sweeps $(SWEEP) $(if $(JOBS),--jobs $(JOBS)) $(if $(DRY),--dry-run) $(if $(EXECUTOR),--executor $(EXECUTOR))
 
 # Speed and memory comparisons, printed side by side (not tests).
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# The thesis path (params/thesis.yaml + size overrides) on the CPU with random SD1.5-size models: peak memory
+# and step time per part, written to benchmarks/results/rehearse_thesis.txt (~30-40 min on 2 cores, ~15 GiB free
+# for full fine-tuning, else it is skipped with the number). Not a test. REHEARSE="--skip-full" to leave it out.
+rehearse: $(STAMP)
+	$(PY) benchmarks/rehearse_thesis.py $(REHEARSE)
+
 lab: $(STAMP)
 	.venv/bin/jupyter lab --notebook-dir=.
+
+# Live stage-03 training logs (loss, gate scores, skips, validation images) of every run under runs/ (or
+# LOGDIR=...): each stage-03 folder's tb/ (lib/tracking.py). Open the printed address, by default localhost:6006.
+board: $(STAMP)
+	.venv/bin/tensorboard --logdir $(or $(LOGDIR),runs)

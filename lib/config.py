@@ -75,6 +75,9 @@ class SelectionConfig:
     methods: list[str] = field(default_factory=lambda: ["random", "spectral-pixel", "spectral-clip"])
     per_label: int = 100                    # tuning images per label (thesis: 500 and 1,000)
     quota: Literal["equal", "proportional"] = "equal"   # equal: same count per cluster, duplicates if short
+    external_dir: Optional[str] = None      # method "external": a folder of unlabelled images (e.g. textbook cases),
+                                            # pseudo-labelled by a classifier trained on the real training pool
+    pseudo_label_threshold: float = 0.8     # external: images whose pseudo-label confidence is below it are dropped
 
 
 @dataclass
@@ -119,6 +122,9 @@ class FinetuneConfig:
     validation_steps: int = 20              # DPM-Solver steps for validation and class images
     validation_guidance: float = 3.0
     cpu_threads: Optional[int] = None       # torch CPU threads while training; None = torch's default
+    num_processes: int = 1                  # > 1: notebook 03 hands training to `accelerate launch` (lib/multiprocess.py);
+                                            # same global batches and gate decisions, so no stage key holds it
+    tensorboard: bool = True                # live logs in <stage 03>/tb/ (lib/tracking.py; `make board`); no key holds it
 
 
 @dataclass
@@ -216,6 +222,19 @@ class MixingConfig:
 
 
 @dataclass
+class TransferConfig:
+    """The source x target matrix (lib/transfer.py, notebook 08, seed 002's Tables 5.8-5.14): train on each set,
+    test on every set; the diagonal trains and tests on disjoint parts of one set."""
+    sets: list[str] = field(default_factory=lambda: ["real", "real-holdout", "synthetic"])  # "real" (the real
+    #                                       pools), a reference kind of generation.kind, or "synthetic" (this point's
+    #                                       stage 04)
+    n_train_per_class: Optional[int] = None  # each source's training split per class; None = classifier.n_train_per_class
+    n_test: Optional[int] = None            # each target's test split; None = classifier.n_test
+    reference_n_per_label: Optional[int] = None  # images per class of a reference set built for the matrix;
+    #                                       None = generation.n_per_label
+
+
+@dataclass
 class Config:
     experiment: str = "demo"
     seed: int = 0
@@ -231,6 +250,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     mixing: MixingConfig = field(default_factory=MixingConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -239,6 +259,11 @@ class Config:
         """Short stable hash of the named sections (top-level keys allowed, and dotted fields such as
         ``mixing.brackets``), for cache and stage keys."""
         d = self.to_dict()
+        if "external" not in self.selection.methods:   # unused external settings stay out of every key
+            for name in ("external_dir", "pseudo_label_threshold"):
+                d["selection"].pop(name)
+        for name in ("num_processes", "tensorboard"):   # how stage 03 runs and logs, not what it computes
+            d["finetune"].pop(name)
 
         def pick(name: str):
             node = d
@@ -391,6 +416,7 @@ def _validate_ranges(cfg: Config) -> None:
     _validate_reference(cfg)
     _validate_fidelity(cfg)
     _validate_mixing(cfg)
+    _validate_transfer(cfg)
 
 
 def _validate_backbone(cfg: Config) -> None:
@@ -421,6 +447,22 @@ def _validate_mixing(cfg: Config) -> None:
     if m.total_per_class is not None and m.total_per_class < 2:
         raise ParamError(f"mixing.total_per_class = {m.total_per_class} must be at least 2 (or null for "
                          "classifier.n_train_per_class).")
+
+
+def _validate_transfer(cfg: Config) -> None:
+    """The transfer section: known, distinct set names and positive sizes (lib/transfer.py)."""
+    t = cfg.transfer
+    kinds = [k for k in typing.get_args(typing.get_type_hints(GenerationConfig)["kind"]) if k != "diffusion"]
+    allowed = ["real", "synthetic"] + kinds
+    bad = [s for s in t.sets if s not in allowed]
+    if bad or not t.sets or len(set(t.sets)) != len(t.sets):
+        raise ParamError(f"transfer.sets = {t.sets}: name distinct sets among {', '.join(allowed)}."
+                         f"{did_you_mean(bad[0], allowed) if bad else ''}")
+    for key, default in (("n_train_per_class", "classifier.n_train_per_class"), ("n_test", "classifier.n_test"),
+                         ("reference_n_per_label", "generation.n_per_label")):
+        v = getattr(t, key)
+        if v is not None and v < 2:
+            raise ParamError(f"transfer.{key} = {v} must be at least 2 (or null for {default}).")
 
 
 def _validate_fidelity(cfg: Config) -> None:
@@ -489,6 +531,13 @@ def _validate_finetune(cfg: Config) -> None:
         raise ParamError(f"gating.resolution = {g.resolution} must be a multiple of 8 (>= 16), or null.")
     if f.cpu_threads is not None and f.cpu_threads < 1:
         raise ParamError(f"finetune.cpu_threads = {f.cpu_threads} must be at least 1 (or null).")
+    if f.num_processes < 1:
+        raise ParamError(f"finetune.num_processes = {f.num_processes} must be at least 1 (1 trains in the notebook's "
+                         "own process; more hand off to `accelerate launch`).")
+    if f.num_processes > f.batch_size:
+        raise ParamError(f"finetune.num_processes = {f.num_processes} exceeds finetune.batch_size = {f.batch_size}: "
+                         "each process trains on its share of every batch, so some would get none. Use at most "
+                         f"{f.batch_size} processes or a larger batch.")
 
 
 def _validate_selection(cfg: Config) -> None:
@@ -501,7 +550,8 @@ def _validate_selection(cfg: Config) -> None:
     if c.n_neighbors < 2 or c.exact_below < 0 or c.pca_dims < 0 or c.silhouette_sample < 10:
         raise ParamError("cluster.n_neighbors >= 2, cluster.exact_below >= 0, cluster.pca_dims >= 0 and "
                          "cluster.silhouette_sample >= 10 are required.")
-    allowed = ["random", "textbook"] + [f"{a}-{k}" for a in ("spectral", "kmeans") for k in ("pixel", "clip", "xrv")]
+    allowed = ["random", "textbook", "external"] + [f"{a}-{k}" for a in ("spectral", "kmeans")
+                                                    for k in ("pixel", "clip", "xrv")]
     bad = [m for m in s.methods if m not in allowed]
     if bad or not s.methods:
         raise ParamError(f"selection.methods = {s.methods}: use one or more of {', '.join(allowed)}.")
@@ -509,7 +559,18 @@ def _validate_selection(cfg: Config) -> None:
     if tuned and cfg.finetune.method not in s.methods:
         raise ParamError(f"finetune.method = {cfg.finetune.method!r} is not among selection.methods = {s.methods}, "
                          "so stage 02 would write no tuning set for it; add it there or pick one of those.")
-    if s.quota == "equal" and s.per_label < c.k and any(m != "random" for m in s.methods):
+    if not 0.5 <= s.pseudo_label_threshold <= 1.0:
+        raise ParamError(f"selection.pseudo_label_threshold = {s.pseudo_label_threshold} must be in [0.5, 1.0]: "
+                         "it is the least confidence (the larger class output, normalised) an external image's "
+                         "pseudo-label needs; 0.5 keeps every image.")
+    if "external" in s.methods and not s.external_dir:
+        raise ParamError("selection.methods lists 'external' but selection.external_dir is not set: give the folder "
+                         "of unlabelled images (e.g. textbook cases) to pseudo-label.")
+    if s.external_dir and "external" not in s.methods:
+        raise ParamError(f"selection.external_dir = {s.external_dir!r} is read only by the 'external' selection "
+                         "method; add 'external' to selection.methods or remove the folder.")
+    if s.quota == "equal" and s.per_label < c.k and any(m not in ("random", "textbook", "external")
+                                                        for m in s.methods):
         raise ParamError(f"selection.per_label = {s.per_label} < cluster.k = {c.k} gives a quota of 0 per "
                          "cluster; raise selection.per_label to at least cluster.k or lower cluster.k.")
 
