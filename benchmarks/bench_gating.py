@@ -1,16 +1,23 @@
 """Cost and fidelity of the cheap gate, side by side in one run on the same model and steps.
 
 1. Wall time of training with gating vs without (same batches; ratio, goal <= 1.25x), and the gate's
-   pure cost (gate computed at every gate point, every batch trained).
+   pure cost (gate computed at every gate point, every batch trained). CPU time is printed beside it:
+   on a shared machine it does not move with the other processes' load.
 2. Agreement of the decisions the cheap gate took (few-step DPM-Solver, small n, fresh samples every k
    batches) with those of a naive full-step oracle (n = batch size, 50 DDIM steps, full resolution)
-   scored at every batch on the same model states (goal >= 90%). Both sides use the same rule (quantile
-   mode: the rolling window and skip budget of lib.gating.Decider; the first warmup_batches are left
-   out, since neither side skips them; absolute mode: gating.threshold).
+   scored at every batch on the same model states. Both sides use the same rule (quantile mode: the
+   rolling window and skip budget of lib.gating.Decider; the first warmup_batches are left out, since
+   neither side skips them; absolute mode: gating.threshold, every batch counts).
 3. The naive oracle against itself with another noise seed: how far any gate's decisions can agree
-   at all when scores near the threshold are this noisy.
+   at all when scores near the threshold are this noisy. Goal: agreement >= 95% of this self-agreement,
+   over at least 100 decisions; the last line prints the figures side by side.
 
-    .venv/bin/python benchmarks/bench_gating.py [--params params/demo.yaml] [--steps 40] [--set gating.every_k=1]
+    .venv/bin/python benchmarks/bench_gating.py [--params params/demo.yaml] [--steps 600] [--every-k 1]
+        [--oracle-steps 50] [--oracle-every 5] [--set gating.n_images=8]
+--steps defaults to the parameter file's finetune.steps (demo: 600 batches). Every batch is a decision; the
+oracle (two 50-step draws of 16 images, ~8 s a batch on one CPU thread) is scored at every --oracle-every-th
+batch, so e.g. 600 steps with --oracle-every 5 compare 120 decisions across the whole run.
+The record of a run: benchmarks/results/bench_gating_offline_clip.txt.
 Needs stages 01-02 finished for the parameter file (notebooks 01-02).
 """
 from __future__ import annotations
@@ -18,96 +25,200 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from lib import config, diffusion_model, dreambooth, gating, runner
+from lib import compute, config, dreambooth, gating, runner
 
 
-def oracle_fn(cfg, embed, repeat: dict | None = None):
-    """Naive Algorithm 1: one image per batch item, 50 DDIM steps, full resolution. With ``repeat``, the
-    same gate is also drawn from a second noise seed (stored there by step): the naive gate's own
-    run-to-run agreement, the ceiling for any cheaper gate."""
+def oracle_fn(cfg, embed, store: dict, steps: int = 50):
+    """Naive Algorithm 1: one image per batch item, ``steps`` (50) DDIM steps, full resolution, drawn from
+    two noise seeds: ``store[step]`` = (first draw's vectors, second draw's, the batch's data vectors). The
+    second draw gives the naive gate's own run-to-run agreement, the ceiling for any cheaper gate."""
     from diffusers import DDIMScheduler
 
-    def draw(step, pipe, prompts, vectors, seed):
+    def draw(pipe, prompts, seed):
         sched = DDIMScheduler.from_config(pipe.scheduler.config)
-        imgs = gating.generate(pipe, prompts, 50, cfg.model.resolution, seed, cfg.gating.guidance_scale, sched)
-        return gating.score(embed(imgs), vectors, cfg.gating.aggregation)
+        return embed(gating.generate(pipe, prompts, steps, cfg.model.resolution, seed, cfg.gating.guidance_scale, sched))
 
     def score(step, pipe, prompts, vectors):
-        if repeat is not None:
-            repeat[step] = draw(step, pipe, prompts, vectors, cfg.seed * 100003 + step + 7919)
-        return draw(step, pipe, prompts, vectors, cfg.seed * 100003 + step)
+        seed = cfg.seed * 100003 + step
+        store[step] = (draw(pipe, prompts, seed), draw(pipe, prompts, seed + 7919), np.asarray(vectors))
+        return gating.score(store[step][0], vectors, cfg.gating.aggregation)
     return score
 
 
-def train(cfg, runs_root, oracle: bool = False, repeat: dict | None = None, **fit):
+@dataclass
+class Variant:
+    """Another cheap gate, scored in the shadow of the gated run: same model states, its decisions not taken."""
+
+    label: str
+    cfg: config.Config
+    rows: dict = field(default_factory=dict)     # step -> its gate row
+
+
+def train(cfg, runs_root, oracle: dict | None = None, oracle_steps: int = 50, oracle_every: int = 1,
+          variants: list | None = None, **fit):
+    """(wall seconds, CPU seconds, fit summary, gating rows) of one fine-tuning run. With ``oracle`` (a dict
+    filled by oracle_fn), the naive oracle is drawn at every ``oracle_every``-th batch and each variant's
+    gate at every batch, all left out of both clocks."""
     df = dreambooth.tuning_set(cfg, runs_root)
     embed, vecs = dreambooth.data_vectors(cfg, df, progress=False)
-    if oracle:
-        fit["oracle"] = oracle_fn(cfg, embed, repeat)
-    with tempfile.TemporaryDirectory() as tmp, diffusion_model.cpu_threads(cfg.finetune.cpu_threads):
+    cpu_oracle = [0.0]
+    if oracle is not None:
+        naive = oracle_fn(cfg, embed, oracle, oracle_steps)
+        shadows = []
+        for v in variants or []:
+            gate = gating.Gate(v.cfg.gating, embed, cfg.model.resolution, cfg.seed)
+            gate.decider.warn = False
+            shadows.append((v, gate))
+
+        def hook(step, pipe, prompts, vectors):
+            c = time.process_time()
+            try:
+                for v, gate in shadows:
+                    v.rows[step] = gate(step, pipe, prompts, vectors)
+                return None if step % oracle_every else naive(step, pipe, prompts, vectors)
+            finally:
+                cpu_oracle[0] += time.process_time() - c
+        fit["oracle"] = hook
+    with tempfile.TemporaryDirectory() as tmp, compute.cpu_threads(cfg.finetune.cpu_threads):
         tr = dreambooth.Trainer(cfg, tmp, df, progress=False, embed=embed, data_vectors=vecs)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = tr.fit(resume=False, **fit)
         wall = time.perf_counter() - t0 - sum(r.get("oracle_seconds", 0.0) for r in tr.gating_rows)
-        return wall, out, tr.gating_rows
+        cpu = time.process_time() - c0 - cpu_oracle[0]
+        return wall, cpu, out, tr.gating_rows
 
 
 def oracle_decisions(scores, cfg) -> np.ndarray:
     """The naive gate's decisions under the same rule as the cheap gate (quantile mode: calibrated on
     its own first warmup_batches scores, nothing skipped before)."""
-    decider = gating.Decider(cfg.gating)
+    decider = gating.Decider(cfg.gating, warn=False)
     return np.array([decider.decide(s)[0] for s in scores])
+
+
+def kappa(a, b) -> float:
+    """Cohen's kappa of two boolean decision series: agreement beyond what their skip rates give by chance."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    pe = a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean())
+    return float(((a == b).mean() - pe) / (1 - pe)) if pe < 1 else float("nan")
+
+
+def compare(cfg, taken, store: dict, steps: list, warm: int) -> dict:
+    """A gate's decisions ``taken`` at ``steps`` against the naive oracle's under cfg's rule and aggregation,
+    and the oracle against itself (its second draw)."""
+    g = cfg.gating
+    naive = np.array([gating.score(store[s][0], store[s][2], g.aggregation) for s in steps])
+    again = np.array([gating.score(store[s][1], store[s][2], g.aggregation) for s in steps])
+    d_naive, d_again = oracle_decisions(naive, cfg)[warm:], oracle_decisions(again, cfg)[warm:]
+    taken = np.asarray(taken, bool)[warm:]
+    agree, self_agree = float((taken == d_naive).mean()), float((d_again == d_naive).mean())
+    return {"n": len(taken), "agree": agree, "self": self_agree, "ratio": agree / max(self_agree, 1e-9),
+            "kappa": kappa(taken, d_naive), "kappa_self": kappa(d_again, d_naive), "skip": float(taken.mean()),
+            "skip_naive": float(d_naive.mean()), "naive": naive, "again": again, "same": taken == d_naive}
+
+
+def describe(g, short: bool = False) -> str:
+    rule = f"threshold {g.threshold:g}" if g.mode == "absolute" else f"quantile, skip_fraction {g.skip_fraction:g}"
+    if short:
+        rule = f"thr {g.threshold:g}" if g.mode == "absolute" else f"q {g.skip_fraction:g}"
+        return f"n={g.n_images} steps={g.sampler_steps} k={g.every_k} {g.aggregation} {rule}" + (
+            f" {g.resolution}px" if g.resolution else "")
+    return (f"n={g.n_images}, {g.sampler_steps} DPM-Solver steps, fresh every {g.every_k} batches, {g.aggregation}, {rule}"
+            + (f", {g.resolution} px" if g.resolution else ""))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", default="params/demo.yaml")
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=None, help="batches (= gate decisions); default finetune.steps")
+    ap.add_argument("--every-k", type=int, default=None, help="fresh gate samples every k batches (gating.every_k)")
+    ap.add_argument("--oracle-steps", type=int, default=50, help="DDIM steps of the naive oracle (50: Algorithm 1 as written)")
+    ap.add_argument("--oracle-every", type=int, default=1, help="score the oracle at every m-th batch only (the "
+                    "decisions compared); take m prime to every_k so that fresh and reused gates are both sampled")
+    ap.add_argument("--variant", action="append", metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="another cheap gate scored beside the run's on the same model states (its decisions are "
+                         "compared, not taken), e.g. gating.n_images=16,gating.every_k=8; repeatable")
     ap.add_argument("--runs-root", default="runs")
-    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="gate variant, e.g. gating.every_k=1")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="the run's gate, e.g. gating.n_images=8")
     a = ap.parse_args()
-    over = {"finetune.steps": a.steps, "finetune.validation_images": 0, "finetune.checkpoint_every": 10 ** 6,
-            **runner.parse_sets(a.set)}
+    over = {"finetune.validation_images": 0, "finetune.checkpoint_every": 10 ** 6, **runner.parse_sets(a.set)}
+    if a.steps is not None:
+        over["finetune.steps"] = a.steps
+    if a.every_k is not None:
+        over["gating.every_k"] = a.every_k
     plain = config.load(a.params, {**over, "gating.enabled": False})
     gated = config.load(a.params, {**over, "gating.enabled": True})
-    g = gated.gating
-    print(f"model {plain.model.base} at {plain.model.resolution} px, {a.steps} batches of {plain.finetune.batch_size}; "
-          f"gate: n={g.n_images}, {g.sampler_steps} DPM-Solver steps, every {g.every_k} batches, "
-          f"resolution {g.resolution or plain.model.resolution}, {g.mode} mode")
-    w_plain, _, _ = train(plain, a.runs_root)
-    w_dry, _, _ = train(gated, a.runs_root, dry_gate=True)
-    repeat: dict = {}
-    w_gated, s_gated, rows = train(gated, a.runs_root, oracle=True, repeat=repeat)
-    pts = [r for r in rows if "oracle_score" in r]
-    cheap, naive = np.array([r["score"] for r in pts]), np.array([r["oracle_score"] for r in pts])
+    variants = [Variant(v, config.load(a.params, {**over, "gating.enabled": True, **runner.parse_sets(v.split(","))}))
+                for v in a.variant or []]
+    g, steps = gated.gating, gated.finetune.steps
+    emb = gated.embedding
+    print(f"model {plain.model.base} at {plain.model.resolution} px, {steps} batches of {plain.finetune.batch_size}; "
+          f"CLIP {emb.clip_model} ({emb.clip_pretrained or 'random weights'}); gate: {describe(g)}, resolution "
+          f"{g.resolution or plain.model.resolution}; oracle: n={plain.finetune.batch_size}, {a.oracle_steps} DDIM steps"
+          + (f", every {a.oracle_every} batches" if a.oracle_every > 1 else ""))
+    w_plain, c_plain, _, _ = train(plain, a.runs_root)
+    w_dry, c_dry, _, _ = train(gated, a.runs_root, dry_gate=True)
+    store: dict = {}
+    w_gated, c_gated, s_gated, rows = train(gated, a.runs_root, oracle=store, oracle_steps=a.oracle_steps,
+                                            oracle_every=a.oracle_every, variants=variants)
+    pts = [r for r in rows if r.get("oracle_score") is not None]
+    at = [r["step"] for r in pts]
+    # nobody skips during calibration (quantile mode; with --oracle-every m the oracle's window spans m x the batches)
+    warm = -(-g.warmup_batches // a.oracle_every) if g.mode == "quantile" else 0
+    cheap = np.array([r["score"] for r in pts])
     taken = np.array([r["skipped"] for r in pts])               # the decisions the cheap gate took
-    same = taken == oracle_decisions(naive, gated)
-    warm = g.warmup_batches if g.mode == "quantile" else 0      # nobody skips during calibration
+    main_ = compare(gated, taken, store, at, warm)
+    naive, again, same = main_["naive"], main_["again"], main_["same"]
     fresh = np.array([r["generated"] for r in pts])
-    naive_s = float(np.mean([r["oracle_seconds"] for r in pts])) / 2     # two naive draws per batch
-    again = oracle_decisions([repeat[r["step"]] for r in pts], gated)
-    self_agree = (again == oracle_decisions(naive, gated))[warm:].mean()
+    naive_s = float(np.mean([r["oracle_seconds"] for r in pts])) / 2     # two naive draws per batch (+ variants)
     cheap_s = float(np.mean([r["seconds"] for r in pts if r["generated"]]))
     print(f"wall time  ungated {w_plain:6.1f} s | gate computed, all batches trained {w_dry:6.1f} s "
           f"(ratio {w_dry / w_plain:.2f}x) | gated with skipping {w_gated:6.1f} s (ratio {w_gated / w_plain:.2f}x, "
           f"skip rate {s_gated['skip_rate']:.0%})")
+    print(f"CPU time   ungated {c_plain:6.1f} s | gate computed, all batches trained {c_dry:6.1f} s "
+          f"(ratio {c_dry / c_plain:.2f}x) | gated with skipping {c_gated:6.1f} s (ratio {c_gated / c_plain:.2f}x)")
     print(f"one gate: cheap {cheap_s:.2f} s vs naive full-step {naive_s:.2f} s ({naive_s / max(cheap_s, 1e-9):.0f}x); "
-          f"naive gating at every batch would cost ~{(w_plain + a.steps * naive_s) / w_plain:.1f}x the ungated run")
-    split = ", ".join(f"{same[warm:][m].mean():.0%} where the cheap gate {what} ({m.sum()} batches)"
-                      for m, what in ((fresh[warm:], "drew fresh samples"), (~fresh[warm:], "reused them")) if m.any())
-    print(f"agreement of the decisions taken with the naive oracle's: {same[warm:].mean():.0%} of the "
-          f"{len(pts) - warm} batches after calibration ({split}); "
-          f"oracle skip rate {oracle_decisions(naive, gated)[warm:].mean():.0%} vs cheap {taken[warm:].mean():.0%}")
-    print(f"the naive oracle against itself (another noise seed, same model states): {self_agree:.0%} agreement "
-          "after calibration, the ceiling for any cheaper gate with this embedder")
+          f"naive gating at every batch would cost ~{(w_plain + steps * naive_s) / w_plain:.1f}x the ungated run")
+    q = lambda v: "/".join(f"{x:.3f}" for x in np.quantile(v, [0.05, 0.5, 0.95]))  # noqa: E731
+    print(f"scores q05/q50/q95: cheap {q(cheap)}, naive {q(naive)}, naive again {q(again)}")
+    split = ", ".join(f"{same[m[warm:]].mean():.0%} where the cheap gate {what} ({m[warm:].sum()} batches)"
+                      for m, what in ((fresh, "drew fresh samples"), (~fresh, "reused them")) if m[warm:].any())
+    print(f"agreement of the decisions taken with the naive oracle's: {main_['agree']:.0%} of the "
+          f"{main_['n']} batches{' after calibration' if warm else ''} ({split}); "
+          f"oracle skip rate {main_['skip_naive']:.0%} vs cheap {main_['skip']:.0%}")
+    print(f"the naive oracle against itself (another noise seed, same model states): {main_['self']:.0%} agreement"
+          f"{' after calibration' if warm else ''}, the ceiling for any cheaper gate with this embedder")
     rho = spearmanr(cheap, naive).statistic if len(pts) > 2 else float("nan")
-    rho_self = spearmanr(naive, [repeat[r["step"]] for r in pts]).statistic if len(pts) > 2 else float("nan")
+    rho_self = spearmanr(naive, again).statistic if len(pts) > 2 else float("nan")
     print(f"score rank correlation over all {len(pts)} batches: cheap vs naive {rho:.2f}, naive vs naive {rho_self:.2f}")
+    print(f"chance-corrected (Cohen's kappa; agreement is high by itself when either side rarely skips): cheap vs "
+          f"naive {main_['kappa']:+.2f}, naive vs naive {main_['kappa_self']:+.2f}")
+    if variants:
+        per_batch = s_gated["train_seconds"] / max(s_gated["trained"], 1)    # one trained batch, in this run
+        print(f"\nother cheap gates on the same model states (decisions compared, not taken; wall ratio estimated as "
+              f"1 - skip rate + gate seconds per batch / {per_batch:.3f} s, a trained batch in this run):")
+        print(f"  {'gate':44s}  agree   self  ratio  kappa/self  skip/oracle  s/batch  est. wall")
+        est = lambda secs, skip: 1 - skip + np.mean(secs) / per_batch  # noqa: E731
+        lines = [("(run) " + describe(g, True), main_, [r["seconds"] for r in rows], s_gated["skip_rate"])]
+        for v in variants:
+            vr = [v.rows[s] for s in sorted(v.rows)]
+            vw = -(-v.cfg.gating.warmup_batches // a.oracle_every) if v.cfg.gating.mode == "quantile" else 0
+            lines.append((describe(v.cfg.gating, True), compare(v.cfg, [v.rows[s]["skipped"] for s in at], store, at, vw),
+                          [r["seconds"] for r in vr], float(np.mean([r["skipped"] for r in vr]))))
+        for name, c, secs, skip in lines:
+            print(f"  {name:44s} {c['agree']:6.1%} {c['self']:6.1%} {c['ratio']:6.3f}  {c['kappa']:+.2f}/{c['kappa_self']:+.2f}"
+                  f"   {c['skip']:4.0%}/{c['skip_naive']:4.0%}    {np.mean(secs):6.3f}  {est(secs, skip):.2f}x "
+                  f"(all trained {est(secs, 0):.2f}x)")
+    agree, n = main_["agree"], main_["n"]
+    print(f"\nSUMMARY over {n} decisions ({g.mode} mode): agreement with the naive oracle {agree:.1%} | oracle "
+          f"self-agreement {main_['self']:.1%} | ratio {main_['ratio']:.3f} (goal >= 0.95) | wall time "
+          f"gated/ungated {w_gated / w_plain:.2f}x (goal <= 1.25; CPU time {c_gated / c_plain:.2f}x)"
+          + ("" if n >= 100 else f" | only {n} decisions: use --steps for at least 100"))
 
 
 if __name__ == "__main__":
