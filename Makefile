@@ -5,7 +5,7 @@ STAMP   := .venv/.installed
 PARAMS  ?= params/demo.yaml
 SWEEP   ?= params/sweeps/demo.yaml
 
-.PHONY: setup test demo study lab run sweep bench board rehearse
+.PHONY: setup test demo study lab run sweep bench board rehearse transfer
 
 setup: $(STAMP)
 
@@ -49,6 +49,13 @@ sweep: $(STAMP)
 # Speed and memory comparisons, printed side by side (not tests).
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The source x target matrix (notebook 08) on the demo: real phantoms, their real-holdout reference, the demo
+# point's synthetic set (spectral-CLIP, seed 0) and the random-tuning-set generator's. Needs make demo first.
+TRANSFER_RUNS ?= [runs/demo/random_n100_seed0]
+transfer: $(STAMP)
+	$(PY) -m papermill -k $(KERNEL) --cwd . notebooks/08_source_target.ipynb runs/demo/08_source_target.ipynb \
+		-p params_file params/demo.yaml -p figures_dir figures -y "runs: $(TRANSFER_RUNS)"
 
 # The thesis path (params/thesis.yaml + size overrides) on the CPU with random SD1.5-size models: peak memory
 # and step time per part, written to benchmarks/results/rehearse_thesis.txt (~30-40 min on 2 cores, ~15 GiB free
