@@ -28,15 +28,18 @@ class ParamError(ValueError):
 # --------------------------------------------------------------------------------------------- schema
 @dataclass
 class DataConfig:
-    source: Literal["phantom", "nih"] = "phantom"
+    source: Literal["phantom", "nih", "folder", "csv", "shapes"] = "phantom"   # folder/csv/shapes: lib/domains.py
     nih_root: Optional[str] = None          # folder holding images/ or images_0XX/images/
-    csv: Optional[str] = None               # Data_Entry_2017*.csv; None -> the copy torchxrayvision ships
+    csv: Optional[str] = None               # nih: Data_Entry_2017*.csv (None -> torchxrayvision's copy);
+                                            # csv: a table of path, label and an optional group id
+    folder: Optional[str] = None            # source folder: an ImageFolder, one sub-folder of images per class
+    classes: Optional[list[str]] = None     # folder/csv/shapes: the classes, in label-index order (None: all, sorted)
     views: list[str] = field(default_factory=lambda: ["PA", "AP"])
     official_split: bool = True             # honour train_val_list.txt / test_list.txt when present
     image_size: int = 64                    # size images are loaded at (and phantoms drawn at)
-    phantom_n: int = 2000                   # how many real metadata rows get a phantom
+    phantom_n: int = 2000                   # how many real metadata rows get a phantom (shapes: images in all)
     phantom_textbook: bool = False          # typical, single-finding, clean phantoms (Experiment 5)
-    phantom_seed: int = 0                   # the phantom data set's own seed (pools use the run seed)
+    phantom_seed: int = 0                   # the phantom (or shapes) data set's own seed (pools use the run seed)
     check_images: bool = True               # open every image once to exclude corrupt ones
     max_missing_fraction: float = 0.01      # more images named in the CSV but absent on disk stop curation
 
@@ -394,6 +397,7 @@ def _validate_ranges(cfg: Config) -> None:
         raise ParamError("selection.per_label must be at least 1 (a quota of 0 selects nothing).")
     if cfg.cluster.k < 1:
         raise ParamError("cluster.k must be at least 1.")
+    _validate_data(cfg)
     _validate_selection(cfg)
     _validate_finetune(cfg)
     g, c = cfg.generation, cfg.classifier
@@ -417,6 +421,29 @@ def _validate_ranges(cfg: Config) -> None:
     _validate_fidelity(cfg)
     _validate_mixing(cfg)
     _validate_transfer(cfg)
+
+
+def _validate_data(cfg: Config) -> None:
+    """Which keys each data source reads (lib/domains.py for folder, csv and shapes)."""
+    d = cfg.data
+    if d.source in ("phantom", "nih") and d.classes is not None:
+        raise ParamError(f"data.classes = {d.classes} is read by the folder, csv and shapes sources only; data.source "
+                         f"= {d.source!r} has the classes 'No Finding' and 'Unhealthy'. Remove data.classes.")
+    if d.classes is not None and (len(d.classes) < 2 or len(set(d.classes)) != len(d.classes)):
+        raise ParamError(f"data.classes = {d.classes} must name two or more distinct classes.")
+    if d.folder and d.source != "folder":
+        raise ParamError(f"data.folder = {d.folder!r} is only read by data.source = 'folder' (source is {d.source!r}).")
+    if d.source == "folder" and not d.folder:
+        raise ParamError("data.source = 'folder' needs data.folder: a folder with one sub-folder of images per class.")
+    if d.source == "csv" and not d.csv:
+        raise ParamError("data.source = 'csv' needs data.csv: a CSV with columns path, label and optionally group.")
+    if d.source == "shapes":
+        from .shapes import AVAILABLE
+
+        bad = sorted(set(d.classes or []) - set(AVAILABLE))
+        if bad:
+            raise ParamError(f"data.classes {bad} are not shapes; the shapes domain draws {AVAILABLE}."
+                             f"{did_you_mean(bad[0], AVAILABLE)}")
 
 
 def _validate_backbone(cfg: Config) -> None:

@@ -6,13 +6,14 @@ classifier) and ``test`` (the real test set). No patient is in two pools, checke
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import atomic, images, nih, paths, phantoms
+from . import atomic, domains, images, nih, paths, phantoms
 from .config import Config
 from .nih import DataError
 from .progress import tqdm
@@ -58,9 +59,11 @@ def data_root(cfg: Config, progress: bool = True) -> tuple[Path, Path | None]:
 
 
 def data_fingerprint(cfg: Config) -> str | None:
-    """For data.source nih, a fingerprint of the images and metadata curation reads (stage keys hold it);
-    None for phantoms, which their parameters and generator version fix."""
+    """For data.source nih, folder and csv, a fingerprint of the images and metadata curation reads (stage
+    keys hold it); None for phantoms and shapes, which their parameters and generator version fix."""
     d = cfg.data
+    if d.source in ("folder", "csv"):
+        return domains.fingerprint(cfg)
     if d.source != "nih":
         return None
     if not d.nih_root:
@@ -115,13 +118,29 @@ def label_table(meta: pd.DataFrame, views: list[str]) -> pd.DataFrame:
     return table
 
 
-def curate(cfg: Config, progress: bool = True) -> Curated:
-    """Find, label, check and hash every usable image of the configured source."""
+def generic_table(cfg: Config) -> tuple[pd.DataFrame, Path, list[str]]:
+    """A folder, csv or shapes source: (the rows whose file exists, the data's root, the missing paths)."""
+    listed = domains.read_source(cfg)
+    where = cfg.data.folder or cfg.data.csv or f"the {cfg.data.source} domain"
+    table = domains.label_table(listed, cfg.data.classes, str(where))
+    exists = np.array([Path(p).is_file() for p in table["path"]], dtype=bool)
+    root = Path(os.path.commonpath([str(Path(p).parent) for p in table["path"]]))
+    return table[exists].reset_index(drop=True), root, table.loc[~exists, "image_id"].tolist()
+
+
+def nih_table(cfg: Config, progress: bool) -> tuple[pd.DataFrame, Path, list[str]]:
+    """An NIH-layout source (real or phantom): metadata rows with their image files, and the missing ones."""
     root, csv = data_root(cfg, progress)
     meta = nih.read_metadata(csv if csv is not None else (root if any(root.glob("Data_Entry_2017*.csv*")) else None))
     table = label_table(meta, cfg.data.views)
     with_paths, missing = nih.attach_paths(table.rename(columns={"image_id": "Image Index"}), root)
-    table = with_paths.rename(columns={"Image Index": "image_id"})
+    return with_paths.rename(columns={"Image Index": "image_id"}), root, missing
+
+
+def curate(cfg: Config, progress: bool = True) -> Curated:
+    """Find, label, check and hash every usable image of the configured source."""
+    generic = cfg.data.source in domains.GENERIC_SOURCES
+    table, root, missing = generic_table(cfg) if generic else nih_table(cfg, progress)
     check_missing(missing, len(table) + len(missing), root, cfg.data.max_missing_fraction)
     hashes = [images.check_and_hash(p) if cfg.data.check_images else None
               for p in tqdm(table["path"], desc="checking images", disable=not progress, mininterval=2)]
@@ -135,7 +154,7 @@ def curate(cfg: Config, progress: bool = True) -> Curated:
         corrupt = []
         table = table.assign(hash=table["image_id"])
     table["path"] = table["path"].map(images.relpath)
-    for label in nih.LABELS:
+    for label in domains.classes(cfg):
         if not (table["label"] == label).any():
             raise DataError(f"class '{label}' has no readable image on disk under {root}.")
     return Curated(table[MANIFEST_COLUMNS], root, missing, corrupt)
@@ -156,7 +175,8 @@ def _take_patients(table: pd.DataFrame, patients: np.ndarray, n: int, pool: str)
 
 
 def split_pools(table: pd.DataFrame, sizes: dict[str, int], seed: int,
-                official: dict[str, set[str]] | None = None) -> dict[str, pd.DataFrame]:
+                official: dict[str, set[str]] | None = None, classes: list[str] | None = None
+                ) -> dict[str, pd.DataFrame]:
     """Patient-level split into tuning/train/test pools of the given image counts.
 
     With the official NIH lists, the test pool comes from test_list.txt and the others from
@@ -180,7 +200,7 @@ def split_pools(table: pd.DataFrame, sizes: dict[str, int], seed: int,
     pools["train"], _ = _take_patients(rest_src, remaining, sizes["train"], "train")
     check_leakage(pools)
     for name, df in pools.items():
-        for label in nih.LABELS:
+        for label in classes or domains.order(table["label"]):
             if not (df["label"] == label).any():
                 raise DataError(f"pool '{name}' has no '{label}' image; enlarge pools.{name}.")
     return {name: pools[name] for name in POOLS}
@@ -222,9 +242,10 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 def run(cfg: Config, out_dir: str | Path, runs_root=None, progress: bool = True) -> dict:
     """Stage 01: curate, split, check, write manifests. (It reads no upstream stage: runs_root is unused.)"""
     curated = curate(cfg, progress)
-    official = nih.official_split(curated.root) if cfg.data.official_split else None
+    nih_layout = cfg.data.source in ("phantom", "nih")
+    official = nih.official_split(curated.root) if cfg.data.official_split and nih_layout else None
     sizes = {"tuning": cfg.pools.tuning, "train": cfg.pools.train, "test": cfg.pools.test}
-    pools = split_pools(curated.table, sizes, cfg.seed, official)
+    pools = split_pools(curated.table, sizes, cfg.seed, official, domains.classes(cfg))
     files = write_manifests(pools, out_dir)
     atomic.write_csv(Path(out_dir) / "all.csv", curated.table)
     atomic.write_csv(Path(out_dir) / "excluded.csv", pd.DataFrame(
@@ -238,7 +259,7 @@ def pool_summary(pools: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for name, df in pools.items():
         row = {"pool": name, "images": len(df), "patients": df["patient"].nunique()}
-        row.update(df["label"].value_counts().reindex(nih.LABELS, fill_value=0).to_dict())
+        row.update(df["label"].value_counts().reindex(domains.order(df["label"]), fill_value=0).to_dict())
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from . import atomic, images, stages, tracking
 from .config import Config, ParamError
-from .nih import LABELS, DataError
+from .domains import classes as classes_of
+from .nih import DataError
 from .progress import tqdm
 from .prompts import prompt_for, slug  # noqa: F401 (dreambooth.prompt_for, .slug: their home is lib.prompts)
 
@@ -64,9 +65,10 @@ def tuning_set(cfg: Config, runs_root="runs") -> pd.DataFrame:
     if len(df) == 0:
         raise DataError(f"the tuning set {p} is empty: nothing to fine-tune on. Raise selection.per_label "
                         "or pools.tuning and rerun notebooks 01-02.")
-    unknown = sorted(set(df["label"]) - set(LABELS))
+    labels = classes_of(cfg)
+    unknown = sorted(set(df["label"].astype(str)) - set(labels))
     if unknown:
-        raise DataError(f"tuning set {p} has labels {unknown}; expected {LABELS}.")
+        raise DataError(f"tuning set {p} has labels {unknown}; expected {labels}.")
     return df.reset_index(drop=True)
 
 
@@ -85,8 +87,8 @@ def skip_rate_of(stage_dir) -> float:
 def model_dir_names(cfg: Config) -> dict[str, str]:
     """Label -> model folder name inside the stage folder."""
     if cfg.finetune.model_layout == "joint":
-        return {label: "model" for label in LABELS}
-    return {label: f"model_{slug(label)}" for label in LABELS}
+        return {label: "model" for label in classes_of(cfg)}
+    return {label: f"model_{slug(label)}" for label in classes_of(cfg)}
 
 
 def model_path(stage_dir, cfg: Config, label: str) -> str:
@@ -376,7 +378,8 @@ class Trainer:
             self._board_validation(np.load(target.with_suffix(".npy")), meta.get("labels", []), meta.get("trace"), step)
             return target
         pipe, rows = self.live_pipeline(), []
-        labels = sorted(set(self.labels), key=LABELS.index)
+        order = classes_of(self.cfg)
+        labels = sorted(set(self.labels), key=order.index)
         with self._eval():
             for label in labels:
                 g = [torch.Generator("cpu").manual_seed(1000 + i) for i in range(self.ft.validation_images)]
@@ -647,7 +650,7 @@ def _run(cfg: Config, out: Path, runs_root, progress, resume, resume_from, stop_
                "model_layout": cfg.finetune.model_layout}
     if cfg.finetune.control == "no-fine-tune":
         summary.update(steps=0, trained=0, skipped=0, skip_rate=None, wall_seconds=time.perf_counter() - t0,
-                       models={label: base for label in LABELS}, tuning_set=None)
+                       models={label: base for label in classes_of(cfg)}, tuning_set=None)
         if main:
             _write_logs(out, [], [])
             atomic.write_json(out / "train_summary.json", summary)
@@ -658,11 +661,11 @@ def _run(cfg: Config, out: Path, runs_root, progress, resume, resume_from, stop_
         embed, vectors = data_vectors(cfg, df, progress)
     names = model_dir_names(cfg)
     jobs = {"model": df} if cfg.finetune.model_layout == "joint" else {
-        names[label]: df[df["label"] == label] for label in LABELS}
+        names[label]: df[df["label"] == label] for label in classes_of(cfg)}
     all_g, all_l, parts = [], [], {}
     for name, part in jobs.items():
         if len(part) == 0:
-            raise DataError(f"the tuning set has no '{name}' images; per-label layout needs both labels.")
+            raise DataError(f"the tuning set has no '{name}' images; per-label layout needs every label.")
         tr = Trainer(cfg, out, part, name, base, progress, embed,
                      None if vectors is None else vectors[part.index.to_numpy()])
         tr.earlier = (list(all_g), list(all_l))
@@ -683,7 +686,7 @@ def _run(cfg: Config, out: Path, runs_root, progress, resume, resume_from, stop_
                    skip_rate_target=cfg.gating.skip_rate if cfg.finetune.control == "random-skip" else None,
                    gating_seconds=sum(p["gating_seconds"] for p in parts.values()),
                    wall_seconds=time.perf_counter() - t0, parts=parts,
-                   models={label: str(out / names[label]) for label in LABELS},
+                   models={label: str(out / names[label]) for label in classes_of(cfg)},
                    tuning_set=stages.paths_rel(tuning_set_path(cfg, runs_root)), n_tuning=len(df),
                    device=str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
                    mixed_precision=_precision(cfg.finetune.mixed_precision), num_processes=state.num_processes)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import atomic, classifier, compute, curation, leakage, metrics, nih, paths, provenance, results, stages
+from . import atomic, classifier, compute, curation, domains, leakage, metrics, paths, provenance, results, stages
 from .config import Config
 from .nih import DataError
 
@@ -50,8 +50,8 @@ SOURCES = ["real", "synthetic"]             # the detector's two classes
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def read_synthetic(path: str | Path) -> pd.DataFrame:
-    """The stage-04 manifest, checked: not empty, the needed columns, both classes present."""
+def read_synthetic(path: str | Path, classes: list[str] | None = None) -> pd.DataFrame:
+    """The stage-04 manifest, checked: not empty, the needed columns, every class present and no other."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"synthetic manifest {path} not found; run notebooks/04_generation.ipynb first.")
@@ -61,17 +61,22 @@ def read_synthetic(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ("image_id", "path", "label") if c not in df.columns]
     if missing:
         raise DataError(f"synthetic manifest {path} lacks column(s) {missing}.")
-    absent = [lab for lab in nih.LABELS if not (df["label"] == lab).any()]
+    classes = classes or domains.order(df["label"])
+    absent = [lab for lab in classes if not (df["label"] == lab).any()]
     if absent:
-        raise DataError(f"the synthetic set {path} has no image of class {absent}; both classes are needed. "
+        raise DataError(f"the synthetic set {path} has no image of class {absent}; every class is needed. "
                         "Check generation.n_per_label and the prompts (finetune.label_words).")
+    other = sorted(set(df["label"].astype(str)) - set(classes))
+    if other:
+        raise DataError(f"the synthetic set {path} has label(s) {other} that the real data do not have "
+                        f"(classes {classes}); name the synthetic classes as the real ones.")
     return df
 
 
-def per_class(df: pd.DataFrame, n: int, seed: int, what: str) -> pd.DataFrame:
+def per_class(df: pd.DataFrame, n: int, seed: int, what: str, classes: list[str] | None = None) -> pd.DataFrame:
     """Exactly n random images of each class from df (an error when a class has fewer)."""
     parts = []
-    for i, label in enumerate(nih.LABELS):
+    for i, label in enumerate(classes or domains.order(df["label"])):
         rows = df[df["label"] == label]
         if len(rows) < n:
             raise DataError(f"{what} has {len(rows)} '{label}' image(s) but classifier.n_train_per_class = {n}; "
@@ -88,39 +93,42 @@ def test_sample(df: pd.DataFrame, n: int, seed: int, what: str) -> pd.DataFrame:
     return df.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
-def split_synthetic(synthetic: pd.DataFrame, n: int, n_test: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_synthetic(synthetic: pd.DataFrame, n: int, n_test: int, seed: int, classes: list[str] | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The synthetic training sample (n per class) and up to n_test held-out images (TRTS and TSTS test
     on them). A set that records the patient each image came from (a reference built from real images)
     is split by patient, or a classifier could recognise patients instead of classes; a set whose
     patients cannot be split (collapsed) falls back to an image split, with a warning."""
     if "patient" in synthetic and synthetic["patient"].notna().all():
         try:
-            train = per_class_by_group(synthetic, n, seed, "patient")
-            return train, held_out(synthetic, train, n_test, seed + 1, "patient")
+            train = per_class_by_group(synthetic, n, seed, "patient", classes)
+            return train, held_out(synthetic, train, n_test, seed + 1, "patient", classes)
         except DataError as exc:
             log.warning("the synthetic set cannot be split by patient (%s); splitting by image instead.", exc)
-    train = per_class(synthetic, n, seed, "the synthetic set")
-    return train, held_out(synthetic, train, n_test, seed + 1)
+    train = per_class(synthetic, n, seed, "the synthetic set", classes)
+    return train, held_out(synthetic, train, n_test, seed + 1, classes=classes)
 
 
-def per_class_by_group(df: pd.DataFrame, n: int, seed: int, group: str) -> pd.DataFrame:
+def per_class_by_group(df: pd.DataFrame, n: int, seed: int, group: str, classes: list[str] | None = None
+                       ) -> pd.DataFrame:
     """n images per class drawn from whole groups taken in random order (the rest of the last groups is
     dropped, never tested on)."""
     order = pd.Series(np.random.default_rng(seed).permutation(df[group].astype(str).unique()))
+    classes = classes or domains.order(df["label"])
     counts = pd.crosstab(df[group].astype(str), df["label"]).reindex(order).cumsum()
-    enough = (counts.reindex(columns=nih.LABELS, fill_value=0) >= n).all(axis=1)
+    enough = (counts.reindex(columns=classes, fill_value=0) >= n).all(axis=1)
     if not enough.any():
         raise DataError(f"the synthetic set's {group}s cannot give {n} images of every class.")
     used = set(order.iloc[: int(np.argmax(enough.to_numpy())) + 1])
-    return per_class(df[df[group].astype(str).isin(used)], n, seed, "the synthetic set")
+    return per_class(df[df[group].astype(str).isin(used)], n, seed, "the synthetic set", classes)
 
 
-def held_out(synthetic: pd.DataFrame, train: pd.DataFrame, n: int, seed: int, group: str = "image_id"
-             ) -> pd.DataFrame:
+def held_out(synthetic: pd.DataFrame, train: pd.DataFrame, n: int, seed: int, group: str = "image_id",
+             classes: list[str] | None = None) -> pd.DataFrame:
     """Up to n synthetic images the synthetic-trained classifier never saw, nor any image of their group."""
     seen = set(synthetic.loc[synthetic["image_id"].isin(train["image_id"]), group].astype(str))
     rest = synthetic[~synthetic[group].astype(str).isin(seen)]
-    short = [lab for lab in nih.LABELS if (rest["label"] == lab).sum() < 2]
+    short = [lab for lab in classes or domains.order(synthetic["label"]) if (rest["label"] == lab).sum() < 2]
     if short:
         raise DataError(f"after the {len(train)} synthetic training images, class(es) {short} keep fewer than 2 "
                         "held-out images to test on; generation.n_per_label must exceed classifier.n_train_per_class.")
@@ -159,7 +167,7 @@ def _fit(key: str, train_df: pd.DataFrame, cfg: Config, out_dir: Path, seed: int
     """Train (or, on a resumed run, load) one classifier; its record is direction_<key>.json, its training
     history history_<key>.csv (rewritten after every epoch, so the curves can be read while it trains)."""
     c, dev = cfg.classifier, compute.device()
-    classes = classes or nih.LABELS
+    classes = classes or domains.classes(cfg)
     weights, info_path = out_dir / f"classifier_{key}.pt", out_dir / f"direction_{key}.json"
     if weights.exists() and info_path.exists():
         model = classifier.build(c, len(classes)).to(dev)
@@ -181,16 +189,18 @@ def _predict(model, test_df: pd.DataFrame, cfg: Config, path: Path, frame=result
     """Write a predictions file unless a resumed run already has it."""
     if path.exists():
         return
+    classes = classes or domains.classes(cfg)
     data = classifier.TensorSet.from_manifest(_targets(test_df, classes), cfg.classifier.input_size,
                                               compute.device(), classes)
-    atomic.write_csv(path, frame(test_df, classifier.predict_outputs(model, data)))
+    outputs = classifier.predict_outputs(model, data)
+    atomic.write_csv(path, frame(test_df, outputs) if classes == SOURCES else frame(test_df, outputs, classes))
 
 
 def _real_baseline(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> None:
     """The generator-independent half of the matrix: train on real, predict the real test pool (TRTR)."""
     out_dir, c = Path(out_dir), cfg.classifier
     pools = curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))
-    train = per_class(pools["train"], c.n_train_per_class, cfg.seed, "the real training pool")
+    train = per_class(pools["train"], c.n_train_per_class, cfg.seed, "the real training pool", domains.classes(cfg))
     test = test_sample(pools["test"], c.n_test, cfg.seed, "the real test pool")
     leakage.check_content(test, {"the real training sample": train})
     atomic.write_csv(out_dir / "train_real.csv", train)
@@ -233,12 +243,13 @@ def _samples(cfg: Config, runs_root, progress: bool) -> dict:
     c = cfg.classifier
     d01, d04 = stages.require(cfg, "01_data_curation", runs_root), stages.require(cfg, "04_generation", runs_root)
     pools = curation.load_pools(d01)
-    synthetic = read_synthetic(d04 / "manifest.csv")
+    classes = domains.classes(cfg)
+    synthetic = read_synthetic(d04 / "manifest.csv", classes)
     tuning, tuning_src = tuning_set(cfg, runs_root)
     dr = real_baseline(cfg, runs_root, progress)
     s = {"train_b": pd.read_csv(dr / "train_real.csv", dtype={"patient": str}),
          "test_a": pd.read_csv(dr / "test_real.csv", dtype={"patient": str})}
-    s["train_a"], s["test_b"] = split_synthetic(synthetic, c.n_train_per_class, c.n_test, cfg.seed)
+    s["train_a"], s["test_b"] = split_synthetic(synthetic, c.n_train_per_class, c.n_test, cfg.seed, classes)
     sources = {"the real training pool": pools["train"], "the synthetic set": synthetic}
     if tuning is not None:
         sources[f"the generator's tuning set ({tuning_src})"] = tuning
@@ -270,7 +281,7 @@ def run(cfg: Config, out_dir: str | Path, runs_root: str | Path = "runs", progre
     shutil.copyfile(s["real_dir"] / "predictions_trtr.csv", out_dir / "predictions_trtr.csv")
     row = _record(cfg, s, {"a": info_a, "b": info_b, "det": info_det})
     row.update(metrics.matrix(results.cells_from(out_dir), c.threshold, c.bootstrap, row["bootstrap_seed"],
-                              detection=results.detection_from(out_dir)))
+                              detection=results.detection_from(out_dir), classes=domains.classes(cfg)))
     row.update(fid)
     return _write_checked(out_dir, row)
 

@@ -509,16 +509,20 @@ def recompute(out_dir, cfg: Config):
     (table, (per_image, info, summary) or None)."""
     from . import features, memorization
 
+    from threadpoolctl import threadpool_limits
+
     out = Path(out_dir)
     z = features.load(out / "fidelity_features.npz")
     pairs = pd.read_csv(out / "diversity_pairs.csv")
-    table = evaluate(z["real"], z["synthetic"], z["real_labels"], z["synthetic_labels"], cfg.fidelity, cfg.seed,
-                     pairs[pairs["set"] == "real"], pairs[pairs["set"] == "synthetic"])
-    mem = None
-    if f"{MEM}tuning" in z and f"{MEM}holdout" in z:
-        per_image, info = memorization.analyse(z[f"{MEM}synthetic"], z[f"{MEM}tuning"], z[f"{MEM}holdout"],
-                                               cfg.fidelity.copy_threshold, cfg.seed, z["synthetic_labels"])
-        mem = per_image, info, memorization.summary(per_image, cfg.fidelity.bootstrap, cfg.seed)
+    # the thread count stage 05 used: BLAS sums in another order differ in the last bits
+    with threadpool_limits(cfg.classifier.cpu_threads):
+        table = evaluate(z["real"], z["synthetic"], z["real_labels"], z["synthetic_labels"], cfg.fidelity, cfg.seed,
+                         pairs[pairs["set"] == "real"], pairs[pairs["set"] == "synthetic"])
+        mem = None
+        if f"{MEM}tuning" in z and f"{MEM}holdout" in z:
+            per_image, info = memorization.analyse(z[f"{MEM}synthetic"], z[f"{MEM}tuning"], z[f"{MEM}holdout"],
+                                                   cfg.fidelity.copy_threshold, cfg.seed, z["synthetic_labels"])
+            mem = per_image, info, memorization.summary(per_image, cfg.fidelity.bootstrap, cfg.seed)
     return table, mem
 
 

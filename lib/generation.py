@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from . import atomic, compute, images, nih, provenance, stages
+from . import atomic, compute, domains, images, provenance, stages
 from .config import Config
 from .nih import DataError
 from .progress import tqdm
@@ -47,7 +47,7 @@ def image_seed(run_seed: int, label: str, index: int) -> int:
 def plan(cfg: Config) -> pd.DataFrame:
     """Every image this stage will produce, fixed up front."""
     rows = []
-    for label in nih.LABELS:
+    for label in domains.classes(cfg):
         prompt = prompt_for(cfg, label)
         for i in range(cfg.generation.n_per_label):
             file = f"images/{slug(label)}/{slug(label)}_{i:06d}.png"
@@ -99,15 +99,15 @@ def models_for(cfg: Config, runs_root="runs") -> dict[str, str]:
         if cfg.finetune.control != "no-fine-tune":
             raise
         base = diffusion_model.base_for(cfg.model, seed=cfg.seed, progress=False)
-        return {label: base for label in nih.LABELS}
+        return {label: base for label in domains.classes(cfg)}
     recorded = train_summary(str(d03)).get("models") or {}
-    if all(label in recorded for label in nih.LABELS):
+    if all(label in recorded for label in domains.classes(cfg)):
         return {label: str(stages.paths.resolve(recorded[label])) if Path(stages.paths.resolve(recorded[label])).exists()
-                else recorded[label] for label in nih.LABELS}
+                else recorded[label] for label in domains.classes(cfg)}
     if cfg.finetune.model_layout == "joint":
-        candidates = {label: [d03 / "model"] for label in nih.LABELS}
+        candidates = {label: [d03 / "model"] for label in domains.classes(cfg)}
     else:
-        candidates = {label: [d03 / f"model_{slug(label)}", d03 / f"model_{label}"] for label in nih.LABELS}
+        candidates = {label: [d03 / f"model_{slug(label)}", d03 / f"model_{label}"] for label in domains.classes(cfg)}
     out = {}
     for label, options in candidates.items():
         found = [p for p in options if (p / "model_index.json").exists()]
@@ -238,13 +238,13 @@ def run(cfg: Config, out_dir, runs_root="runs", progress: bool = True, max_batch
     if max_batches is not None and not all((out_dir / f).exists() for f in plan(cfg)["file"]):
         raise Interrupted(f"stopped after {max_batches} batch(es) as asked; run again to resume.")
     manifest = write_manifest(cfg, out_dir, models, ident)
-    label0 = nih.LABELS[0]
+    label0 = domains.classes(cfg)[0]
     summary = {"model": images.relpath(models[label0]), "models": {k: images.relpath(v) for k, v in models.items()},
                "model_hash": provenance.hash_strings(ident.values()), "train_summary": train_summary(models[label0]),
                "n_images": len(manifest), "generated_this_call": stats["generated"],
                "seconds_this_call": round(stats["seconds"], 2),
                "images_per_second": round(stats["generated"] / stats["seconds"], 2) if stats["seconds"] else None,
-               "prompts": {lab: prompt_for(cfg, lab) for lab in nih.LABELS}}
+               "prompts": {lab: prompt_for(cfg, lab) for lab in domains.classes(cfg)}}
     atomic.write_json(out_dir / "generation_summary.json", summary)
     return summary
 

@@ -1,7 +1,12 @@
 """Classification metrics, the trainability matrix, chance-aware ratios and bootstrap intervals.
 
 Written in numpy (checked against scikit-learn in tests/test_metrics.py) so a metric can be recomputed
-from saved predictions alone. Label 1 is "Unhealthy", label 0 "No Finding"; a score is P(label 1).
+from saved predictions alone. Labels are class indices 0 .. k-1 and ``outputs`` hold one column per class.
+Binary (the thesis's task: label 1 is "Unhealthy", label 0 "No Finding"), a score is P(label 1) and a
+threshold decides. With k > 2 classes the decision is the largest output, and the overall AUROC is the
+macro average of the one-vs-rest AUROCs of the normalised outputs (scikit-learn's
+``roc_auc_score(multi_class="ovr", average="macro")``); for k = 2 that average equals the binary AUROC,
+so one definition covers both, and chance is 0.5 either way.
 """
 from __future__ import annotations
 
@@ -9,6 +14,15 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .nih import LABELS
+
+
+def class_names(k: int, classes=None) -> list[str]:
+    """The names of k classes: ``classes``, the thesis's two by default, else "0" .. "k-1"."""
+    if classes is not None:
+        if len(classes) != k:
+            raise ValueError(f"{k} output columns but {len(classes)} class names {list(classes)}.")
+        return list(classes)
+    return list(LABELS) if k == 2 else [str(i) for i in range(k)]
 
 
 def _check(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
@@ -33,30 +47,68 @@ def auroc(y_true, y_score) -> float:
     return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
-def confusion(y_true, y_pred) -> np.ndarray:
-    """2 x 2 counts, rows = true class, columns = predicted class (scikit-learn's layout)."""
+def confusion(y_true, y_pred, k: int = 2) -> np.ndarray:
+    """k x k counts, rows = true class, columns = predicted class (scikit-learn's layout)."""
     y, p = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
-    return np.array([[np.sum((y == t) & (p == q)) for q in (0, 1)] for t in (0, 1)])
+    return np.array([[np.sum((y == t) & (p == q)) for q in range(k)] for t in range(k)])
+
+
+def probabilities(outputs) -> np.ndarray:
+    """Per-class outputs normalised to sum to 1 per image (a 1-D score s stands for (1 - s, s))."""
+    o = _outputs(outputs)
+    return o / np.clip(o.sum(1, keepdims=True), 1e-12, None)
+
+
+def _check_k(y_true, outputs) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices and normalised N x k outputs, checked against each other."""
+    p = probabilities(outputs)
+    y = np.asarray(y_true).astype(int).ravel()
+    if len(y) != len(p):
+        raise ValueError(f"{len(y)} labels but {len(p)} rows of outputs.")
+    if not np.isfinite(p).all():
+        raise ValueError("outputs contain NaN or infinity.")
+    if len(y) and (y.min() < 0 or y.max() >= p.shape[1]):
+        raise ValueError(f"labels must be class indices 0 .. {p.shape[1] - 1}.")
+    return y, p
+
+
+def macro_auroc(y_true, outputs) -> float:
+    """The mean over classes of the one-vs-rest AUROC of each normalised output; NaN when a class is absent.
+    Two classes: the binary AUROC of P(class 1) (the two one-vs-rest AUROCs are equal)."""
+    y, p = _check_k(y_true, outputs)
+    if p.shape[1] == 2:
+        return auroc(y, p[:, 1])
+    per = [auroc(y == c, p[:, c]) for c in range(p.shape[1])]
+    return float("nan") if any(np.isnan(per)) else float(np.mean(per))
+
+
+def decide(outputs, threshold: float = 0.5) -> np.ndarray:
+    """Predicted class indices: P(class 1) >= threshold for two classes, the largest output for more."""
+    p = probabilities(outputs)
+    return (p[:, 1] >= threshold).astype(int) if p.shape[1] == 2 else np.argmax(p, axis=1)
 
 
 def _ratio(a, b) -> float:
     return float(a / b) if b else 0.0  # scikit-learn's zero_division=0 convention
 
 
-def summary(y_true, outputs, threshold: float = 0.5) -> dict:
+def summary(y_true, outputs, threshold: float = 0.5, classes=None) -> dict:
     """Every metric of one evaluation, as a flat dict (per-class keys carry the class name).
 
-    ``outputs`` holds one sigmoid output per class (N x 2). The overall AUROC and every thresholded
-    metric use the binary score p1 / (p0 + p1); the per-class AUROC of class c uses output c alone,
-    one-vs-rest, as CheXNet reports one AUROC per label. A 1-D ``outputs`` is taken as that score.
+    ``outputs`` holds one sigmoid output per class (N x k). The overall AUROC is macro_auroc (binary: the
+    AUROC of p1 / (p0 + p1)); decisions are ``decide``'s; the per-class AUROC of class c uses output c
+    alone, one-vs-rest, as CheXNet reports one AUROC per label. A 1-D ``outputs`` is taken as the binary
+    score. ``classes`` names the columns (default: the thesis's two).
     """
     out2 = _outputs(outputs)
-    y, s = _check(y_true, score_of(out2))
-    pred = (s >= threshold).astype(int)
-    cm = confusion(y, pred)
-    out = {"n": int(len(y)), "auroc": auroc(y, s), "accuracy": float(np.mean(pred == y))}
+    y, _ = _check_k(y_true, out2)
+    k = out2.shape[1]
+    names = class_names(k, classes)
+    pred = decide(out2, threshold)
+    cm = confusion(y, pred, k)
+    out = {"n": int(len(y)), "auroc": macro_auroc(y, out2), "accuracy": float(np.mean(pred == y))}
     recalls = []
-    for c, name in enumerate(LABELS):
+    for c, name in enumerate(names):
         tp = cm[c, c]; fp = cm[:, c].sum() - tp; fn = cm[c, :].sum() - tp
         prec, rec = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
         recalls.append(rec)
@@ -68,9 +120,9 @@ def summary(y_true, outputs, threshold: float = 0.5) -> dict:
         out[f"support[{name}]"] = int(cm[c, :].sum())
         out[f"predicted[{name}]"] = int(cm[:, c].sum())
     out["balanced_accuracy"] = float(np.mean(recalls))
-    for t in (0, 1):
-        for q in (0, 1):
-            out[f"cm[{LABELS[t]}->{LABELS[q]}]"] = int(cm[t, q])
+    for t in range(k):
+        for q in range(k):
+            out[f"cm[{names[t]}->{names[q]}]"] = int(cm[t, q])
     out["collapsed"] = collapsed(pred)
     return out
 
@@ -121,9 +173,13 @@ CELLS = {"a": ("synthetic", "real"), "b": ("real", "synthetic"), "trtr": ("real"
 CELL_NAMES = {"a": "TSTR (a)", "b": "TRTS (b)", "trtr": "TRTR", "tsts": "TSTS"}
 
 
-def _reps(y, s, idx: np.ndarray) -> np.ndarray:
-    """AUROC of each bootstrap replicate, given the replicates' row indices (n_boot x n)."""
-    return np.array([auroc(y[i], s[i]) for i in idx])
+def _reps(y, o, idx: np.ndarray) -> np.ndarray:
+    """(Macro) AUROC of each bootstrap replicate, given the outputs and the replicates' row indices."""
+    p = probabilities(o)
+    if p.shape[1] == 2:
+        s = p[:, 1]
+        return np.array([auroc(y[i], s[i]) for i in idx])
+    return np.array([macro_auroc(y[i], p[i]) for i in idx])
 
 
 def ratios(aurocs: dict[str, float], reps: dict[str, np.ndarray], level: float = 0.95) -> dict:
@@ -144,9 +200,10 @@ def ratios(aurocs: dict[str, float], reps: dict[str, np.ndarray], level: float =
 
 
 def matrix(cells: dict[str, tuple], threshold: float = 0.5, n_boot: int = 200, seed: int = 0,
-           detection: tuple | None = None) -> dict:
+           detection: tuple | None = None, classes=None) -> dict:
     """Every cell of the trainability matrix (prefix a_, b_, trtr_, tsts_), detection AUROC (det_) and
-    the three ratios, as one flat dict. ``cells`` maps a cell to (0/1 labels, N x 2 outputs).
+    the three ratios, as one flat dict. ``cells`` maps a cell to (class indices, N x k outputs); ``classes``
+    names the k classes (default: the thesis's two). Ratios use the (macro) AUROC.
 
     Cells that share a test set (a and trtr: the real test set; b and tsts: held-out synthetic) are
     resampled with the same row indices, so TR's interval is paired; the two test sets are resampled
@@ -158,28 +215,34 @@ def matrix(cells: dict[str, tuple], threshold: float = 0.5, n_boot: int = 200, s
     idx = {t: rng.integers(0, n, (n_boot, n)) for t, n in sorted(sizes.items())}
     out, aurocs, reps = {}, {}, {}
     for k, (y, o) in cells.items():
-        m = summary(y, o, threshold)
-        y, s = _check(y, score_of(o))
-        reps[k] = _reps(y, s, idx[test_of[k]])
+        m = summary(y, o, threshold, classes)
+        y, _ = _check_k(y, o)
+        reps[k] = _reps(y, o, idx[test_of[k]])
         m["auroc_ci_low"], m["auroc_ci_high"] = _interval(reps[k])
         out.update({f"{k}_{name}": v for name, v in m.items()})
         aurocs[k] = m["auroc"]
     out.update(ratios(aurocs, reps))
     if detection is not None:
-        out.update(detection_metrics(*detection, n_boot=n_boot, seed=seed + 7))
+        out.update(detection_metrics(*detection, n_boot=n_boot, seed=seed + 7, classes=classes))
     return out
 
 
-def detection_metrics(is_synthetic, p_synthetic, labels, n_boot: int = 200, seed: int = 0) -> dict:
+def detection_metrics(is_synthetic, p_synthetic, labels, n_boot: int = 200, seed: int = 0, classes=None) -> dict:
     """Distinguishability: AUROC of a real-vs-synthetic classifier on held-out images (0.5 means the
     two cannot be told apart), overall and within each class, with bootstrap CIs."""
     y, s = _check(is_synthetic, p_synthetic)
     labels = np.asarray(labels)
     out = {"det_n": int(len(y)), "det_auroc": auroc(y, s)}
     out["det_auroc_ci_low"], out["det_auroc_ci_high"] = auroc_ci(y, s, n_boot, seed)
-    for c, name in enumerate(LABELS):
+    for c, name in enumerate(classes or _order(labels)):
         m = labels == name
         out[f"det_auroc[{name}]"] = auroc(y[m], s[m])
         lo, hi = auroc_ci(y[m], s[m], n_boot, seed + 1 + c)
         out[f"det_auroc[{name}]_ci_low"], out[f"det_auroc[{name}]_ci_high"] = lo, hi
     return out
+
+
+def _order(labels) -> list[str]:
+    from .domains import order
+
+    return order(labels)

@@ -2,7 +2,8 @@
 
 Stage 05 writes ``results.csv`` and ``results.json`` (the same single row) beside one predictions file
 per cell of the trainability matrix, ``predictions_{a,b,trtr,tsts}.csv`` (image_id, label, score and
-one output per class, ``p[No Finding]`` and ``p[Unhealthy]``), the detector's ``predictions_det.csv``
+one output per class, ``p[No Finding]`` and ``p[Unhealthy]`` for the thesis's task, ``p[<class>]`` in
+label-index order for any other domain), the detector's ``predictions_det.csv``
 (image_id, label, source, score = P(synthetic)), and the test manifests they answer. Every metric in
 the row can be recomputed from those files alone with ``recompute_from_predictions``.
 """
@@ -19,7 +20,7 @@ from .config import Config
 from .nih import DataError
 
 PREDICTION_COLUMNS = ["image_id", "label", "score"]
-OUTPUT_COLUMNS = [f"p[{c}]" for c in nih.LABELS]
+OUTPUT_COLUMNS = [f"p[{c}]" for c in nih.LABELS]  # the thesis's task; output_columns(classes) in general
 CELLS = ["a", "b", "trtr", "tsts"]           # the trainability matrix; see lib.metrics.CELLS
 TESTS = {"a": "test_a.csv", "b": "test_b.csv", "trtr": "test_a.csv", "tsts": "test_b.csv"}
 
@@ -50,14 +51,30 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def predictions_frame(manifest: pd.DataFrame, outputs: np.ndarray) -> pd.DataFrame:
-    """image_id, label, the binary score and one sigmoid output per class."""
+def output_columns(classes: list[str] | None = None) -> list[str]:
+    return [f"p[{c}]" for c in (classes or nih.LABELS)]
+
+
+def classes_of(pred: pd.DataFrame) -> list[str]:
+    """The classes a predictions frame answers, in label-index order (its p[...] columns)."""
+    names = [c[2:-1] for c in pred.columns if c.startswith("p[") and c.endswith("]")]
+    return names or list(nih.LABELS)
+
+
+def predictions_frame(manifest: pd.DataFrame, outputs: np.ndarray, classes: list[str] | None = None
+                      ) -> pd.DataFrame:
+    """image_id, label, the score and one sigmoid output per class. The score is P(class 1) normalised for
+    two classes, and the normalised probability of the predicted class for more."""
     outputs = np.asarray(outputs, dtype=np.float64)
     if len(manifest) != len(outputs):
         raise DataError(f"{len(outputs)} predictions for a manifest of {len(manifest)} images.")
+    cols = output_columns(classes)
+    if outputs.shape[1] != len(cols):
+        raise DataError(f"{outputs.shape[1]} outputs per image for {len(cols)} classes {cols}.")
+    score = metrics.score_of(outputs) if len(cols) == 2 else metrics.probabilities(outputs).max(1)
     df = pd.DataFrame({"image_id": manifest["image_id"].to_numpy(), "label": manifest["label"].to_numpy(),
-                       "score": metrics.score_of(outputs)})
-    for j, col in enumerate(OUTPUT_COLUMNS):
+                       "score": score})
+    for j, col in enumerate(cols):
         df[col] = outputs[:, j]
     return df
 
@@ -98,13 +115,16 @@ def read_predictions(path: str | Path, manifest: pd.DataFrame | None = None) -> 
 
 
 def arrays(pred: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(0/1 labels, N x 2 per-class outputs) of a predictions frame (the score alone in older records)."""
-    unknown = sorted(set(pred["label"]) - set(nih.LABELS))
+    """(class indices, N x k per-class outputs) of a predictions frame, in the order of its p[...] columns
+    (a binary record without them: 0/1 labels and the score alone)."""
+    classes = classes_of(pred)
+    unknown = sorted(set(pred["label"].astype(str)) - set(classes))
     if unknown:
-        raise DataError(f"prediction labels {unknown} are not in {nih.LABELS}.")
-    y = (pred["label"] == nih.LABELS[1]).to_numpy().astype(int)
-    if all(c in pred for c in OUTPUT_COLUMNS):
-        return y, pred[OUTPUT_COLUMNS].to_numpy(dtype=np.float64)
+        raise DataError(f"prediction labels {unknown} are not in {classes}.")
+    y = pred["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy().astype(int)
+    cols = output_columns(classes)
+    if all(c in pred for c in cols):
+        return y, pred[cols].to_numpy(dtype=np.float64)
     return y, pred["score"].to_numpy(dtype=np.float64)
 
 
@@ -120,6 +140,11 @@ def read(stage_dir: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; run notebook 05 for these parameters first.")
     return json.loads(path.read_text())
+
+
+def classes_from(stage_dir: str | Path) -> list[str]:
+    """The classes of a finished stage 05, from its TSTR predictions file."""
+    return classes_of(pd.read_csv(Path(stage_dir) / "predictions_a.csv", nrows=1))
 
 
 def cells_from(stage_dir: str | Path) -> dict[str, tuple]:
@@ -140,7 +165,7 @@ def recompute_from_predictions(stage_dir: str | Path) -> dict:
     row = read(stage_dir)
     return metrics.matrix(cells_from(stage_dir), threshold=row["param.classifier.threshold"],
                           n_boot=row["param.classifier.bootstrap"], seed=row["bootstrap_seed"],
-                          detection=detection_from(stage_dir))
+                          detection=detection_from(stage_dir), classes=classes_from(stage_dir))
 
 
 def metric_table(row: dict) -> pd.DataFrame:

@@ -92,7 +92,11 @@ def key(cfg: Config, stage: str, data: str | None = None) -> str:
     data = data or _data_fingerprint(cfg)
     if data:
         base = hashlib.sha256(f"{base}|{data}".encode()).hexdigest()[:10]
-    # A new phantom generator is new data: it must not reuse stages built on the old one.
+    # A new phantom (or shapes) generator is new data: it must not reuse stages built on the old one.
+    if cfg.data.source == "shapes":
+        from .shapes import GENERATOR_VERSION as SHAPES_VERSION
+
+        return f"{base}s{SHAPES_VERSION}"
     return base if cfg.data.source != "phantom" else f"{base}p{GENERATOR_VERSION}"
 
 
