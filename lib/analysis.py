@@ -6,8 +6,11 @@ detector's ``predictions_det.csv``. Cell a trains on synthetic and tests on real
 real and tests on synthetic (TRTS), trtr and tsts stay on one side. FTER = AUROC(a) / AUROC(b); the
 chance-corrected FTER and TR = (AUROC(a) - .5) / (AUROC(trtr) - .5) know where chance is. Column names
 are normalised to ``auroc_a``, ``acc_b_Unhealthy``, ``auroc_det_Unhealthy`` ... whichever spelling the
-record uses (``a_auroc``, ``b_accuracy[Unhealthy]``). Every number can be recomputed from the raw
-predictions (``check``), with scikit-learn, independently of the code that wrote the record.
+record uses (``a_auroc``, ``b_accuracy[Unhealthy]``), for the classes of any domain (``auroc_a_circle``).
+A record's classes, in label-index order, are the ``p[<class>]`` columns of its predictions files; with
+more than two the overall AUROC is the macro one-vs-rest AUROC and a decision the largest output
+(lib.metrics). Every number can be recomputed from the raw predictions (``check``), with scikit-learn,
+independently of the code that wrote the record.
 
 A record also carries the synthetic set's fidelity, diversity and memorization (``fidelity.fid``,
 ``memorization.copy_fraction``, ... each with its image-bootstrap CI; stage 05, lib.fidelity). ``summary``
@@ -27,14 +30,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm, rankdata, spearmanr
 
-from . import config, paths, stages
+from . import config, domains, metrics, paths, results, stages
 
-LABELS = ["No Finding", "Unhealthy"]      # label 1 = Unhealthy; a score is P(Unhealthy)
 DIRECTIONS = {"a": "train synthetic, test real", "b": "train real, test synthetic", "trtr": "train real, test real",
               "tsts": "train synthetic, test synthetic"}
 CELLS = list(DIRECTIONS)
 RATIOS = {"fter": ("a", "b", 0.0), "cc_fter": ("a", "b", 0.5), "tr": ("a", "trtr", 0.5)}  # num, den, chance
-OUTPUTS = [f"p[{c}]" for c in LABELS]
 GROUP = ["method", "tuning_size", "setting"]
 METHOD_ORDER = ["no-fine-tune", "random", "spectral-pixel", "spectral-clip", "textbook", "active-gating",
                 "random-skip", "real-holdout", "vae-roundtrip", "exaggerated", "findings-erased", "collapsed",
@@ -129,9 +130,21 @@ def collect(root: str | Path = "runs", runs: list | None = None) -> pd.DataFrame
     return df.sort_values(["_o", "tuning_size", "setting", "seed"]).drop(columns="_o").reset_index(drop=True)
 
 
+_METRIC = re.compile(r"(auroc|acc)_(a|b|trtr|tsts|det)(?:_(.+))?$")
+_INTERVAL = re.compile(r"(?:^|_)ci_(?:low|high)$")
+
+
+def is_metric(col: str) -> bool:
+    """A per-run metric: a cell's or the detector's AUROC or accuracy, overall or of any class (the class
+    name is whatever follows the cell, ``auroc_a_circle``), or a ratio; not the record's intervals."""
+    if col in RATIOS:
+        return True
+    m = _METRIC.match(col)
+    return bool(m) and not (m.group(3) and _INTERVAL.search(m.group(3)))
+
+
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    pat = re.compile(r"(auroc|acc)_(a|b|trtr|tsts|det)(_(No Finding|Unhealthy))?$|(fter|cc_fter|tr)$")
-    return [c for c in df.columns if pat.match(c)]
+    return [c for c in df.columns if is_metric(c)]
 
 
 def tidy(df: pd.DataFrame) -> pd.DataFrame:
@@ -148,41 +161,74 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------- recompute
 def read_predictions(results_dir, direction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(0/1 labels with 1 = Unhealthy, binary scores, N x 2 per-class outputs) of one cell's predictions."""
+    """(class indices, scores, N x k per-class outputs) of one cell's predictions, classes in the order of
+    its p[...] columns (binary: 1 = the thesis's Unhealthy, the score P(class 1))."""
     pred = pd.read_csv(Path(results_dir) / f"predictions_{direction}.csv")
-    unknown = set(pred["label"]) - set(LABELS)
+    classes = results.classes_of(pred)
+    unknown = set(pred["label"].astype(str)) - set(classes)
     if unknown:
         raise ValueError(f"{results_dir}/predictions_{direction}.csv has labels {sorted(unknown)}; "
-                         f"expected {LABELS}.")
+                         f"expected {classes}.")
     s = pred["score"].to_numpy(dtype=float)
-    outputs = pred[OUTPUTS].to_numpy(float) if all(c in pred for c in OUTPUTS) else np.stack([1 - s, s], 1)
-    return (pred["label"] == LABELS[1]).to_numpy().astype(int), s, outputs
+    cols = results.output_columns(classes)
+    outputs = pred[cols].to_numpy(float) if all(c in pred for c in cols) else np.stack([1 - s, s], 1)
+    y = pred["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy().astype(int)
+    return y, s, outputs
 
 
 def cells_of(results_dir) -> list[str]:
     return [d for d in CELLS if (Path(results_dir) / f"predictions_{d}.csv").exists()]
 
 
-def _recompute_one(r: pd.Series) -> dict:
-    """One record's metrics with scikit-learn: per-class AUROC from each class's own output."""
+def record_classes(results_dir, labels=None) -> list[str]:
+    """A record's classes in label-index order: its first predictions file's p[...] columns, else (no
+    predictions) the order ``labels`` give (lib.domains.order)."""
+    cells = cells_of(results_dir)
+    if cells:
+        return results.classes_of(pd.read_csv(Path(results_dir) / f"predictions_{cells[0]}.csv", nrows=1))
+    return domains.order([] if labels is None else labels)
+
+
+def _sk_auroc(y, s) -> float:
+    """scikit-learn's AUROC, NaN where one class is absent (as lib.metrics has it)."""
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(y, s) if len(np.unique(y)) == 2 else np.nan
+
+
+def _recompute_cell(d: str, y, s, o, threshold: float, classes: list[str]) -> dict:
+    """One cell's metrics with scikit-learn. Binary: the score against the threshold; more classes: the
+    macro one-vs-rest AUROC of the row-normalised outputs and the largest output as the decision."""
     from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 
-    out = {}
+    if len(classes) == 2:
+        pred, overall = (s >= threshold).astype(int), roc_auc_score(y, s)
+    else:
+        p = o / o.sum(1, keepdims=True)
+        pred = p.argmax(1)
+        present = len(np.unique(y)) == len(classes)     # sklearn refuses an absent class; it is NaN here
+        overall = roc_auc_score(y, p, multi_class="ovr", average="macro") if present else np.nan
+    out = {f"auroc_{d}": overall, f"acc_{d}": accuracy_score(y, pred)}
+    for c, name in enumerate(classes):
+        out[f"auroc_{d}_{name}"] = _sk_auroc(y == c, o[:, c])
+        out[f"acc_{d}_{name}"] = recall_score(y, pred, labels=[c], average=None, zero_division=0)[0]
+    return out
+
+
+def _recompute_one(r: pd.Series) -> dict:
+    """One record's metrics with scikit-learn: per-class AUROC from each class's own output."""
+    from sklearn.metrics import roc_auc_score
+
+    out, det = {}, Path(r["results_dir"]) / "predictions_det.csv"
+    p = pd.read_csv(det) if det.exists() else None
+    classes = record_classes(r["results_dir"], None if p is None else p["label"])
     for d in cells_of(r["results_dir"]):
-        y, s, o = read_predictions(r["results_dir"], d)
-        pred = (s >= r["decision_threshold"]).astype(int)
-        out[f"auroc_{d}"] = roc_auc_score(y, s)
-        out[f"acc_{d}"] = accuracy_score(y, pred)
-        for c, name in enumerate(LABELS):
-            out[f"auroc_{d}_{name}"] = roc_auc_score(y == c, o[:, c])
-            out[f"acc_{d}_{name}"] = recall_score(y, pred, pos_label=c, zero_division=0)
-    det = Path(r["results_dir"]) / "predictions_det.csv"
-    if det.exists():
-        p = pd.read_csv(det)
+        out.update(_recompute_cell(d, *read_predictions(r["results_dir"], d), r["decision_threshold"], classes))
+    if p is not None:
         out["auroc_det"] = roc_auc_score(p["source"] == "synthetic", p["score"])
-        for name in LABELS:
-            q = p[p["label"] == name]
-            out[f"auroc_det_{name}"] = roc_auc_score(q["source"] == "synthetic", q["score"])
+        for name in classes:
+            q = p[p["label"].astype(str) == name]
+            out[f"auroc_det_{name}"] = _sk_auroc(q["source"] == "synthetic", q["score"])
     for name, (num, den, chance) in RATIOS.items():
         if f"auroc_{num}" in out and f"auroc_{den}" in out:
             defined = r.get(f"{name}_defined", True) in (True, "True")
@@ -227,9 +273,20 @@ def _auroc(y: np.ndarray, s: np.ndarray) -> float:
 SIDE = {"a": "real", "trtr": "real", "b": "synthetic", "tsts": "synthetic"}   # which test set a cell uses
 
 
+def _cell_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """The fast binary AUROC of a score, or the macro one-vs-rest AUROC of N x k probabilities."""
+    return _auroc(y, s) if s.ndim == 1 else metrics.macro_auroc(y, s)
+
+
+def _scores(y, s, o) -> tuple[np.ndarray, np.ndarray]:
+    """What a cell's AUROC is taken of: the binary score, or the normalised outputs of more classes."""
+    return (y, s) if o.shape[1] == 2 else (y, metrics.probabilities(o))
+
+
 def _load(results_dir) -> tuple[dict, tuple | None]:
-    """Per cell (labels, scores); the detector's (is_synthetic, score) when the record has one."""
-    cells = {d: read_predictions(results_dir, d)[:2] for d in cells_of(results_dir)}
+    """Per cell (labels, scores or N x k probabilities); the detector's (is_synthetic, score) when the
+    record has one."""
+    cells = {d: _scores(*read_predictions(results_dir, d)) for d in cells_of(results_dir)}
     det = Path(results_dir) / "predictions_det.csv"
     if det.exists():
         p = pd.read_csv(det)
@@ -243,7 +300,7 @@ def _seed_aurocs(cells: dict, det, rng=None) -> dict:
     out, idx = {}, {}
     for d, (y, s) in cells.items():
         ix = idx.setdefault(SIDE[d], rng.integers(0, len(y), len(y)) if rng is not None else slice(None))
-        out[d] = _auroc(y[ix], s[ix])
+        out[d] = _cell_auroc(y[ix], s[ix])
     if det is not None:
         ix = rng.integers(0, len(det[0]), len(det[0])) if rng is not None else slice(None)
         out["det"] = _auroc(det[0][ix], det[1][ix])
@@ -378,14 +435,23 @@ THESIS_TABLES = {"random": "4.4", "spectral-pixel": "4.6", "spectral-clip": "4.8
                  "active-gating": "4.12"}
 
 
+def table_classes(s: pd.DataFrame, direction: str) -> list[str]:
+    """The classes of a summary's per-class columns of one direction, as the thesis's tables order them:
+    two classes with class 1 first (Unhealthy, No Finding), more in label-index order."""
+    pat = re.compile(rf"(?:acc|auroc)_{re.escape(direction)}_(.+)_mean$")
+    found = list(dict.fromkeys(m.group(1) for c in s.columns if (m := pat.match(c))))
+    return found[::-1] if len(found) == 2 else found
+
+
 def direction_table(s: pd.DataFrame, direction: str, with_fter: bool = False) -> pd.DataFrame:
     """Thesis layout: rows = tuning size; Accuracy and AUROC, overall and per class, mean ± std over seeds,
     and the bootstrap 95% CI of the overall AUROC's seed mean."""
-    cols, out = pd.MultiIndex.from_product([["Accuracy", "AUROC"], ["Overall", "Unhealthy", "No Finding"]]), []
+    classes = table_classes(s, direction)
+    cols, out = pd.MultiIndex.from_product([["Accuracy", "AUROC"], ["Overall", *classes]]), []
     for _, r in s.iterrows():
         vals = []
         for metric, pct in (("acc", True), ("auroc", False)):
-            for cls in ("", "_Unhealthy", "_No Finding"):
+            for cls in ["", *(f"_{c}" for c in classes)]:
                 c = f"{metric}_{direction}{cls}"
                 vals.append(_pm(r.get(f"{c}_mean"), r.get(f"{c}_std"), pct))
         out.append(vals)
@@ -647,7 +713,7 @@ def _manifest(stage4: Path) -> pd.DataFrame | None:
     return None
 
 
-REAL_ROW = "real phantoms"
+REAL_ROW = "real images"
 
 
 def sample_paths(df: pd.DataFrame, per_label: int = 4, seed: int = 0) -> dict[str, dict[str, list[str]]]:
@@ -658,16 +724,22 @@ def sample_paths(df: pd.DataFrame, per_label: int = 4, seed: int = 0) -> dict[st
         real = Path(r["results_dir"]) / "test_a.csv"
         t = pd.read_csv(real) if REAL_ROW not in out and real.exists() else None
         if t is not None and {"path", "label"} <= set(t.columns):
-            out[REAL_ROW] = {lab: [str(paths.resolve(p)) for p in t[t["label"] == lab]["path"].sample(
-                min(per_label, int((t["label"] == lab).sum())), random_state=seed)] for lab in LABELS}
+            picks = _per_label(t, "path", record_classes(r["results_dir"], t["label"]), per_label, seed)
+            out[REAL_ROW] = {lab: [str(paths.resolve(p)) for p in v] for lab, v in picks.items()}
         if r["method"] in out:
             continue
         m = _manifest(upstream_dir(r, "04_generation"))
         if m is None:
             continue
-        out[r["method"]] = {lab: m[m["label"] == lab]["_path"].sample(
-            min(per_label, int((m["label"] == lab).sum())), random_state=seed).tolist() for lab in LABELS}
+        out[r["method"]] = _per_label(m, "_path", record_classes(r["results_dir"], m["label"]), per_label, seed)
     return out
+
+
+def _per_label(t: pd.DataFrame, col: str, classes: list[str], n: int, seed: int) -> dict[str, list[str]]:
+    """Up to n values of ``col`` of each class, drawn reproducibly."""
+    labels = t["label"].astype(str)          # a class named "1" reads back as a number
+    return {lab: t[labels == lab][col].sample(min(n, int((labels == lab).sum())), random_state=seed).tolist()
+            for lab in classes}
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -4,7 +4,8 @@ Runs of one experiment with the same seed share the real test set (stage 05's re
 method and its baseline answer the same images. Each comparison reports:
   - the paired difference of AUROC(a) and of TR over the shared seeds, with a two-level bootstrap CI
     (seeds, then the same test rows for both) and the t-interval over seeds beside it;
-  - DeLong's test of the AUROC(a) difference within each seed, on the shared real test set;
+  - DeLong's test of the AUROC(a) difference within each seed, on the shared real test set (two classes; with
+    k > 2 the AUROC is the macro one-vs-rest average, the bootstrap compares it and DeLong is left out);
   - Holm-adjusted p-values across every comparison of the table.
 A method is called better only when its Holm-adjusted p is below alpha and the CI excludes 0.
 """
@@ -15,11 +16,17 @@ import pandas as pd
 
 from . import stats
 from .analysis import read_predictions
-from .metrics import auroc
+from .metrics import auroc as binary_auroc
+from .metrics import macro_auroc
 
 GATED, CONTROL = "active-gating", "random-skip"
 REFERENCES = ("real-holdout", "label-shuffled", "collapsed", "findings-erased", "exaggerated", "vae-roundtrip",
               "folder")
+
+
+def auroc(y, s) -> float:
+    """AUROC of binary scores (1-D), or the macro one-vs-rest AUROC of N x k outputs."""
+    return binary_auroc(y, s) if np.ndim(s) == 1 else macro_auroc(y, s)
 
 
 def tr(y, s, s_real) -> float:
@@ -37,11 +44,16 @@ def pairs(methods: list[str], baseline: str = "random") -> list[tuple[str, str]]
 
 
 def _real_side(results_dir) -> tuple[pd.Series, np.ndarray, np.ndarray]:
-    """(test image ids, labels, scores of a) and TRTR scores of one record, aligned by image id."""
+    """(test image ids, labels, [scores of a, TRTR scores]) of one record, aligned by image id; with k > 2
+    classes the "scores" are the N x k outputs of each."""
     a = pd.read_csv(f"{results_dir}/predictions_a.csv").set_index("image_id")
-    t = pd.read_csv(f"{results_dir}/predictions_trtr.csv").set_index("image_id").reindex(a.index)
-    y, s, _ = read_predictions(results_dir, "a")
-    return a.index.to_series(), y, np.column_stack([s, t["score"].to_numpy(float)])
+    y, s, o = read_predictions(results_dir, "a")
+    _, s_t, o_t = read_predictions(results_dir, "trtr")
+    t_ids = pd.read_csv(f"{results_dir}/predictions_trtr.csv")["image_id"]
+    at = pd.Series(np.arange(len(t_ids)), index=t_ids).reindex(a.index).to_numpy()
+    if o.shape[1] > 2:
+        return a.index.to_series(), y, [o, o_t[at]]
+    return a.index.to_series(), y, [s, s_t[at]]
 
 
 def _paired_groups(gx: pd.DataFrame, gb: pd.DataFrame) -> tuple[list, list, list[int], str]:
@@ -52,7 +64,7 @@ def _paired_groups(gx: pd.DataFrame, gb: pd.DataFrame) -> tuple[list, list, list
         ib, yb, sb = _real_side(gb.loc[gb["seed"] == seed, "results_dir"].iloc[0])
         if list(ix) != list(ib):
             return [], [], [], f"seed {seed}: the two runs were tested on different real images"
-        xs.append((y, sx[:, 0], sx[:, 1])); bs.append((y, sb[:, 0], sb[:, 1])); seeds.append(int(seed))
+        xs.append((y, sx[0], sx[1])); bs.append((y, sb[0], sb[1])); seeds.append(int(seed))
     return xs, bs, seeds, "" if seeds else "no shared seed"
 
 
@@ -63,11 +75,13 @@ def _one(x: str, b: str, gx, gb, n_boot: int, seed: int) -> dict:
         return row
     d_a = stats.paired_difference([g[:2] for g in xs], [g[:2] for g in bs], auroc, n_boot, seed, shared_rows=True)
     d_tr = stats.paired_difference(xs, bs, tr, n_boot, seed + 1, shared_rows=True)
-    delong = [stats.delong(gx_[0], gx_[1], gb_[1]) for gx_, gb_ in zip(xs, bs)]
+    binary = np.ndim(xs[0][1]) == 1        # DeLong's variance is for one score; k > 2: the bootstrap alone
+    delong = [stats.delong(gx_[0], gx_[1], gb_[1]) if binary else {"z": np.nan, "p": np.nan}
+              for gx_, gb_ in zip(xs, bs)]
     row.update({"d_auroc_a": d_a["diff"], "d_auroc_a_ci_low": d_a["ci_low"], "d_auroc_a_ci_high": d_a["ci_high"],
                 "d_auroc_a_t_low": d_a["t_low"], "d_auroc_a_t_high": d_a["t_high"], "p_boot": d_a["p_boot"],
                 "delong_z": ";".join(f"{d['z']:.2f}" for d in delong),
-                "delong_p": min(1.0, min(d["p"] for d in delong) * len(delong)),   # Bonferroni over seeds
+                "delong_p": min(1.0, min(d["p"] for d in delong) * len(delong)) if binary else np.nan,  # Bonferroni
                 "d_tr": d_tr["diff"], "d_tr_ci_low": d_tr["ci_low"], "d_tr_ci_high": d_tr["ci_high"]})
     return row
 

@@ -182,7 +182,7 @@ class ClassifierConfig:
     patience: int = 3                       # early stopping on validation loss
     val_fraction: float = 0.15              # carved from the training source of each direction
     augment: bool = True                    # light: flip, small shift, brightness/contrast
-    threshold: float = 0.5                  # score above it -> "Unhealthy"
+    threshold: float = 0.5                  # score above it -> "Unhealthy" (two classes; k > 2: the largest output)
     n_train_per_class: int = 300            # both directions train on this many per class
     n_test: int = 600                       # thesis: 10,000 (real and synthetic test sets)
     bootstrap: int = 200                    # resamples for AUROC and FTER confidence intervals
@@ -589,7 +589,11 @@ def _validate_selection(cfg: Config) -> None:
     if not 0.5 <= s.pseudo_label_threshold <= 1.0:
         raise ParamError(f"selection.pseudo_label_threshold = {s.pseudo_label_threshold} must be in [0.5, 1.0]: "
                          "it is the least confidence (the larger class output, normalised) an external image's "
-                         "pseudo-label needs; 0.5 keeps every image.")
+                         "pseudo-label needs; with two classes 0.5 keeps every image.")
+    if "textbook" in s.methods and cfg.data.source not in ("phantom", "nih"):
+        raise ParamError(f"selection method 'textbook' picks typical X-ray cases (PA view, at most one finding) and "
+                         f"needs data.source phantom or nih (got {cfg.data.source!r}); for another domain use "
+                         "random, spectral-*/kmeans-* or external.")
     if "external" in s.methods and not s.external_dir:
         raise ParamError("selection.methods lists 'external' but selection.external_dir is not set: give the folder "
                          "of unlabelled images (e.g. textbook cases) to pseudo-label.")

@@ -11,9 +11,11 @@ and the whole training pool, not the baseline's sample, so it is another classif
 family and data (its pseudo-labels and the baseline's judgements are not independent; say so when
 comparing direction b across methods).
 
-Each image's pseudo-label is the class of the larger normalised output, its confidence that output
-(p(Unhealthy) / (p(No Finding) + p(Unhealthy)) or one minus it, in [0.5, 1]). Images below
-``selection.pseudo_label_threshold`` are dropped; a class left empty is an error. Then ``selection.per_label``
+Each image's pseudo-label is the class of the largest normalised output (the run's classes,
+lib.domains.classes), its confidence that output: for the thesis's two classes
+p(Unhealthy) / (p(No Finding) + p(Unhealthy)) or one minus it, in [0.5, 1]; with k classes in [1/k, 1], so
+a threshold of 0.5 already drops the least certain images. Images below ``selection.pseudo_label_threshold``
+are dropped; a class left empty is an error. Then ``selection.per_label``
 images per class are drawn as for ``random`` (duplicates where a class is short), so every method tunes on
 the same number of images. Before the labeller trains, every external file is compared by content with
 the real test pool (lib.leakage); stage 05 checks the tuning set again like any other.
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import atomic, classifier, compute, curation, images, leakage, metrics, nih, paths, stages
+from . import atomic, classifier, compute, curation, domains, images, leakage, metrics, paths, stages
 from .config import Config
 from .nih import DataError
 
@@ -85,17 +87,18 @@ def scan(folder: str | None) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------- the labeller
 def labeller(cfg: Config, out_dir: Path, train_pool: pd.DataFrame, progress: bool = True):
-    """The pseudo-labeller: classifier.arch trained on the whole real training pool (once; then loaded)."""
-    c, dev = cfg.classifier, compute.device()
+    """The pseudo-labeller: classifier.arch trained on the whole real training pool (once; then loaded), one
+    output per class of the run."""
+    c, dev, classes = cfg.classifier, compute.device(), domains.classes(cfg)
     weights, info = out_dir / "labeller.pt", out_dir / "labeller.json"
     if weights.exists() and info.exists():
-        model = classifier.build(c).to(dev)
+        model = classifier.build(c, len(classes)).to(dev)
         model.load_state_dict(torch.load(weights, map_location=dev))
         return model
     with compute.cpu_threads(c.cpu_threads):
-        data = classifier.TensorSet.from_manifest(train_pool, c.input_size, dev)
+        data = classifier.TensorSet.from_manifest(train_pool, c.input_size, dev, classes)
         fit = classifier.train(data, c, cfg.seed + LABELLER_SEED_OFFSET, progress, desc="pseudo-labeller",
-                               history_path=out_dir / "labeller_history.csv")
+                               n_classes=len(classes), history_path=out_dir / "labeller_history.csv")
     atomic.save_torch(weights, fit.model.state_dict())
     atomic.write_json(info, {"trained_on": "the real training pool (stage 01 train.csv)", "n_train": fit.n_train,
                              "n_val": fit.n_val, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
@@ -104,26 +107,39 @@ def labeller(cfg: Config, out_dir: Path, train_pool: pd.DataFrame, progress: boo
     return fit.model
 
 
-def pseudo_labels(outputs: np.ndarray, threshold: float) -> pd.DataFrame:
-    """label (the larger normalised output), confidence (that output, 0.5-1), p(Unhealthy) and kept."""
-    s = metrics.score_of(outputs)
-    label = np.where(s >= 0.5, nih.LABELS[1], nih.LABELS[0])
-    conf = np.maximum(s, 1 - s)
+def pseudo_labels(outputs: np.ndarray, threshold: float, classes: list[str] | None = None) -> pd.DataFrame:
+    """label (the largest normalised output), confidence (that output), score and kept. Two classes: the
+    score is P(class 1) and the confidence max(score, 1 - score), in [0.5, 1]; more: the score is the
+    confidence, in [1/k, 1] (as in a predictions file, lib.results)."""
+    names = metrics.class_names(np.shape(outputs)[1], classes)
+    if len(names) == 2:
+        s = metrics.score_of(outputs)
+        label, conf = np.where(s >= 0.5, names[1], names[0]), np.maximum(s, 1 - s)
+    else:
+        p = metrics.probabilities(outputs)
+        label, conf = np.asarray(names)[p.argmax(1)], p.max(1)
+        s = conf
     return pd.DataFrame({"label": label, "confidence": conf, "score": s, "kept": conf >= threshold})
 
 
-def check_classes(labelled: pd.DataFrame, threshold: float, folder) -> pd.DataFrame:
-    """The confident images; an error naming the counts when a class has none."""
-    kept = labelled[labelled["kept"]]
-    empty = [lab for lab in nih.LABELS if not (kept["label"] == lab).any()]
+def _classes(labelled: pd.DataFrame, classes: list[str] | None) -> list[str]:
+    """The run's classes when given, else the order the labels give (lib.domains.order)."""
+    return list(classes) if classes is not None else domains.order(labelled["label"])
+
+
+def check_classes(labelled: pd.DataFrame, threshold: float, folder, classes: list[str] | None = None
+                  ) -> pd.DataFrame:
+    """The confident images; an error naming the counts when one of the run's classes has none."""
+    kept, classes = labelled[labelled["kept"]], _classes(labelled, classes)
+    empty = [lab for lab in classes if not (kept["label"] == lab).any()]
     if empty:
-        counts = {lab: int((labelled["label"] == lab).sum()) for lab in nih.LABELS}
+        counts = {lab: int((labelled["label"] == lab).sum()) for lab in classes}
         top = {lab: float(labelled.loc[labelled["label"] == lab, "confidence"].max())
-               if counts[lab] else None for lab in nih.LABELS}
+               if counts[lab] else None for lab in classes}
         raise DataError(f"selection.external_dir {folder}: after dropping pseudo-labels below "
                         f"selection.pseudo_label_threshold = {threshold}, class(es) {empty} hold no image (labelled "
                         f"before the threshold: {counts}; highest confidence per class: {top}). Lower the threshold "
-                        "or add images of that class; a tuning set needs both classes.")
+                        "or add images of that class; a tuning set needs every class.")
     return kept.reset_index(drop=True)
 
 
@@ -131,17 +147,17 @@ def tuning_set(cfg: Config, out_dir, runs_root, progress: bool = True) -> tuple[
     """(the confident external images, the tuning set drawn from them); writes external_labels.csv."""
     from .selection import select
 
-    out_dir, s = Path(out_dir), cfg.selection
+    out_dir, s, classes = Path(out_dir), cfg.selection, domains.classes(cfg)
     ext = scan(s.external_dir)
     pools = curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))
     leakage.check_content(pools["test"], {f"the external tuning folder ({s.external_dir})": ext})
     model = labeller(cfg, out_dir, pools["train"], progress)
-    data = classifier.TensorSet.from_manifest(ext.assign(label=nih.LABELS[0]), cfg.classifier.input_size,
-                                              compute.device())
-    labelled = pd.concat([ext, pseudo_labels(classifier.predict_outputs(model, data), s.pseudo_label_threshold)],
-                         axis=1)
+    data = classifier.TensorSet.from_manifest(ext.assign(label=classes[0]), cfg.classifier.input_size,  # unlabelled
+                                              compute.device(), classes)
+    labelled = pd.concat([ext, pseudo_labels(classifier.predict_outputs(model, data), s.pseudo_label_threshold,
+                                             classes)], axis=1)
     atomic.write_csv(out_dir / "external_labels.csv", labelled)
-    kept = check_classes(labelled, s.pseudo_label_threshold, s.external_dir)
+    kept = check_classes(labelled, s.pseudo_label_threshold, s.external_dir, classes)
     log.info("external set: %d of %d images kept at confidence >= %.2f (%s)", len(kept), len(labelled),
              s.pseudo_label_threshold, kept["label"].value_counts().to_dict())
     return kept, select(kept, None, s.per_label, cfg.seed)
@@ -155,14 +171,15 @@ def read_labels(out_dir) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"patient": str})
 
 
-def label_table(out_dir) -> pd.DataFrame:
-    """Per pseudo-label: images labelled, kept at the threshold, dropped, and the confidence quartiles."""
+def label_table(out_dir, classes: list[str] | None = None) -> pd.DataFrame:
+    """Per pseudo-label (the run's classes; default: the order the labels give): images labelled, kept at the
+    threshold, dropped, and the confidence quartiles."""
     df = read_labels(out_dir)
     g = df.groupby("label")
     out = pd.DataFrame({"labelled": g.size(), "kept": g["kept"].sum(), "dropped": g.size() - g["kept"].sum(),
                         "confidence q25": g["confidence"].quantile(0.25), "median": g["confidence"].median(),
                         "q75": g["confidence"].quantile(0.75)})
-    return out.reindex(nih.LABELS).fillna(0)
+    return out.reindex(_classes(df, classes)).fillna(0)
 
 
 def describe(out_dir) -> str:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import atomic, classifier, compute, curation, evaluation, leakage, metrics, nih, results, stages, stats
+from . import atomic, classifier, compute, curation, domains, evaluation, leakage, metrics, results, stages, stats
 from .config import Config
 from .nih import DataError
 
@@ -61,10 +61,15 @@ def _file_key(arm: str) -> str:
     return arm.replace("synthetic+", "syn").replace("oversampled+", "over").replace("ratio ", "r").replace(":", "-")
 
 
-def ordered_synthetic(synthetic: pd.DataFrame, seed: int) -> pd.DataFrame:
+def _classes(df: pd.DataFrame, classes: list[str] | None) -> list[str]:
+    """The run's classes when given (lib.domains.classes), else the order the data's labels give."""
+    return list(classes) if classes is not None else domains.order(df["label"])
+
+
+def ordered_synthetic(synthetic: pd.DataFrame, seed: int, classes: list[str] | None = None) -> pd.DataFrame:
     """The synthetic set in a seeded random order within each class (brackets and ratios take prefixes)."""
     parts = []
-    for i, label in enumerate(nih.LABELS):
+    for i, label in enumerate(_classes(synthetic, classes)):
         rows = synthetic[synthetic["label"] == label].sort_values("image_id")
         parts.append(rows.iloc[np.random.default_rng([seed, i, _SALT]).permutation(len(rows))])
     return pd.concat(parts, ignore_index=True)
@@ -77,25 +82,28 @@ def ordered_real(train_real: pd.DataFrame, pool: pd.DataFrame, seed: int) -> pd.
     return pd.concat([train_real, rest], ignore_index=True)
 
 
-def _first(df: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The first n rows of each class, classes in lib.nih.LABELS order."""
-    return pd.concat([df[df["label"] == label].iloc[:n] for label in nih.LABELS], ignore_index=True)
+def _first(df: pd.DataFrame, n: int, classes: list[str] | None = None) -> pd.DataFrame:
+    """The first n rows of each class, classes in label-index order."""
+    return pd.concat([df[df["label"] == label].iloc[:n] for label in _classes(df, classes)], ignore_index=True)
 
 
-def bracket_sets(train_real: pd.DataFrame, syn_order: pd.DataFrame, brackets: list[int]) -> dict[str, pd.DataFrame]:
+def bracket_sets(train_real: pd.DataFrame, syn_order: pd.DataFrame, brackets: list[int],
+                 classes: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """Real sample + the first N synthetic images of each class, per bracket N."""
     return {arm_name("synthetic", n): pd.concat([train_real.assign(source="real"),
-                                                 _first(syn_order, n).assign(source="synthetic")], ignore_index=True)
+                                                 _first(syn_order, n, classes).assign(source="synthetic")],
+                                                ignore_index=True)
             for n in sorted(brackets)}
 
 
-def oversampled_sets(train_real: pd.DataFrame, brackets: list[int], seed: int) -> dict[str, pd.DataFrame]:
+def oversampled_sets(train_real: pd.DataFrame, brackets: list[int], seed: int,
+                     classes: list[str] | None = None) -> dict[str, pd.DataFrame]:
     """Real sample + N copies per class drawn at random with replacement from that class's real images:
     exactly n_real + N images per class, the bracket's totals. ``group`` names each copy's source image."""
     out = {}
     for n in sorted(brackets):
         parts = [train_real.assign(source="real")]
-        for i, label in enumerate(nih.LABELS):
+        for i, label in enumerate(_classes(train_real, classes)):
             rows = train_real[train_real["label"] == label]
             pick = np.random.default_rng([seed, n, i, _SALT]).integers(0, len(rows), n)
             parts.append(rows.iloc[pick].assign(source="real copy"))
@@ -111,19 +119,21 @@ def ratio_counts(ratio, total: int) -> tuple[int, int]:
     return n_real, total - n_real
 
 
-def ratio_sets(real_order: pd.DataFrame, syn_order: pd.DataFrame, ratios, total: int) -> dict[str, pd.DataFrame]:
+def ratio_sets(real_order: pd.DataFrame, syn_order: pd.DataFrame, ratios, total: int,
+               classes: list[str] | None = None) -> dict[str, pd.DataFrame]:
     out = {}
     for r in ratios:
         n_real, n_syn = ratio_counts(r, total)
         out[arm_name("ratio", ratio=tuple(r))] = pd.concat(
-            [_first(real_order, n_real).assign(source="real"), _first(syn_order, n_syn).assign(source="synthetic")],
-            ignore_index=True)
+            [_first(real_order, n_real, classes).assign(source="real"),
+             _first(syn_order, n_syn, classes).assign(source="synthetic")], ignore_index=True)
     return out
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def _counts(df: pd.DataFrame) -> dict[str, int]:
-    return {label: int((df["label"] == label).sum()) for label in nih.LABELS}
+def _counts(df: pd.DataFrame, classes: list[str] | None = None) -> dict[str, int]:
+    """Images per class (0 for a class the frame lacks, so a missing class is the smallest)."""
+    return {label: int((df["label"] == label).sum()) for label in _classes(df, classes)}
 
 
 def check_labels(real: pd.DataFrame, synthetic: pd.DataFrame, where: str) -> None:
@@ -141,7 +151,7 @@ def inputs(cfg: Config, runs_root="runs", experiments=("brackets", "ratios"), bu
     hold the same labels and that every bracket and ratio fits what they hold. Nothing trains unless
     ``build``, which then adds the real baseline (its sample, test sample and TRTR predictions), trained
     first if this data, seed and classifier have none yet (stage 05_real_baseline, shared with stage 05)."""
-    m, c = cfg.mixing, cfg.classifier
+    m, c, classes = cfg.mixing, cfg.classifier, domains.classes(cfg)
     where = f"{results.method_name(cfg)} (seed {cfg.seed})"
     out = {"pool": curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))["train"]}
     if set(experiments) - {"oversampling"}:
@@ -151,15 +161,15 @@ def inputs(cfg: Config, runs_root="runs", experiments=("brackets", "ratios"), bu
             if "label" in raw:
                 check_labels(out["pool"], raw, where)
         synthetic = evaluation.read_synthetic(d04 / "manifest.csv")
-        have, need_b = min(_counts(synthetic).values()), max(m.brackets) if "brackets" in experiments else 0
+        have, need_b = min(_counts(synthetic, classes).values()), max(m.brackets) if "brackets" in experiments else 0
         if need_b > have:
             raise DataError(f"mixing.brackets = {m.brackets}: the largest bracket adds {need_b} synthetic images per "
                             f"class, but the synthetic set of {where} holds only {have} of its smallest class "
-                            f"({_counts(synthetic)}); drop the brackets above {have} or generate more "
+                            f"({_counts(synthetic, classes)}); drop the brackets above {have} or generate more "
                             "(generation.n_per_label).")
         if "ratios" in experiments:
             total = m.total_per_class or c.n_train_per_class
-            real_have = min(_counts(out["pool"]).values())
+            real_have = min(_counts(out["pool"], classes).values())
             for r in m.ratios:
                 n_real, n_syn = ratio_counts(r, total)
                 if n_syn > have or n_real > real_have:
@@ -185,7 +195,7 @@ def _real_baseline(cfg: Config, runs_root, progress: bool) -> Path:
 
 # ---------------------------------------------------------------------------------------- training
 def _train_arm(cfg: Config, out_dir: Path, arm: str, train_df: pd.DataFrame, test_df: pd.DataFrame,
-               progress: bool) -> None:
+               progress: bool, classes: list[str]) -> None:
     """Train one arm and predict the real test sample, unless a resumed stage already holds both."""
     key, c = _file_key(arm), cfg.classifier
     pred, info = out_dir / f"predictions_{key}.csv", out_dir / f"arm_{key}.json"
@@ -199,7 +209,7 @@ def _train_arm(cfg: Config, out_dir: Path, arm: str, train_df: pd.DataFrame, tes
                            history_path=out_dir / f"history_{key}.csv")
     test = classifier.TensorSet.from_manifest(test_df, c.input_size, dev)
     atomic.save_torch(out_dir / f"classifier_{key}.pt", fit.model.state_dict())
-    atomic.write_csv(pred, results.predictions_frame(test_df, classifier.predict_outputs(fit.model, test)))
+    atomic.write_csv(pred, results.predictions_frame(test_df, classifier.predict_outputs(fit.model, test), classes))
     counts = train_df.groupby(["label", "source"]).size()
     atomic.write_json(info, {"arm": arm, "n_train": fit.n_train, "n_val": fit.n_val, "epochs_run": len(fit.history),
                              "best_epoch": fit.best_epoch, "train_seconds": round(fit.seconds, 2),
@@ -224,16 +234,17 @@ def _run(cfg: Config, out_dir: Path, sets: dict[str, pd.DataFrame], meta: dict[s
     out_dir = Path(out_dir)
     atomic.write_csv(out_dir / "test_real.csv", ins["test_real"])
     _baseline(out_dir, ins["real_dir"])
+    classes = domains.classes(cfg)       # once: a folder or csv source is read to find them
     with compute.cpu_threads(cfg.classifier.cpu_threads):
         for arm, df in sets.items():
-            _train_arm(cfg, out_dir, arm, df, ins["test_real"], progress)
+            _train_arm(cfg, out_dir, arm, df, ins["test_real"], progress, classes)
     rows = [_row(out_dir, BASELINE, {"n_real": cfg.classifier.n_train_per_class, "n_synthetic": 0, "n_copies": 0},
-                 cfg)]
-    rows += [_row(out_dir, arm, meta[arm], cfg) for arm in sets]
+                 cfg, classes)]
+    rows += [_row(out_dir, arm, meta[arm], cfg, classes) for arm in sets]
     atomic.write_csv(out_dir / TABLE, pd.DataFrame(rows))
 
 
-def _row(out_dir: Path, arm: str, meta: dict, cfg: Config) -> dict:
+def _row(out_dir: Path, arm: str, meta: dict, cfg: Config, classes: list[str]) -> dict:
     """One arm's metrics on the real test sample (lib.metrics.summary) and its bookkeeping."""
     key = _file_key(arm)
     pred = pd.read_csv(out_dir / f"predictions_{key}.csv")
@@ -244,7 +255,7 @@ def _row(out_dir: Path, arm: str, meta: dict, cfg: Config) -> dict:
             "synthetic_share": meta["n_synthetic"] / total if total else float("nan"),
             "seed": cfg.seed, "arch": cfg.classifier.arch, "predictions": f"predictions_{key}.csv",
             **{k: info.get(k) for k in ("n_train", "n_val", "epochs_run", "train_seconds", "classifier_hash")},
-            **metrics.summary(y, o, cfg.classifier.threshold)}
+            **metrics.summary(y, o, cfg.classifier.threshold, classes)}
 
 
 def run_brackets(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> None:
@@ -252,8 +263,9 @@ def run_brackets(cfg: Config, out_dir, runs_root="runs", progress: bool = True) 
     ins = inputs(cfg, runs_root, ("brackets",), build=True, progress=progress)
     leakage.check_content(ins["test_real"], {"the synthetic set": ins["synthetic"],
                                              "the real training sample": ins["train_real"]})
-    syn = ordered_synthetic(ins["synthetic"], cfg.seed)
-    sets = bracket_sets(ins["train_real"], syn, cfg.mixing.brackets)
+    classes = domains.classes(cfg)
+    syn = ordered_synthetic(ins["synthetic"], cfg.seed, classes)
+    sets = bracket_sets(ins["train_real"], syn, cfg.mixing.brackets, classes)
     n = cfg.classifier.n_train_per_class
     meta = {arm_name("synthetic", b): {"n_real": n, "n_synthetic": b, "n_copies": 0} for b in cfg.mixing.brackets}
     _run(cfg, Path(out_dir), sets, meta, ins, progress)
@@ -262,7 +274,7 @@ def run_brackets(cfg: Config, out_dir, runs_root="runs", progress: bool = True) 
 def run_oversampling(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> None:
     """Stage 07_oversampling: the real sample plus N random copies of its images per class, per bracket."""
     ins = inputs(cfg, runs_root, ("oversampling",), build=True, progress=progress)
-    sets = oversampled_sets(ins["train_real"], cfg.mixing.brackets, cfg.seed)
+    sets = oversampled_sets(ins["train_real"], cfg.mixing.brackets, cfg.seed, domains.classes(cfg))
     n = cfg.classifier.n_train_per_class
     meta = {arm_name("oversampled", b): {"n_real": n, "n_synthetic": 0, "n_copies": b} for b in cfg.mixing.brackets}
     _run(cfg, Path(out_dir), sets, meta, ins, progress)
@@ -272,10 +284,12 @@ def run_ratios(cfg: Config, out_dir, runs_root="runs", progress: bool = True) ->
     """Stage 07_ratios: a fixed number of images per class at each real:synthetic ratio."""
     ins = inputs(cfg, runs_root, ("ratios",), build=True, progress=progress)
     total = cfg.mixing.total_per_class or cfg.classifier.n_train_per_class
+    classes = domains.classes(cfg)
     real = ordered_real(ins["train_real"], ins["pool"], cfg.seed)
     leakage.check_content(ins["test_real"], {"the synthetic set": ins["synthetic"],
-                                             "the real training pool": _first(real, total)})
-    sets = ratio_sets(real, ordered_synthetic(ins["synthetic"], cfg.seed), cfg.mixing.ratios, total)
+                                             "the real training pool": _first(real, total, classes)})
+    sets = ratio_sets(real, ordered_synthetic(ins["synthetic"], cfg.seed, classes), cfg.mixing.ratios, total,
+                      classes)
     meta = {}
     for r in cfg.mixing.ratios:
         n_real, n_syn = ratio_counts(r, total)
@@ -357,19 +371,26 @@ def collect(measured: list[dict]) -> pd.DataFrame:
 
 
 def _scores(d, pred_file: str) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices and what the paired statistics take: the binary score, or N x k probabilities."""
     y, o = results.arrays(pd.read_csv(Path(d) / pred_file))
-    return y, metrics.score_of(o)
+    p = metrics.probabilities(o)
+    return y, metrics.score_of(o) if p.shape[1] == 2 else p
+
+
+def _decide(s: np.ndarray, threshold: float) -> np.ndarray:
+    """The binary score against the threshold, or the largest of k probabilities (lib.metrics.decide)."""
+    return (s >= threshold).astype(int) if s.ndim == 1 else np.argmax(s, axis=1)
 
 
 def _stat(metric: str, threshold: float):
     if metric == "auroc":
-        return metrics.auroc
+        return lambda y, s: metrics.auroc(y, s) if s.ndim == 1 else metrics.macro_auroc(y, s)
     if metric == "accuracy":
-        return lambda y, s: float(np.mean((s >= threshold).astype(int) == y))
+        return lambda y, s: float(np.mean(_decide(s, threshold) == y))
     if metric == "balanced_accuracy":
         def bal(y, s):
-            p = (s >= threshold).astype(int)
-            return float(np.mean([np.mean(p[y == k] == k) for k in (0, 1) if (y == k).any()]))
+            p, k = _decide(s, threshold), 2 if s.ndim == 1 else s.shape[1]
+            return float(np.mean([np.mean(p[y == c] == c) for c in range(k) if (y == c).any()]))
         return bal
     raise ValueError(f"no paired statistic for {metric!r}")
 
@@ -533,7 +554,9 @@ def bracket_table(records: pd.DataFrame, n_boot: int = 1000, seed: int = 0, thre
 def per_class_table(records: pd.DataFrame) -> pd.DataFrame:
     """Schaudt et al.'s Table 9: precision, recall and F1 per class (mean ± s.d. over seeds) of the real-only
     baseline, random oversampling and each generator, each at its best bracket (highest mean accuracy)."""
-    cols = [f"{m}[{c}]" for c in nih.LABELS for m in ("precision", "recall", "f1")]
+    classes = list(dict.fromkeys(c[len("precision["):-1] for c in records.columns
+                                 if c.startswith("precision[") and c.endswith("]")))   # label-index order
+    cols = [f"{m}[{c}]" for c in classes for m in ("precision", "recall", "f1")]
     t = seed_table(records, BRACKETS, METRICS + cols)
     if t.empty:
         return t

@@ -14,8 +14,9 @@ any synthetic set:
 - ``folder``: any folder of images with one sub-folder per class (a GAN's output, another generator's),
   referenced in place.
 
-The held-out images are stage 01's *tuning* pool: no classifier ever sees it and no reference generator
-tuned on it. Every kind draws the same rows (chosen per class at random, seeded by the run seed), so the
+Every kind works for the run's classes (lib.domains.classes), two or more; ``findings-erased`` and
+``exaggerated`` redraw phantoms and so need the phantom source. The held-out images are stage 01's
+*tuning* pool: no classifier ever sees it and no reference generator tuned on it. Every kind draws the same rows (chosen per class at random, seeded by the run seed), so the
 references are paired with each other. Everything is checked before the first file is written, so an
 error leaves the folder as it was; files already on disk are kept (a killed run resumes) and the
 manifest is written last.
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import atomic, compute, curation, generation, images, nih, paths, phantoms, provenance, stages
+from . import atomic, compute, curation, domains, generation, images, paths, phantoms, provenance, stages
 from .config import Config
 from .nih import DataError
 from .progress import tqdm
@@ -61,7 +62,7 @@ def holdout(cfg: Config, runs_root="runs", need: int | None = None,
     need = cfg.generation.n_per_label if need is None else need
     pool = curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))["tuning"]
     parts = []
-    for li, label in enumerate(nih.LABELS):
+    for li, label in enumerate(domains.classes(cfg)):
         rows = pool[pool["label"] == label].sort_values("image_id").reset_index(drop=True)
         if len(rows) < need:
             raise DataError(
@@ -76,11 +77,12 @@ def holdout(cfg: Config, runs_root="runs", need: int | None = None,
 
 
 def scan_folder(cfg: Config) -> dict[str, list[Path]]:
-    """label -> the image files of its sub-folder of generation.folder (sorted); every mistake is an error
-    that says what to put where."""
+    """label -> the image files of its sub-folder of generation.folder (sorted), one sub-folder for each of the
+    run's classes; every mistake is an error that says what to put where."""
     g = cfg.generation
-    names = " and ".join(repr(x) for x in nih.LABELS)
-    slugs = " and ".join(repr(generation.slug(x)) for x in nih.LABELS)
+    classes = domains.classes(cfg)
+    names = _listed([repr(x) for x in classes])
+    slugs = _listed([repr(generation.slug(x)) for x in classes])
     how = (f"generation.folder needs one sub-folder per class, named after the class ({names}, case-insensitive, "
            f"or {slugs}), each holding that class's images ({', '.join(IMAGE_SUFFIXES)}).")
     if not g.folder:
@@ -88,7 +90,7 @@ def scan_folder(cfg: Config) -> dict[str, list[Path]]:
     root = paths.resolve(g.folder)
     if not root.is_dir():
         raise DataError(f"generation.folder {root} does not exist or is not a folder. {how}")
-    by_slug = {generation.slug(label): label for label in nih.LABELS}
+    by_slug = {generation.slug(label): label for label in classes}
     found: dict[str, Path] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         label = by_slug.get(generation.slug(sub.name))
@@ -101,10 +103,10 @@ def scan_folder(cfg: Config) -> dict[str, list[Path]]:
     if not found:
         raise DataError(f"generation.folder {root} has no class sub-folder (it is empty, or its images are not "
                         f"sorted by class). {how}")
-    missing = [label for label in nih.LABELS if label not in found]
+    missing = [label for label in classes if label not in found]
     if missing:
-        raise DataError(f"generation.folder {root} has no sub-folder for class(es) {missing}; both classes are "
-                        f"needed. {how}")
+        raise DataError(f"generation.folder {root} has no sub-folder for class(es) {missing}; every class of the "
+                        f"run ({names}) is needed. {how}")
     files = {}
     for label, sub in found.items():
         files[label] = sorted(p for p in sub.iterdir()
@@ -113,6 +115,11 @@ def scan_folder(cfg: Config) -> dict[str, list[Path]]:
             raise DataError(f"generation.folder {root}: sub-folder '{sub.name}' (class '{label}') holds no image. "
                             f"{how}")
     return files
+
+
+def _listed(items: list[str]) -> str:
+    """'a and b', 'a, b and c'."""
+    return " and ".join(items) if len(items) < 3 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _from_folder(cfg: Config) -> pd.DataFrame:
@@ -173,10 +180,11 @@ def plan(cfg: Config, runs_root="runs", progress: bool = True) -> tuple[pd.DataF
         df = df.rename(columns={"image_id": "source_image_id"})
         df["label"] = df["source_label"]
         if kind == "label-shuffled":
-            rng = np.random.default_rng([cfg.seed, len(nih.LABELS), _SALT])
+            classes = domains.classes(cfg)
+            rng = np.random.default_rng([cfg.seed, len(classes), _SALT])
             df["label"] = rng.permutation(df["source_label"].to_numpy())
             df["index"] = df.groupby("label", sort=False).cumcount()
-            df = df.sort_values(["label", "index"], key=lambda s: s.map(nih.LABELS.index) if s.name == "label" else s,
+            df = df.sort_values(["label", "index"], key=lambda s: s.map(classes.index) if s.name == "label" else s,
                                 ignore_index=True)
         hashes = {p: provenance.file_hash(p) for p in df["source_path"].unique()}
         df["source_hash"] = df["source_path"].map(hashes)
@@ -254,10 +262,10 @@ def _vae_roundtrip(todo: pd.DataFrame, out_dir: Path, cfg: Config, base: str, ba
     del vae
 
 
-def reconstruction_error(manifest: pd.DataFrame, size: int) -> dict:
+def reconstruction_error(manifest: pd.DataFrame, size: int, classes: list[str] | None = None) -> dict:
     """The VAE ceiling's pixel error, read back from the files: each round trip against its source image at
     ``size`` (model.resolution, where the VAE worked), intensities in [0, 1]. MSE, MAE and PSNR (dB, of the
-    mean MSE), overall and per label."""
+    mean MSE), overall and per label (the run's classes; default: the order the labels give)."""
     def errors(rows):
         src = images.load_stack(rows["source_path"].tolist(), size)
         out = images.load_stack([str(paths.resolve(p)) for p in rows["path"]], size)
@@ -271,7 +279,7 @@ def reconstruction_error(manifest: pd.DataFrame, size: int) -> dict:
 
     mse, mae = errors(manifest)
     out = {"all": summary(mse, mae)}
-    for label in nih.LABELS:
+    for label in domains.order(manifest["label"]) if classes is None else classes:
         idx = (manifest["label"] == label).to_numpy()
         if idx.any():
             out[label] = summary(mse[idx], mae[idx])
@@ -332,8 +340,9 @@ def build(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> dict
     # the source patient, where there is one, lets stage 05 hold out whole patients
     manifest = manifest[manifest_columns() + (["patient"] if "patient" in manifest else [])]
     atomic.write_csv(out_dir / "manifest.csv", manifest)
-    counts = manifest["label"].value_counts().reindex(nih.LABELS, fill_value=0)
-    summary = {"model": kind, "models": {label: kind for label in nih.LABELS}, "model_hash": ref_hash,
+    classes = domains.classes(cfg)
+    counts = manifest["label"].value_counts().reindex(classes, fill_value=0)
+    summary = {"model": kind, "models": {label: kind for label in classes}, "model_hash": ref_hash,
                "kind": kind, "reference": True, "n_images": len(manifest),
                "n_per_label": {label: int(c) for label, c in counts.items()},
                "unique_images": int(manifest["hash"].nunique()),
@@ -342,9 +351,9 @@ def build(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> dict
                "base_model": params.get("base"),
                "generated_this_call": written, "seconds_this_call": round(seconds, 2),
                "images_per_second": round(written / seconds, 2) if written and seconds else None,
-               "prompts": {label: "" for label in nih.LABELS}, "train_summary": {}}
+               "prompts": {label: "" for label in classes}, "train_summary": {}}
     if kind == "vae-roundtrip":          # the ceiling of any generator that decodes through this VAE
         summary["reconstruction"] = reconstruction_error(manifest.assign(source_path=df["source_path"].to_numpy()),
-                                                         cfg.model.resolution)
+                                                         cfg.model.resolution, classes)
     atomic.write_json(out_dir / "generation_summary.json", summary)
     return summary

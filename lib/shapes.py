@@ -20,8 +20,10 @@ from . import atomic, paths
 from .progress import tqdm
 
 SHAPES = ["circle", "square", "triangle"]          # the default classes
-AVAILABLE = SHAPES + ["cross", "ring"]
-GENERATOR_VERSION = 3
+# star, hexagon and crescent are shapes the tiny base model's pre-training corpus never drew
+# (lib.diffusion_model._SHAPES): a domain it has to be fine-tuned into, as the thesis's X-rays are for SD
+AVAILABLE = SHAPES + ["cross", "ring", "star", "hexagon", "crescent"]
+GENERATOR_VERSION = 4
 PER_GROUP = 4                                      # images per object family and class
 
 
@@ -30,7 +32,11 @@ def _rng(*parts) -> np.random.Generator:
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    corners = {"square": 4, "triangle": 3}[shape]
+    if shape == "star":               # five points, inner radius 0.45 r
+        a = angle + np.arange(10) * np.pi / 5
+        rad = np.where(np.arange(10) % 2, 0.45 * r, r)
+        return list(zip(cx + rad * np.cos(a), cy + rad * np.sin(a)))
+    corners = {"square": 4, "triangle": 3, "hexagon": 6}[shape]
     a = angle + np.arange(corners) * 2 * np.pi / corners
     return list(zip(cx + r * np.cos(a), cy + r * np.sin(a)))
 
@@ -44,7 +50,7 @@ def draw(shape: str, group: int, index: int, size: int = 32, seed: int = 0) -> n
     background = fam.uniform(20, 90)
     scale = fam.uniform(0.26, 0.38) * size
     noise = r.normal(0, 12, (size, size, 1)) + r.normal(0, 4, (size, size, 3))
-    im = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8), "RGB")
+    im = Image.new("RGB", (size, size), tuple(int(background) for _ in range(3)))
     d = ImageDraw.Draw(im)
     rad = scale * r.uniform(0.85, 1.15)
     cx, cy = r.uniform(rad + 1, size - rad - 1, 2)
@@ -54,6 +60,11 @@ def draw(shape: str, group: int, index: int, size: int = 32, seed: int = 0) -> n
     elif shape == "ring":
         w = max(2, int(rad * 0.35))
         d.ellipse([cx - rad, cy - rad, cx + rad, cy + rad], outline=colour, width=w)
+    elif shape == "crescent":         # a disc with an offset disc of the background cut out
+        d.ellipse([cx - rad, cy - rad, cx + rad, cy + rad], fill=colour)
+        ox, oy = 0.5 * rad * np.cos(angle), 0.5 * rad * np.sin(angle)
+        d.ellipse([cx + ox - 0.85 * rad, cy + oy - 0.85 * rad, cx + ox + 0.85 * rad, cy + oy + 0.85 * rad],
+                  fill=tuple(int(background) for _ in range(3)))
     elif shape == "cross":
         w = max(2, rad * 0.35)
         for a in (angle, angle + np.pi / 2):
@@ -61,7 +72,9 @@ def draw(shape: str, group: int, index: int, size: int = 32, seed: int = 0) -> n
             d.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=colour, width=int(w))
     else:
         d.polygon(_polygon(shape, cx, cy, rad, angle), fill=colour)
-    return np.asarray(im.filter(ImageFilter.GaussianBlur(0.4)))
+    # noise after drawing: a shape and the background (and a crescent's cut-out) share the texture
+    arr = np.clip(np.asarray(im, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(arr, "RGB").filter(ImageFilter.GaussianBlur(0.4)))
 
 
 def shapes_dir(n: int, size: int, seed: int, classes: list[str]) -> Path:

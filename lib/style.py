@@ -17,6 +17,7 @@ from . import atomic, paths  # noqa: E402
 
 import os  # noqa: E402
 import re  # noqa: E402
+import zlib  # noqa: E402
 
 # LaTeX \textwidth in points (\the\textwidth) of a standard 12pt thesis page. Every figure's size is a
 # fraction of it: set SUITE_TEXT_WIDTH_PT, call set_text_width(), or pass text_width_pt to figure().
@@ -30,6 +31,9 @@ REFERENCES = ["real-holdout", "vae-roundtrip", "exaggerated", "findings-erased",
               "folder"]
 METHOD_COLORS.update(zip(REFERENCES, sns.color_palette("dark", len(REFERENCES))))
 LABEL_COLORS = {"No Finding": _PALETTE[0], "Unhealthy": _PALETTE[3]}
+# Any other domain's classes, by label index: the thesis's pair first, so a binary domain looks like it.
+_FULL = sns.color_palette("colorblind", 10)
+CLASS_PALETTE = [_FULL[0], _FULL[3]] + [c for i, c in enumerate(_FULL) if i not in (0, 3)]
 
 
 SIZE_MARKERS = ["o", "s", "D", "^", "v", "P"]    # one marker per tuning size, in increasing order
@@ -61,6 +65,16 @@ def apply(font_scale: float = 1.0) -> None:
 def color(method: str):
     """The method's fixed colour (unknown methods get grey)."""
     return METHOD_COLORS.get(method, (0.5, 0.5, 0.5))
+
+
+def label_color(name: str, i: int | None = None):
+    """A class's colour: the thesis's for its two classes, else the i-th of CLASS_PALETTE (cycling). Without
+    ``i`` the name picks one, the same in every figure (a checksum: Python's hash varies per process)."""
+    if name in LABEL_COLORS:
+        return LABEL_COLORS[name]
+    if i is None:
+        i = zlib.crc32(str(name).encode())
+    return CLASS_PALETTE[i % len(CLASS_PALETTE)]
 
 
 def figure(width_fraction: float = 1.0, aspect: float = 0.62, text_width_pt: float | None = None,

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import (atomic, classifier, compute, config, curation, evaluation, generation, leakage, metrics, nih, paths,
-               references, results, stages, stats)
+from . import (atomic, classifier, compute, config, curation, domains, evaluation, generation, leakage, metrics,
+               paths, references, results, stages, stats)
 from .config import Config
 from .nih import DataError
 
@@ -192,17 +192,21 @@ def predict_pair(src: DataSet, d_src: Path, tgt: DataSet, d_tgt: Path, runs_root
     with compute.cpu_threads(c.cpu_threads):
         data = classifier.TensorSet.from_manifest(test, c.input_size, compute.device())
         outputs = classifier.predict_outputs(_load(d_src, src.cfg), data)
-    atomic.write_csv(out, results.predictions_frame(test, outputs))
+    atomic.write_csv(out, results.predictions_frame(test, outputs, domains.classes(src.cfg)))
     return out, excluded
 
 
 def check(cfg: Config, sets: list[DataSet]) -> None:
     """What can be checked before anything trains: one classifier and one seed for every set, and each set's
     classes."""
+    classes = domains.classes(cfg)
     for ds in sets:
         if ds.cfg.classifier != cfg.classifier or ds.cfg.seed != cfg.seed or sizes(ds.cfg) != sizes(cfg):
             raise DataError(f"set {ds.name!r} uses another classifier, seed or transfer size than the parameter "
                             "file; every cell of the matrix must train the same classifier on the same sizes.")
+        if ds.cfg is not cfg and domains.classes(ds.cfg) != classes:
+            raise DataError(f"set {ds.name!r} has the classes {domains.classes(ds.cfg)}, the parameter file "
+                            f"{classes}; a source's classifier can only be tested on a target of its own classes.")
 
 
 def measure(cfg: Config, runs_root="runs", runs: list[Config] | None = None, progress: bool = False,
@@ -228,26 +232,46 @@ def measure(cfg: Config, runs_root="runs", runs: list[Config] | None = None, pro
 
 
 # ------------------------------------------------------------------------------------------ metrics
+def _scores(outputs) -> np.ndarray:
+    """What a cell's statistics take: the binary score P(class 1), or the N x k normalised outputs."""
+    p = metrics.probabilities(outputs)
+    return metrics.score_of(outputs) if p.shape[1] == 2 else p
+
+
+def _decide(s, threshold: float) -> np.ndarray:
+    """The binary score against the threshold, or the largest of k probabilities (lib.metrics.decide)."""
+    s = np.asarray(s)
+    return (s >= threshold).astype(int) if s.ndim == 1 else np.argmax(s, axis=1)
+
+
+def auroc(y, s) -> float:
+    """The binary AUROC of a score, or the macro one-vs-rest AUROC of N x k probabilities."""
+    return metrics.auroc(y, s) if np.ndim(s) == 1 else metrics.macro_auroc(y, s)
+
+
 def balanced_accuracy(y, s, threshold: float = 0.5) -> float:
-    """Mean recall over the classes present (scikit-learn's balanced_accuracy_score)."""
-    y, p = np.asarray(y), (np.asarray(s) >= threshold).astype(int)
-    return float(np.mean([np.mean(p[y == k] == k) for k in (0, 1) if (y == k).any()]))
+    """Mean recall over the classes present (scikit-learn's balanced_accuracy_score); ``s`` is the binary
+    score or N x k probabilities (_scores)."""
+    y, p = np.asarray(y), _decide(s, threshold)
+    k = 2 if np.ndim(s) == 1 else np.shape(s)[1]
+    return float(np.mean([np.mean(p[y == c] == c) for c in range(k) if (y == c).any()]))
 
 
 def pair_row(source: str, target: str, pred_path: Path, d_src: Path, threshold: float, n_boot: int, seed: int
              ) -> dict:
     """One cell: AUROC and balanced accuracy with percentile bootstrap CIs, and the collapse flag."""
     pred = pd.read_csv(pred_path)
+    classes = results.classes_of(pred)
     y, o = results.arrays(pred)
-    s = metrics.score_of(o)
-    m = metrics.summary(y, o, threshold)
+    s = _scores(o)
+    m = metrics.summary(y, o, threshold, classes)
     out = {"source": source, "target": target, "diagonal": source == target,
            "n_train": json.loads((d_src / "source.json").read_text())["n_train"], "n_test": len(y),
            "accuracy": m["accuracy"], "collapsed": m["collapsed"],
-           "predicted_class": nih.LABELS[int(s[0] >= threshold)] if m["collapsed"] else "",
+           "predicted_class": classes[int(metrics.decide(o, threshold)[0])] if m["collapsed"] else "",
            "predictions": stages.paths_rel(pred_path)}
-    for name, stat in (("auroc", metrics.auroc), ("balanced_accuracy",
-                                                  lambda yy, ss: balanced_accuracy(yy, ss, threshold))):
+    for name, stat in (("auroc", auroc), ("balanced_accuracy",
+                                          lambda yy, ss: balanced_accuracy(yy, ss, threshold))):
         b = stats.two_level_bootstrap([(y, s)], stat, n_boot, seed)
         out.update({name: b["value"], f"{name}_ci_low": b["ci_low"], f"{name}_ci_high": b["ci_high"]})
     return out
@@ -258,10 +282,10 @@ def recompute(table: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     rows = []
     for _, r in table.iterrows():
         y, o = results.arrays(pd.read_csv(paths.resolve(r["predictions"])))
-        s = metrics.score_of(o)
-        rows.append({"source": r["source"], "target": r["target"], "auroc": metrics.auroc(y, s),
+        s = _scores(o)
+        rows.append({"source": r["source"], "target": r["target"], "auroc": auroc(y, s),
                      "balanced_accuracy": balanced_accuracy(y, s, threshold),
-                     "collapsed": metrics.collapsed((s >= threshold).astype(int))})
+                     "collapsed": metrics.collapsed(_decide(s, threshold))})
     return pd.DataFrame(rows)
 
 

@@ -102,6 +102,7 @@ def test_thesis_tables_have_the_thesis_layout(records, tmp_path):
     assert names[2].startswith("Table 4.12: active-gating") and names[3].startswith("Table 4.13")
     a, b = tables[names[0]], tables[names[1]]
     assert list(a.columns.get_level_values(0).unique()) == ["Accuracy", "AUROC"]
+    assert list(a.columns)[:3] == [("Accuracy", "Overall"), ("Accuracy", "Unhealthy"), ("Accuracy", "No Finding")]
     assert list(a.index) == ["12 (no fine-tune)", "12"]              # Table 4.4's "No Fine tune" row first
     assert ("FTER", "mean ± std") in b.columns and "±" in b.loc["12", ("FTER", "mean ± std")]
     assert a.loc["12", ("AUROC", "95% CI")].startswith("[") and ("AUROC", "95% CI") in b.columns
@@ -264,3 +265,62 @@ def test_parameters_come_back_from_a_column_that_is_null_in_other_records():
     assert back.fidelity.fid_dims == 12 and isinstance(back.fidelity.fid_dims, int)
     assert back.classifier.learning_rate == 1.0 and isinstance(back.classifier.learning_rate, float)
     assert back.gating.skip_rate is None
+
+
+# ------------------------------------------------------------------------------------------ k classes
+SHAPES = ["circle", "square", "triangle"]
+
+
+def _k_cell(prefix: str, quality: float, seed: int, n: int = 90) -> tuple[pd.DataFrame, np.ndarray]:
+    """A test manifest of the three shapes and sigmoid outputs that favour each image's own class."""
+    y = np.arange(n) % len(SHAPES)
+    noise = np.random.default_rng(seed).normal(0, 1, (n, len(SHAPES)))
+    outputs = 1 / (1 + np.exp(-(quality * (2 * np.eye(len(SHAPES))[y] - 1) + noise)))
+    return pd.DataFrame({"image_id": [f"{prefix}{i}" for i in range(n)], "label": [SHAPES[i] for i in y],
+                         "path": [f"/nowhere/{prefix}{i}.png" for i in range(n)]}), outputs
+
+
+def _write_k_class_results(cfg, out):
+    """A stage-05 record of a three-class run in the evaluation's format (lib.metrics.matrix with classes)."""
+    from lib import metrics, results
+
+    real, o_trtr = _k_cell("real", 1.5, 1)
+    syn, o_b = _k_cell("syn", 2.0, 2)
+    cells = {"a": (real, _k_cell("real", 0.4, 3)[1]), "trtr": (real, o_trtr), "b": (syn, o_b),
+             "tsts": (syn, _k_cell("syn", 1.0, 4)[1])}
+    for k, (m, o) in cells.items():
+        atomic.write_csv(out / f"predictions_{k}.csv", results.predictions_frame(m, o, SHAPES))
+    atomic.write_csv(out / "test_a.csv", real)
+    atomic.write_csv(out / "test_b.csv", syn)
+    det = pd.concat([real.assign(source="real"), syn.assign(source="synthetic")], ignore_index=True)
+    det["score"] = np.random.default_rng(5).random(len(det)) + 0.3 * (det["source"] == "synthetic")
+    atomic.write_csv(out / "predictions_det.csv", det.drop(columns="path"))
+    row = {"method": results.method_name(cfg), "tuning_per_label": cfg.selection.per_label, "seed": cfg.seed,
+           "bootstrap_seed": cfg.seed, **metrics.matrix(results.cells_from(out), cfg.classifier.threshold, 50,
+                                                        cfg.seed, detection=results.detection_from(out),
+                                                        classes=SHAPES),
+           **results.flatten(cfg.to_dict(), "param.")}
+    atomic.write_csv(out / "results.csv", pd.DataFrame([row]))
+
+
+def test_a_three_class_record_is_collected_checked_and_tabled_per_class(runs_root):
+    from sklearn.metrics import roc_auc_score
+
+    for seed in (0, 1):
+        _record(runs_root, {"data.source": "shapes", "data.classes": SHAPES, "finetune.method": "random"}, seed,
+                _write_k_class_results)
+    df = analysis.collect(runs_root)
+    cols = analysis.metric_columns(df)
+    assert {"auroc_a_circle", "acc_b_triangle", "auroc_det_square", "auroc_tsts", "tr"} <= set(cols)
+    assert not [c for c in cols if "ci_" in c]                   # the record's intervals are no metric
+    report = analysis.check(df)                                   # scikit-learn's macro OvR and argmax agree
+    assert {"auroc_a", "acc_a", "acc_a_square", "auroc_det_circle", "tr"} <= set(report["metric"])
+    y, _, o = analysis.read_predictions(df.loc[0, "results_dir"], "a")
+    assert analysis.recompute(df).loc[0, "auroc_a"] == pytest.approx(
+        roc_auc_score(y, o / o.sum(1, keepdims=True), multi_class="ovr", average="macro"), abs=1e-12)
+    s = analysis.summary(df, n_boot=20)
+    assert s.loc[0, "auroc_a_pooled"] == pytest.approx(df["auroc_a"].mean(), abs=1e-12)   # macro AUROC too
+    t = analysis.direction_table(s, "a")
+    assert list(t.columns)[:4] == [("Accuracy", c) for c in ["Overall", *SHAPES]]
+    samples = analysis.sample_paths(df, per_label=2)
+    assert list(samples[analysis.REAL_ROW]) == SHAPES and all(len(v) == 2 for v in samples[analysis.REAL_ROW].values())

@@ -120,6 +120,8 @@ def test_bad_domain_input_gets_clear_errors(tmp_path):
         config.load("params/shapes.yaml", {"data.classes": ["circle", "sqare"]})
     with pytest.raises(ParamError, match="data.classes .* read by the folder, csv and shapes sources only"):
         config.load("params/smoke.yaml", {"data.classes": ["a", "b"]})
+    with pytest.raises(ParamError, match="'textbook' picks typical X-ray cases"):
+        config.load("params/shapes.yaml", {"selection.methods": ["random", "textbook"], "finetune.method": "random"})
     with pytest.raises(ParamError, match="needs data.folder"):
         config.load("params/shapes.yaml", {"data.source": "folder"})
     (root / "triangle").rmdir()
@@ -176,3 +178,18 @@ def test_three_class_shapes_domain_runs_through_the_whole_pipeline(runs_root):
     assert not set(test["patient"]) & (set(tuning["patient"]) | set(train["patient"]))
     # the domain is learnable: the real-trained classifier is far from chance on real shapes
     assert row["trtr_auroc_ci_low"] > 0.75
+
+
+def test_the_notebooks_run_the_three_class_domain_unchanged(runs_root, tmp_path):
+    # Notebooks 01-06 as committed, through papermill, on the shapes domain: nothing in them is chest-specific.
+    from lib import runner
+
+    figures = tmp_path / "figures"
+    run = runner.run("params/shapes.yaml", {"finetune.steps": 4, "finetune.checkpoint_every": 4,
+                                            "finetune.validation_every": 4}, runs_root, figures_dir=figures)
+    assert run.finished, run.status
+    made = {p.name for p in figures.glob("*.png")}
+    assert {"01_label_findings.png", "04_synthetic_vs_real.png", "05_roc_confusion.png",
+            "06_samples_by_method.png"} <= made
+    matrix = pd.read_csv(figures / "06_matrix.csv")
+    assert len(matrix) >= 1

@@ -99,6 +99,20 @@ def test_a_class_left_empty_by_the_threshold_is_a_clear_error():
     assert len(external.check_classes(labelled.assign(kept=labelled["confidence"] >= 0.6), 0.6, "f")) == 4
 
 
+def test_k_classes_are_pseudo_labelled_by_their_largest_output():
+    shapes = ["circle", "square", "triangle"]
+    outputs = np.array([[0.9, 0.3, 0.3], [0.1, 0.2, 0.7], [0.4, 0.5, 0.1], [0.5, 0.45, 0.05]])
+    t = external.pseudo_labels(outputs, 0.5, shapes)
+    assert list(t["label"]) == ["circle", "triangle", "square", "circle"]
+    assert t["confidence"].to_numpy() == pytest.approx([0.6, 0.7, 0.5, 0.5]) and (t["score"] == t["confidence"]).all()
+    assert list(t["kept"]) == [True, True, True, True]
+    with pytest.raises(DataError, match=r"\['square'\] hold no image.*'triangle': 1.*every class"):
+        external.check_classes(t.assign(kept=t["confidence"] > 0.55), 0.55, "folder", shapes)
+    binary = external.pseudo_labels(np.array([[0.2, 0.6], [0.9, 0.3]]), 0.5)    # two classes: as the thesis
+    assert list(binary["label"]) == ["Unhealthy", "No Finding"]
+    assert binary["confidence"].to_numpy() == pytest.approx([0.75, 0.75]) and binary["score"][0] == pytest.approx(0.75)
+
+
 def test_the_threshold_drops_less_confident_images(stage02):
     cfg, _, out, _ = stage02
     again = _cfg(cfg.selection.external_dir, **LABELLER, **{"selection.pseudo_label_threshold": 0.65})

@@ -76,6 +76,25 @@ def test_brackets_are_nested_and_ratios_keep_the_size_fixed():
         assert per.get(("Unhealthy", "real"), 0) == n_real
 
 
+def test_sets_counts_and_paired_statistics_take_any_number_of_classes():
+    from lib import metrics
+
+    shapes = ["circle", "square", "triangle"]
+    real = pd.DataFrame({"image_id": [f"r{i}" for i in range(30)], "path": [f"r{i}.png" for i in range(30)],
+                         "label": [shapes[i % 3] for i in range(30)]})
+    over = mixing.oversampled_sets(real, [4], seed=0, classes=shapes)["oversampled+4"]
+    assert over["label"].value_counts().to_dict() == {c: 14 for c in shapes}
+    syn = real.assign(image_id="s" + real["image_id"])
+    b = mixing.bracket_sets(real, mixing.ordered_synthetic(syn, 0, shapes), [3], shapes)["synthetic+3"]
+    assert (b.groupby(["label", "source"]).size() == [10, 3] * 3).all()
+    assert mixing._counts(real[real["label"] != "square"], shapes)["square"] == 0    # an absent class counts 0
+    y = np.array([0, 1, 2, 0, 1, 2])
+    p = metrics.probabilities(np.eye(3)[[0, 1, 2, 1, 1, 2]] * 0.8 + 0.1)            # one circle taken for a square
+    assert mixing._stat("accuracy", 0.5)(y, p) == pytest.approx(5 / 6)
+    assert mixing._stat("balanced_accuracy", 0.5)(y, p) == pytest.approx((0.5 + 1 + 1) / 3)
+    assert mixing._stat("auroc", 0.5)(y, p) == metrics.macro_auroc(y, p)
+
+
 def test_validation_groups_never_straddle_the_split():
     y = np.repeat([0, 1], 30)
     groups = np.array([f"g{i // 3}" for i in range(60)])      # three copies of each image

@@ -195,3 +195,19 @@ def test_too_few_holdout_images_write_nothing(runs, tmp_path):
         references.build(cfg_for("real-holdout", **{"generation.n_per_label": 200}), out, runs_root=runs,
                          progress=False)
     assert nothing_written(out)
+
+
+def test_folder_sub_folders_are_matched_to_the_runs_own_classes(tmp_path):
+    src = tmp_path / "gan"
+    for name in ("Circle", "square"):
+        (src / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(src / name / "g0.png")
+    cfg = cfg_for("folder", **{"data.source": "shapes", "generation.folder": str(src)})
+    with pytest.raises(DataError, match=r"class\(es\) \['triangle'\].*'circle', 'square' and 'triangle'"):
+        references.scan_folder(cfg)
+    (src / "triangle").mkdir()
+    Image.new("L", (8, 8)).save(src / "triangle" / "g0.png")
+    assert set(references.scan_folder(cfg)) == {"circle", "square", "triangle"}
+    (src / "No Finding").mkdir()                           # the thesis's classes are no class of this run
+    with pytest.raises(DataError, match="'No Finding' names no class.*'circle'"):
+        references.scan_folder(cfg)

@@ -63,3 +63,11 @@ def test_viz_modules_draw_and_save_only_through_style():
             if re.search(r"plt\.(subplots|figure)\(|\.savefig\(", line):
                 offenders.append(f"{f.name}:{i}: {line.strip()}")
     assert not offenders, "draw with style.figure and save with style.save:\n" + "\n".join(offenders)
+
+
+def test_every_class_gets_a_colour_the_thesis_classes_keep_theirs():
+    assert style.label_color("Unhealthy", 5) == style.LABEL_COLORS["Unhealthy"]
+    assert style.label_color("No Finding") == style.LABEL_COLORS["No Finding"]
+    shapes = [style.label_color(c, i) for i, c in enumerate(["circle", "square", "triangle"])]
+    assert len(set(shapes)) == 3 and shapes[:2] == [style.LABEL_COLORS["No Finding"], style.LABEL_COLORS["Unhealthy"]]
+    assert style.label_color("circle") == style.label_color("circle") in style.CLASS_PALETTE   # no index: by name

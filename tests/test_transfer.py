@@ -118,6 +118,38 @@ def test_a_collapsed_classifier_is_flagged(tmp_path):
     assert not transfer.pair_row("a", "b", path, d, 0.5, 20, 0)["collapsed"]
 
 
+def test_a_three_class_cell_is_measured_with_macro_auroc_and_largest_output_decisions(tmp_path):
+    from lib import results
+
+    d = tmp_path / "src"
+    (d / "targets").mkdir(parents=True)
+    (d / "source.json").write_text('{"n_train": 10}')
+    shapes, rng = ["circle", "square", "triangle"], np.random.default_rng(0)
+    y = np.arange(30) % 3
+    o = 1 / (1 + np.exp(-(2 * np.eye(3)[y] - 1 + rng.normal(0, 1, (30, 3)))))
+    manifest = pd.DataFrame({"image_id": [f"i{i}" for i in range(30)], "label": [shapes[i] for i in y]})
+    path = d / "targets" / "t.csv"
+    results.predictions_frame(manifest, o, shapes).to_csv(path, index=False)
+    row = transfer.pair_row("a", "b", path, d, 0.5, 20, 0)
+    p = o / o.sum(1, keepdims=True)
+    assert row["auroc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"), abs=1e-12)
+    assert row["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p.argmax(1)), abs=1e-12)
+    assert not row["collapsed"] and row["predicted_class"] == ""
+    o[:, 2] = 5.0                                                       # every image taken for a triangle
+    results.predictions_frame(manifest, o, shapes).to_csv(path, index=False)
+    row = transfer.pair_row("a", "b", path, d, 0.5, 20, 0)
+    assert row["collapsed"] and row["predicted_class"] == "triangle"
+    assert row["balanced_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_a_set_of_other_classes_is_refused_before_anything_trains():
+    cfg = config.load("params/smoke.yaml", SMALL)
+    other = transfer.DataSet("shapes", config.load("params/smoke.yaml", {**SMALL, "data.source": "shapes"}),
+                             "08_transfer")
+    with pytest.raises(DataError, match="classes.*circle"):
+        transfer.check(cfg, [*transfer.data_sets(cfg), other])
+
+
 def test_a_rerun_reuses_every_stage_and_prediction(measured, capsys):
     cfg, runs_root, table = measured
     again = transfer.measure(cfg, runs_root)

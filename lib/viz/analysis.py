@@ -99,25 +99,28 @@ def gating_traces(logs: dict[str, pd.DataFrame], figures_dir, name: str = "06_ga
 
 def sample_montage(samples: dict[str, dict[str, list[str]]], size: int, figures_dir,
                    name: str = "06_samples_by_method"):
-    """Real phantoms first, then one row per method (the no-fine-tune control is the base model), with
-    the No Finding and the Unhealthy images in two labelled column groups."""
+    """Real images first, then one row per method (the no-fine-tune control is the base model), with each
+    class's images in a labelled column group (the thesis's: No Finding, then Unhealthy)."""
     order = ([analysis.REAL_ROW] if analysis.REAL_ROW in samples else []) + style.method_order(
         [m for m in samples if m != analysis.REAL_ROW])
+    classes = list(dict.fromkeys(lab for s in samples.values() for lab in s))    # first-seen = label order
     rows, ncols = {}, max((len(v) for s in samples.values() for v in s.values()), default=0)
+    width = len(classes) * (ncols + 1) - 1
     for m in order:
-        halves = [images.load_stack(samples[m][lab], size) if samples[m][lab] else np.zeros((0, size, size))
-                  for lab in analysis.LABELS]
-        if sum(len(h) for h in halves):
-            # each label padded to ncols, with one blank image between the groups
-            pad = [np.concatenate([h, np.ones((ncols - len(h), size, size))]) for h in halves]
-            rows["base model (no fine-tune)" if m == "no-fine-tune" else m] = np.concatenate(
-                [pad[0], np.ones((1, size, size)), pad[1]])
+        parts = [images.load_stack(samples[m].get(lab, []), size) if samples[m].get(lab) else np.zeros((0, size, size))
+                 for lab in classes]
+        if sum(len(h) for h in parts):
+            # each class padded to ncols, with one blank image between the groups
+            padded = []
+            for i, h in enumerate(parts):
+                padded += ([np.ones((1, size, size))] if i else []) + [h, np.ones((ncols - len(h), size, size))]
+            rows["base model (no fine-tune)" if m == "no-fine-tune" else m] = np.concatenate(padded)
     fig, axes = style.figure(0.8, 0.14 * max(1, len(rows)), nrows=max(1, len(rows)))
     if rows:
-        montage.show_rows(axes, rows, 2 * ncols + 1)
+        montage.show_rows(axes, rows, width)
         top = np.atleast_1d(axes)[0]
-        for i, lab in enumerate(analysis.LABELS):
-            top.text((i * (ncols + 1) + ncols / 2) / (2 * ncols + 1), 1.08, lab, transform=top.transAxes,
+        for i, lab in enumerate(classes):
+            top.text((i * (ncols + 1) + ncols / 2) / width, 1.08, lab, transform=top.transAxes,
                      ha="center", va="bottom", fontsize=7)
     else:
         _empty(np.atleast_1d(axes)[0], "no synthetic manifests found")

@@ -6,7 +6,7 @@ import pandas as pd
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
-from .. import images, montage, style
+from .. import domains, images, montage, style
 
 
 def tsne(X: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -22,12 +22,13 @@ def embedding_maps(pool: pd.DataFrame, vectors: dict, clusters: dict, figures_di
     methods = list(vectors)
     fig, axes = style.figure(1.0, 0.45 * len(methods), nrows=len(methods), ncols=2, squeeze=False)
     labels = pool["label"].to_numpy()
-    markers = dict(zip(sorted(set(labels)), "o^"))
+    names = domains.order(labels)
+    markers = {lab: "o^sDvP*X"[i % 8] for i, lab in enumerate(names)}
     for row, method in zip(axes, methods):
         xy = tsne(vectors[method], seed)
-        for label in markers:
+        for i, label in enumerate(markers):
             r = labels == label
-            row[0].scatter(*xy[r].T, s=4, color=style.LABEL_COLORS.get(label), label=label, lw=0)
+            row[0].scatter(*xy[r].T, s=4, color=style.label_color(label, i), label=label, lw=0)
             row[1].scatter(*xy[r].T, s=6, c=clusters[method][r], cmap="tab10", vmin=0, vmax=9,
                            marker=markers[label], lw=0, label=label)
         row[0].set_ylabel(method)
@@ -66,7 +67,8 @@ def cluster_bars(summary: pd.DataFrame, figures_dir, name: str = "02_cluster_siz
     for ax, method in zip(axes[:, 0], methods):
         s = summary[summary["method"] == method].reset_index(drop=True)
         x = np.arange(len(s)) + np.where(s["label"] == s["label"].iloc[0], 0, 1)   # a gap between labels
-        colors = [style.LABEL_COLORS.get(l, "grey") for l in s["label"]]
+        index = {l: i for i, l in enumerate(sorted(s["label"].unique()))}   # as the embedding map colours them
+        colors = [style.label_color(l, index[l]) for l in s["label"]]
         ax.bar(x, s["size"], color=colors, alpha=0.45, label="cluster size")
         ax.bar(x, s["duplicates"], color=colors, hatch="///", edgecolor="black", lw=0.3, label="duplicates")
         ax.plot(x, s["taken"], "k_", ms=8, label="taken (quota)")

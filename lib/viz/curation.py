@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import curation, images, montage, nih, style
+from .. import curation, domains, images, montage, style
 
 
 def describe_source(cfg, out_dir) -> None:
@@ -20,13 +20,20 @@ def describe_source(cfg, out_dir) -> None:
 
 def label_and_finding_figure(table: pd.DataFrame, figures_dir, name: str = "01_label_findings"):
     fig, (ax1, ax2) = style.figure(1.0, 0.4, ncols=2, gridspec_kw={"width_ratios": [1, 3]})
-    counts = table["label"].value_counts().reindex(nih.LABELS)
-    ax1.bar(counts.index, counts.values, color=[style.LABEL_COLORS[l] for l in counts.index])
+    counts = table["label"].value_counts().reindex(domains.order(table["label"]))
+    ax1.bar(counts.index, counts.values, color=[style.label_color(l, i) for i, l in enumerate(counts.index)])
     ax1.set_ylabel("images")
-    findings = curation.finding_counts(table).drop("No Finding", errors="ignore")
-    ax2.barh(findings.index[::-1], findings.values[::-1], color=style.LABEL_COLORS["Unhealthy"])
-    ax2.set_xlabel("images with the finding")
-    ax2.tick_params(axis="y", labelsize=6)
+    ax1.tick_params(axis="x", labelrotation=30 if len(counts) > 2 else 0, labelsize=6 if len(counts) > 2 else None)
+    if (table["findings"].astype(str) == table["label"].astype(str)).all():
+        # a domain without findings (folder, csv, shapes): how many images each group (patient) holds
+        sizes = table.groupby("patient").size()
+        ax2.hist(sizes, bins=np.arange(1, sizes.max() + 2) - 0.5, color=style.label_color("", 2))
+        ax2.set_xlabel("images per group (a group stays in one pool)"); ax2.set_ylabel("groups")
+    else:
+        findings = curation.finding_counts(table).drop("No Finding", errors="ignore")
+        ax2.barh(findings.index[::-1], findings.values[::-1], color=style.label_color("Unhealthy"))
+        ax2.set_xlabel("images with the finding")
+        ax2.tick_params(axis="y", labelsize=6)
     style.save(fig, name, figures_dir)
     return fig
 

@@ -10,7 +10,6 @@ import pandas as pd
 
 from .. import style
 from ..montage import grid
-from ..nih import LABELS
 
 
 def read_logs(out_dir) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -76,7 +75,7 @@ def _trace_panel(ax, trace: pd.DataFrame) -> None:
     for (model, group), part in trace.groupby(["model", "group"], sort=True):
         pooled = group == "all"
         ax.plot(part["step"], part["kid"], "o-" if not pooled else "s--", ms=3, lw=1,
-                color="k" if pooled else style.LABEL_COLORS.get(group, "0.5"),
+                color="k" if pooled else style.label_color(group),
                 label=f"{group}" + ("" if model == "model" else f" ({model})"))
     ax.axhline(0, color="0.6", lw=0.6)
     kind = str(trace["features"].iloc[0]).split("-")[0]

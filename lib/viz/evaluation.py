@@ -1,10 +1,26 @@
 """Notebook 05's views: metrics of both directions, ROC curves, confusion matrices, training curves."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
-from .. import nih, results, style
+from .. import domains, nih, results, style
+
+
+def _classes(row: dict) -> list[str]:
+    """A record's classes in label-index order: its per-class TSTR keys (a_support[<class>]; the record's keys
+    are sorted) in the order of param.data.classes when it names one."""
+    found = [k[len("a_support["):-1] for k in row if k.startswith("a_support[") and k.endswith("]")]
+    declared = json.loads(row.get("param.data.classes") or "null")
+    return domains.order(found, declared if declared and set(declared) == set(found) else None)
+
+
+def _short(classes: list[str]) -> list[str]:
+    """Axis labels: the thesis's NF and U, else the names (cut to 6 characters)."""
+    return ["NF", "U"] if classes == list(nih.LABELS) else [c[:6] for c in classes]
+
 
 NAMES = {"a": "(a) train synthetic, test real", "b": "(b) train real, test synthetic",
          "trtr": "TRTR train real, test real", "tsts": "TSTS train synthetic, test held-out synthetic"}
@@ -20,7 +36,7 @@ def headline(row: dict) -> None:
                 else f"undefined ({row[f'{r}_note']})")
         print(f"{name:<26} {text}")
     per_class = ", ".join(f"{c} {row[f'det_auroc[{c}]']:.3f} [{row[f'det_auroc[{c}]_ci_low']:.3f}, "
-                          f"{row[f'det_auroc[{c}]_ci_high']:.3f}]" for c in nih.LABELS)
+                          f"{row[f'det_auroc[{c}]_ci_high']:.3f}]" for c in _classes(row))
     print(f"detection AUROC (real vs synthetic; 0.5 = indistinguishable) {row['det_auroc']:.3f} "
           f"[{row['det_auroc_ci_low']:.3f}, {row['det_auroc_ci_high']:.3f}]; within class: {per_class}")
     print(f"method {row['method']}, seed {row['seed']}")
@@ -49,18 +65,31 @@ def roc_and_confusion(pred_a: pd.DataFrame, pred_b: pd.DataFrame, row: dict, fig
                       name: str = "05_roc_confusion"):
     fig, axes = style.figure(1.0, 0.32, ncols=3, gridspec_kw={"width_ratios": [1.3, 1, 1]})
     for k, pred, ls in (("a", pred_a, "-"), ("b", pred_b, "--")):
-        y, _ = results.arrays(pred)
-        fpr, tpr = _roc(y, pred["score"].to_numpy(float))
-        axes[0].plot(fpr, tpr, ls, color=style.color(row["method"]), label=f"{k}: AUROC {row[f'{k}_auroc']:.2f}")
+        y, o = results.arrays(pred)
+        if np.ndim(o) == 1 or o.shape[1] == 2:
+            fpr, tpr = _roc(y, pred["score"].to_numpy(float))
+            axes[0].plot(fpr, tpr, ls, color=style.color(row["method"]), label=f"{k}: AUROC {row[f'{k}_auroc']:.2f}")
+            continue
+        # k > 2: each class one-vs-rest, on its normalised output (their mean AUROC is the macro AUROC)
+        p = o / np.clip(o.sum(1, keepdims=True), 1e-12, None)
+        for c, cls in enumerate(results.classes_of(pred)):
+            fpr, tpr = _roc((y == c).astype(int), p[:, c])
+            axes[0].plot(fpr, tpr, ls, color=style.label_color(cls, c), lw=0.9,
+                         label=f"{k} {cls}: {row.get(f'{k}_auroc[{cls}]', np.nan):.2f}")
     axes[0].plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
     axes[0].set_xlabel("false positive rate"); axes[0].set_ylabel("true positive rate")
     axes[0].legend(frameon=False, fontsize=6)
     for ax, k in zip(axes[1:], "ab"):
-        cm = np.array([[row[f"{k}_cm[{t}->{q}]"] for q in nih.LABELS] for t in nih.LABELS])
+        classes = _classes(row)
+        cm = np.array([[row[f"{k}_cm[{t}->{q}]"] for q in classes] for t in classes])
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
-        ax.set_xticks([0, 1], ["NF", "U"]); ax.set_yticks([0, 1], ["NF", "U"])
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7 if len(classes) < 5 else 5)
+        short = _short(classes)
+        ax.set_xticks(range(len(classes)), short); ax.set_yticks(range(len(classes)), short)
+        if len(classes) > 2:
+            ax.tick_params(labelsize=6)
+            ax.tick_params(axis="x", labelrotation=45)
         ax.set_xlabel("predicted"); ax.set_ylabel("true"); ax.set_title(f"({k})" + (" collapsed" if row[f"{k}_collapsed"] else ""),
                                                                          fontsize=8)
     style.save(fig, name, figures_dir)
@@ -118,5 +147,5 @@ def fidelity(stage_dir, figures_dir, name: str = "05_memorization") -> pd.DataFr
                 pass
     cell = [f"{v:.3g} [{lo:.3g}, {hi:.3g}]" for v, lo, hi in zip(table["value"], table["ci_low"], table["ci_high"])]
     wide = table.assign(cell=cell).pivot(index="metric", columns="group", values="cell")
-    groups = [g for g in nih.LABELS if g in wide.columns] + [fid.ALL]
+    groups = [g for g in wide.columns if g != fid.ALL] + [fid.ALL]
     return wide.reindex(index=list(dict.fromkeys(table["metric"])), columns=groups)

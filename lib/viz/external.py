@@ -5,24 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import images, montage, nih, style
+from .. import domains, images, montage, style
 
 
 def label_distribution(labels: pd.DataFrame, threshold: float, figures_dir, name: str = "02_external_labels"):
     """Left: images per pseudo-label, kept and dropped; right: the confidence of every image, threshold drawn."""
     fig, (ax, ax2) = style.figure(1.0, 0.34, ncols=2)
-    x = np.arange(len(nih.LABELS))
-    kept = [int(((labels["label"] == lab) & labels["kept"]).sum()) for lab in nih.LABELS]
-    dropped = [int(((labels["label"] == lab) & ~labels["kept"]).sum()) for lab in nih.LABELS]
-    colors = [style.LABEL_COLORS.get(lab, "grey") for lab in nih.LABELS]
+    classes = domains.order(labels["label"])
+    x = np.arange(len(classes))
+    kept = [int(((labels["label"] == lab) & labels["kept"]).sum()) for lab in classes]
+    dropped = [int(((labels["label"] == lab) & ~labels["kept"]).sum()) for lab in classes]
+    colors = [style.label_color(lab, i) for i, lab in enumerate(classes)]
     ax.bar(x, kept, color=colors, label="kept")
     ax.bar(x, dropped, bottom=kept, color=colors, alpha=0.35, hatch="///", edgecolor="0.3", lw=0.3,
            label=f"dropped (< {threshold:g})")
-    ax.set_xticks(x, nih.LABELS)
+    ax.set_xticks(x, classes)
     ax.set_ylabel("images (pseudo-label)")
     ax.legend(fontsize=6, frameon=False)
-    bins = np.linspace(0.5, 1.0, 21)
-    for lab, col in zip(nih.LABELS, colors):
+    bins = np.linspace(1 / len(classes), 1.0, 21)      # a confidence is at least 1/k
+    for lab, col in zip(classes, colors):
         ax2.hist(labels.loc[labels["label"] == lab, "confidence"], bins=bins, color=col, alpha=0.6, label=lab)
     ax2.axvline(threshold, color="0.2", lw=0.8, ls="--")
     ax2.set_xlabel("pseudo-label confidence")
@@ -35,7 +36,7 @@ def label_distribution(labels: pd.DataFrame, threshold: float, figures_dir, name
 def label_montage(labels: pd.DataFrame, size: int, figures_dir, per_row: int = 8, name: str = "02_external_montage"):
     """Per pseudo-label, the most confident kept images, then the least confident kept ones."""
     rows = {}
-    for lab in nih.LABELS:
+    for lab in domains.order(labels["label"]):
         g = labels[(labels["label"] == lab) & labels["kept"]].sort_values("confidence", ascending=False)
         for part, pick in (("most", g.head(per_row)), ("least", g.tail(per_row).iloc[::-1])):
             stack = images.load_stack(pick["path"].tolist(), size)

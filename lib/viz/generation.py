@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import images, montage, nih, style
+from .. import domains, images, montage, style
 
 
 def describe(summary: dict, cfg) -> None:
@@ -20,7 +20,7 @@ def describe(summary: dict, cfg) -> None:
 def per_label_counts(manifest: pd.DataFrame) -> pd.DataFrame:
     """Images, distinct seeds and distinct files per label: equal counts, no duplicate."""
     return manifest.groupby("label").agg(images=("image_id", "size"), seeds=("seed", "nunique"),
-                                         files=("file", "nunique")).reindex(nih.LABELS)
+                                         files=("file", "nunique")).reindex(domains.order(manifest["label"]))
 
 
 def montage_vs_real(manifest: pd.DataFrame, real: pd.DataFrame, size: int, figures_dir,
@@ -28,7 +28,7 @@ def montage_vs_real(manifest: pd.DataFrame, real: pd.DataFrame, size: int, figur
     """For each label a row of synthetic images and a row of real tuning-pool images of that label."""
     rng = np.random.default_rng(seed)
     rows = {}
-    for label in nih.LABELS:
+    for label in domains.order(manifest["label"]):
         for kind, df in (("synthetic", manifest), ("real", real)):
             sub = df[df["label"] == label]
             pick = sub.iloc[np.sort(rng.permutation(len(sub))[:per_row])]
@@ -43,14 +43,15 @@ def intensity_figure(manifest: pd.DataFrame, real: pd.DataFrame, size: int, figu
                      n: int = 200, name: str = "04_intensity", seed: int = 0):
     """Mean-intensity distributions, synthetic against real, per label: a quick check of the drift."""
     rng = np.random.default_rng(seed)
-    fig, axes = style.figure(1.0, 0.3, ncols=len(nih.LABELS), sharey=True)
-    for ax, label in zip(axes, nih.LABELS):
+    classes = domains.order(manifest["label"])
+    fig, axes = style.figure(1.0, 0.3, ncols=len(classes), sharey=True)
+    for i, (ax, label) in enumerate(zip(axes, classes)):
         for kind, df, ls in (("synthetic", manifest, "-"), ("real", real, "--")):
             sub = df[df["label"] == label]
             pick = sub.iloc[rng.permutation(len(sub))[:n]]
             means = images.load_stack(pick["path"].tolist(), size).mean(axis=(1, 2))
             ax.hist(means, bins=20, range=(0, 1), histtype="step", linestyle=ls, label=kind,
-                    color=style.LABEL_COLORS[label])
+                    color=style.label_color(label, i))
         ax.set_title(label); ax.set_xlabel("mean intensity")
     axes[0].set_ylabel("images"); axes[0].legend(frameon=False)
     style.save(fig, name, figures_dir)
