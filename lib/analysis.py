@@ -757,6 +757,10 @@ def main(argv: list[str] | None = None) -> int:
         sw = sweeps.load(args.sweep, runner.parse_sets(args.set))
         runs = [r.directory for r in (runner.prepare(sw.base, p, args.runs_root, create=False) for p in sw.points)
                 if runner.done_through(r, "05_classifier")]
+        if not runs:            # never fall back to every record under --root: they may be other parameters'
+            print(f"no run of {args.sweep} has finished stage 05 under {paths.resolve(args.runs_root)}; run "
+                  f"python -m lib.sweeps {args.sweep} first.", file=sys.stderr)
+            return 1
         figures = figures or sw.figures_dir
     df = collect(args.root, runs)
     if df.empty:

@@ -48,7 +48,19 @@ def classes(cfg) -> list[str]:
         from . import shapes
 
         return list(shapes.SHAPES)
-    return order(read_source(cfg)["label"])
+    where = paths.resolve(d.folder if d.source == "folder" else d.csv)
+    return list(_discovered(d.source, str(where), where.stat().st_mtime_ns if where.exists() else 0, cfg))
+
+
+_found: dict[tuple, tuple[str, ...]] = {}
+
+
+def _discovered(source: str, where: str, mtime: int, cfg) -> tuple[str, ...]:
+    """The sorted classes a folder or csv source holds, read once per folder/CSV state (every stage asks)."""
+    key = (source, where, mtime)
+    if key not in _found:
+        _found[key] = tuple(order(read_source(cfg)["label"]))
+    return _found[key]
 
 
 def read_folder(root: str | Path) -> pd.DataFrame:

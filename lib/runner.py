@@ -233,9 +233,11 @@ def prepare(params_file: str | Path, overrides: dict | None = None, runs_root: s
     cfg = resolve_config(params_file, overrides, runs_root)
     base = runs_root / cfg.experiment / run_id(cfg, overrides)
     directory, h = base, params_hash(cfg)
-    record = directory / "run.json"
+    record, other = directory / "run.json", base.with_name(f"{base.name}_{h[:6]}")   # same readable id, other params
     if record.exists() and json.loads(record.read_text()).get("params_hash") != h:
-        directory = base.with_name(f"{base.name}_{h[:6]}")   # same readable id, other parameters
+        directory = other
+    elif not record.exists() and (other / "run.json").exists():
+        directory = other                  # made beside a folder of other parameters since removed
     run = Run(cfg, dict(overrides or {}), runs_root, directory)
     if run.record_path.exists():
         run.status = json.loads(run.record_path.read_text())

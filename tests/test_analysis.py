@@ -324,3 +324,16 @@ def test_a_three_class_record_is_collected_checked_and_tabled_per_class(runs_roo
     assert list(t.columns)[:4] == [("Accuracy", c) for c in ["Overall", *SHAPES]]
     samples = analysis.sample_paths(df, per_label=2)
     assert list(samples[analysis.REAL_ROW]) == SHAPES and all(len(v) == 2 for v in samples[analysis.REAL_ROW].values())
+
+
+def test_a_verdict_needs_three_shared_seeds():
+    from lib import comparisons
+
+    row = pd.Series({"comparison": "x − random", "seeds": "0,1", "p_boot_holm": 0.001, "d_auroc_a": 0.03,
+                     "d_auroc_a_ci_low": 0.01, "d_auroc_a_ci_high": 0.05})
+    assert comparisons._verdict(row, 0.05) == "not called: 2 seed(s), 3 needed"
+    three = row.copy()
+    three["seeds"] = "0,1,2"
+    assert comparisons._verdict(three, 0.05) == "x > random"
+    three["d_auroc_a_ci_low"] = -0.01
+    assert comparisons._verdict(three, 0.05) == "not separated"

@@ -88,6 +88,13 @@ def test_a_changed_parameter_never_overwrites_a_finished_run_of_the_same_name(ru
     assert second.directory.parent == first.directory.parent and second.directory != first.directory
     assert second.directory.name.startswith(first.directory.name + "_")
     assert (first.directory / "05_classifier.ipynb").read_bytes() == nb_bytes
+    # with the first folder removed, the second run is still found where it is (an analysis of the sweep
+    # looks it up without creating anything)
+    import shutil
+
+    shutil.rmtree(first.directory)
+    again = runner.prepare(other, {}, runs_root, create=False)
+    assert again.directory == second.directory and runner.done_through(again, "05_classifier")
 
 
 def test_random_skip_takes_the_gated_runs_skip_rate(runs_root, notebooks):
