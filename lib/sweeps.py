@@ -13,7 +13,7 @@ A sweep file (``params/sweeps/*.yaml``)::
       - {finetune.control: no-fine-tune}
       - set: {finetune.control: random-skip}
         grid: {seed: [0, 1]}      # a point may carry its own small grid
-    figures_dir: figures          # where the closing analysis (notebook 06) writes its figures
+    figures_dir: figures          # where the closing analysis writes its figures (default: <runs_root>/<experiment>/sweep-<name>/figures)
     until: 05_classifier          # the last stage each point runs (optional; 04_generation for notebook 07)
     analysis: 07_mixing           # the notebook run once over the points (optional; default 06_fter_analysis)
     analysis_params:              # papermill parameters of that notebook (optional), e.g. its overrides
@@ -58,7 +58,7 @@ class Sweep:
     name: str
     base: str
     points: list[dict]
-    figures_dir: str = "figures"
+    figures_dir: str | None = None   # None: <runs_root>/<experiment>/sweep-<name>/figures, never the suite's figures/
     until: str = "05_classifier"
     analysis: str = runner.ANALYSIS
     analysis_params: dict = field(default_factory=dict)
@@ -136,7 +136,7 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
     pts = [{**fixed, **p, **(extra or {})} for p in pts]
     for p in pts:  # fail on a bad key before anything runs
         config.load(raw["base"], {k: v for k, v in p.items() if not (k == "gating.skip_rate" and v is None)})
-    return Sweep(path.stem, raw["base"], _dedupe(pts), raw.get("figures_dir", "figures"), until, analysis,
+    return Sweep(path.stem, raw["base"], _dedupe(pts), raw.get("figures_dir"), until, analysis,
                  dict(raw.get("analysis_params") or {}), settings)
 
 
@@ -513,8 +513,9 @@ def analyse_sweep(sweep: Sweep, runs_root, notebooks_dir, engine=None) -> Path:
     out_dir = exp_dir / f"sweep-{sweep.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     nb = runner.notebook_for(sweep.analysis, notebooks_dir)
+    figures = paths.resolve(sweep.figures_dir) if sweep.figures_dir else out_dir / "figures"
     params = {"params_file": str(runs[0].directory / "params.yaml"), "runs_root": str(paths.resolve(runs_root)),
-              "figures_dir": str(paths.resolve(sweep.figures_dir)), "overrides": {},
+              "figures_dir": str(figures), "overrides": {},
               "results_root": str(exp_dir), "runs": [str(r.directory) for r in runs], "interactive": False,
               **sweep.analysis_params}
     print(f"  {nb.stem} over {len(runs)} runs -> {runner.stages.paths_rel(out_dir / nb.name)}")

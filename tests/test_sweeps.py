@@ -150,3 +150,15 @@ def test_shared_models_lists_the_offline_clip_once_and_one_tiny_base_per_seed():
     assert sorted(s[3] for s in tiny) == [0, 1] and all(s[1:3] == (32, 300) for s in tiny)
     refs = [p for p in sw.points if p.get("generation.kind") in ("real-holdout", "label-shuffled")]
     assert all(s[0] == "clip" for s in sweeps.shared_models(sw, refs))   # no base built for them
+
+
+def test_a_sweep_without_figures_dir_never_writes_into_the_suites_figures(tmp_path, runs_root):
+    # A scratch sweep (no figures_dir) once overwrote figures/ with its closing analysis: the default is now
+    # a folder of its own beside the sweep's output notebook.
+    nb = standins.write_notebooks(tmp_path / "nb")
+    f = tmp_path / "scratch.yaml"
+    f.write_text(yaml.safe_dump({"base": "params/smoke.yaml", "grid": {"seed": [0]}}))
+    sw = sweeps.load(f)
+    seen = {}
+    sweeps.analyse_sweep(sw, runs_root, nb, engine=lambda nb_, out, params, kernel: seen.update(params))
+    assert Path(seen["figures_dir"]) == runs_root.resolve() / "smoke" / "sweep-scratch" / "figures"
