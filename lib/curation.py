@@ -6,7 +6,6 @@ classifier) and ``test`` (the real test set). No patient is in two pools, checke
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,8 +123,8 @@ def generic_table(cfg: Config) -> tuple[pd.DataFrame, Path, list[str]]:
     where = cfg.data.folder or cfg.data.csv or f"the {cfg.data.source} domain"
     table = domains.label_table(listed, cfg.data.classes, str(where))
     exists = np.array([Path(p).is_file() for p in table["path"]], dtype=bool)
-    root = Path(os.path.commonpath([str(Path(p).parent) for p in table["path"]]))
-    return table[exists].reset_index(drop=True), root, table.loc[~exists, "image_id"].tolist()
+    return (table[exists].reset_index(drop=True), domains.common_root(table["path"]),
+            table.loc[~exists, "image_id"].tolist())
 
 
 def nih_table(cfg: Config, progress: bool) -> tuple[pd.DataFrame, Path, list[str]]:

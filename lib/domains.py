@@ -17,15 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from . import nih, paths
+from .images import IMAGE_SUFFIXES, is_image
 from .nih import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 GENERIC_SOURCES = ("folder", "csv", "shapes")     # sources whose classes come from the data
 TABLE_COLUMNS = ("path", "label")                 # a csv source's required columns; "group" is optional
-
-
-def is_image(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
 def order(labels, declared: list[str] | None = None) -> list[str]:
@@ -136,6 +132,12 @@ def shapes_of(cfg) -> list[str]:
     return list(cfg.data.classes or shapes.SHAPES)
 
 
+def common_root(files) -> Path:
+    """The deepest folder holding every file (image ids are paths relative to it)."""
+    files = list(files)
+    return Path(os.path.commonpath([str(Path(p).parent) for p in files])) if files else Path(".")
+
+
 def label_table(df: pd.DataFrame, declared: list[str] | None, where: str) -> pd.DataFrame:
     """The source's rows as curation's table (image_id, label, patient = group, ...), restricted to the
     declared classes; an error names any declared class without an image."""
@@ -147,7 +149,7 @@ def label_table(df: pd.DataFrame, declared: list[str] | None, where: str) -> pd.
     df = df[df["label"].isin(names)]
     if len(names) < 2:
         raise DataError(f"{where} holds a single class {names}; at least two are needed.")
-    root = Path(os.path.commonpath([str(Path(p).parent) for p in df["path"]])) if len(df) else Path(".")
+    root = common_root(df["path"])
     ids = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p) for p in df["path"]]
     return pd.DataFrame({"image_id": ids, "path": df["path"].to_numpy(), "label": df["label"].to_numpy(),
                          "patient": df["group"].astype(str).to_numpy(), "view": "", "findings": df["label"].to_numpy()})

@@ -36,17 +36,17 @@ import torch
 
 from . import atomic, classifier, compute, curation, domains, images, leakage, metrics, paths, stages
 from .config import Config
+from .images import IMAGE_SUFFIXES, is_image
 from .nih import DataError
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LABELLER_SEED_OFFSET = 2             # the real baseline trains with seed + 1: another classifier
 SHOW = 5
 
 
 # -------------------------------------------------------------------------------------- the folder
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    return sorted(p for p in root.rglob("*") if is_image(p)
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 

@@ -12,6 +12,12 @@ from PIL import Image, UnidentifiedImageError
 from . import paths
 
 log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")   # what a folder of images may hold
+
+
+def is_image(p: Path) -> bool:
+    """A visible file with an image suffix (hidden files, e.g. .DS_Store or half-written .tmp, are not)."""
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
 def content_hash(data: bytes) -> str:

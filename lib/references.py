@@ -35,12 +35,12 @@ from PIL import Image
 
 from . import atomic, compute, curation, domains, generation, images, paths, phantoms, provenance, stages
 from .config import Config
+from .images import IMAGE_SUFFIXES, is_image
 from .nih import DataError
 from .progress import tqdm
 
 log = logging.getLogger(__name__)
 KINDS = ("real-holdout", "label-shuffled", "collapsed", "findings-erased", "exaggerated", "vae-roundtrip", "folder")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SALT = 0x5EF  # keeps the references' random streams apart from the pipeline's other uses of the run seed
 
 
@@ -109,8 +109,7 @@ def scan_folder(cfg: Config) -> dict[str, list[Path]]:
                         f"run ({names}) is needed. {how}")
     files = {}
     for label, sub in found.items():
-        files[label] = sorted(p for p in sub.iterdir()
-                              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+        files[label] = sorted(p for p in sub.iterdir() if is_image(p))
         if not files[label]:
             raise DataError(f"generation.folder {root}: sub-folder '{sub.name}' (class '{label}') holds no image. "
                             f"{how}")
