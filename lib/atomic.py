@@ -1,9 +1,14 @@
 """Atomic artefact writes: write to a temporary sibling, then rename, so a crash never leaves half a file."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,6 +77,80 @@ class ResultExistsError(FileExistsError):
     """Raised instead of silently overwriting a finished result."""
 
 
+class DiskFull(OSError):
+    """No space (or quota) left while writing an artefact; nothing was left behind under its name."""
+
+
+# ----------------------------------------------------------------------------- temporary siblings
+# A temporary sibling is named .<name>.<host>.<pid>.<random>.tmp, so a later process can tell one left by
+# a killed writer (its pid is gone on this host, or it is older than STALE_SECONDS) from one being written.
+STALE_SECONDS = 3600
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:32] or "host"
+_TEMP = re.compile(r"^\.(?P<name>.+?)(?:\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+))?\.[^.]+\.tmp$")
+_cleaned: set[str] = set()          # folders this process has already cleaned
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{_HOST}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                 # EPERM: another user's live process
+        pass
+    return True
+
+
+def is_stale(p: Path, now: float | None = None) -> bool:
+    """A temporary sibling whose writer is gone: older than STALE_SECONDS, or written by a process of
+    this host that no longer runs. Writers on other hosts (a shared file system) are judged by age only."""
+    m = _TEMP.match(p.name)
+    if m is None:
+        return False
+    try:
+        age = (now or time.time()) - p.lstat().st_mtime
+    except OSError:
+        return False
+    if age > STALE_SECONDS:
+        return True
+    return m["pid"] is not None and m["host"] == _HOST and not _alive(int(m["pid"]))
+
+
+def clean_stale(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files and folders that killed atomic writes left in ``folder``; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")) if is_stale(p)]
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
+
+
+def _clean_once(folder: Path) -> None:
+    """The first write of this process into a folder clears what killed writers left there."""
+    if str(folder) not in _cleaned:
+        _cleaned.add(str(folder))
+        clean_stale(folder)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: OSError, path: Path) -> DiskFull:
+    """ENOSPC / EDQUOT as an error that names the file and what to do."""
+    what = "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is used up"
+    return DiskFull(exc.errno, f"cannot write {path}: {what} ({exc.strerror}). Nothing was written under that "
+                               f"name. Free space on the file system of {path.parent} (or move the runs root with "
+                               "SUITE_RUNS_ROOT) and run again: finished artefacts are kept and the run resumes.")
+
+
 @contextmanager
 def atomic_path(path: str | Path, overwrite: bool = True):
     """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename."""
@@ -80,15 +159,46 @@ def atomic_path(path: str | Path, overwrite: bool = True):
         raise ResultExistsError(f"{path} already exists; refusing to overwrite a finished result. "
                                 "Delete it or choose another run directory.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~umask())   # mkstemp makes 0600; artefacts follow the user's umask
+    _clean_once(path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~umask())   # mkstemp makes 0600; artefacts follow the user's umask
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise _disk_full(exc, path) from exc
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def atomic_dir(path: str | Path, replace: bool = False):
+    """Yield an empty staging folder next to ``path``; on success it becomes ``path`` in one rename (with
+    ``replace``, an existing ``path`` is removed first). The folder follows the umask: tempfile.mkdtemp makes
+    it 0700, which would hide a model from the rest of a group sharing the runs root or the model cache."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path.parent)
+    staging = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
+        os.chmod(staging, 0o777 & ~umask())
+        yield staging
+        if replace and path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise _disk_full(exc, path) from exc
+        raise
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text(path, text: str, overwrite: bool = True) -> Path:

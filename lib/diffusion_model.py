@@ -12,8 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -261,19 +259,11 @@ def _build_tiny(out: Path, resolution: int, pretrain_steps: int, seed: int, prog
         pipe = StableDiffusionPipeline(**comp, tokenizer=tok, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
         # Write next to the target, then rename: a killed build never leaves a half model behind.
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with atomic.atomic_dir(out, replace=True) as staging:
             pipe.save_pretrained(staging)
             (staging / "tiny_sd.json").write_text(json.dumps(
                 {"version": TINY_VERSION, "resolution": resolution, "pretrain_steps": pretrain_steps,
                  "seed": seed, "corpus": "procedural coloured shapes and textures (out-of-domain)"}, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(staging, out)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

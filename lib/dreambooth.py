@@ -18,8 +18,6 @@ import copy
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -585,12 +583,8 @@ class Trainer:
         pipe = StableDiffusionPipeline(vae=copy.deepcopy(self.vae).float(), text_encoder=text, tokenizer=self.tok,
                                        unet=self.trained_unet(), scheduler=DDPMScheduler.from_config(self.base_sched_config),
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.name}.", dir=self.out))
-        try:
+        with atomic.atomic_dir(target) as staging:     # renamed whole, and following the umask
             pipe.save_pretrained(staging)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         if self.ft.lora:
             from peft.utils import get_peft_model_state_dict
 

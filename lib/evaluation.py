@@ -333,12 +333,18 @@ def _record(cfg: Config, s: dict, infos: dict) -> dict:
         row.update({f"{k}_{f}": v[f] for f in ("n_train", "n_val", "epochs_run", "best_epoch", "stopped_early",
                                                "train_seconds", "classifier_hash")})
     gen = _generator_record(s["d04"])
-    hashes = lambda df: provenance.hash_strings(df["hash"] if "hash" in df else df["image_id"])  # noqa: E731
-    row.update({f"data_hash_{k}": hashes(s[k]) for k in ("train_a", "test_a", "train_b", "test_b")})
-    row.update({"data_hash_synthetic": hashes(s["synthetic"]), "generator_model": gen.get("model"),
+    row.update({f"data_hash_{k}": data_hash(s[k]) for k in ("train_a", "test_a", "train_b", "test_b")})
+    row.update({"data_hash_synthetic": data_hash(s["synthetic"]), "generator_model": gen.get("model"),
                 "generator_hash": gen.get("model_hash"), "code_version": provenance.code_version()})
     row.update(flatten_params(cfg))
     return row
+
+
+def data_hash(df: pd.DataFrame) -> str:
+    """A set's identity: the bytes of its files (lib.leakage.file_hashes, cached), never a manifest's ``hash``
+    column, which says what the files were when it was written. Equal to the hash of that column while the
+    files still match it."""
+    return provenance.hash_strings(leakage.file_hashes(df["path"].tolist()))
 
 
 def _write_checked(out_dir: Path, row: dict) -> dict:

@@ -245,7 +245,26 @@ def run(cfg: Config, out_dir, runs_root="runs", progress: bool = True, max_batch
                "seconds_this_call": round(stats["seconds"], 2),
                "images_per_second": round(stats["generated"] / stats["seconds"], 2) if stats["seconds"] else None,
                "prompts": {lab: prompt_for(cfg, lab) for lab in domains.classes(cfg)}}
-    atomic.write_json(out_dir / "generation_summary.json", summary)
+    return write_summary(out_dir, summary)
+
+
+THIS_CALL = ("generated_this_call", "seconds_this_call", "images_per_second")   # what one call did, not the set
+
+
+def write_summary(out_dir, summary: dict) -> dict:
+    """Write generation_summary.json, unless it already describes this set: a stage resumed after it finished
+    (its DONE.json deleted) draws nothing and would rewrite only this call's counters, and the changed file
+    would make every sealed stage 05 built on the set look changed. Returns ``summary`` (this call's)."""
+    path = Path(out_dir) / "generation_summary.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        strip = lambda d: {k: v for k, v in d.items() if k not in THIS_CALL}   # noqa: E731
+        if isinstance(old, dict) and strip(old) == json.loads(json.dumps(strip(summary), default=str)):
+            return summary
+    atomic.write_json(path, summary)
     return summary
 
 
@@ -270,7 +289,7 @@ def summary(stage_dir) -> dict:
 def regeneration_error(row: pd.Series | dict, cfg: Config, runs_root="runs") -> int:
     """Largest pixel difference (0-255) between a saved image and its regeneration from the manifest row."""
     again = regenerate(row, cfg, runs_root).astype(int)
-    saved = np.asarray(Image.open(images.paths.resolve(row["path"])).convert("L"), dtype=int)
+    saved = np.round(images.load_gray(row["path"]) * 255).astype(int)
     return int(np.abs(again - saved).max())
 
 

@@ -173,6 +173,7 @@ def run_stage(cfg: Config, stage: str, fn, runs_root: str | Path = "runs", **kwa
         print(f"{stage}: already finished for these parameters, reusing {paths_rel(out)}")
         return out
     out.mkdir(parents=True, exist_ok=True)
+    atomic.clean_stale(out, recursive=True)      # temporary files of writes a kill interrupted
     started = start(cfg, stage, out)
     fn(cfg, out, runs_root=runs_root, **kwargs)
     moved = _input_changes(started, out.parent)
@@ -193,8 +194,12 @@ def paths_rel(p: Path) -> str:
 # ------------------------------------------------------------------------------------ fingerprints
 # DONE.json records what a stage read (upstream folders and the content of their CSV/JSON files) and
 # the content of its own CSV/JSON files; INPUTS.json records what it read when it started. A stage whose
-# record no longer matches is refused, never reused; artefacts in sub-folders are not fingerprinted.
+# record no longer matches is refused, never reused. Artefacts in sub-folders are not fingerprinted, except
+# the files a stage's manifest.csv lists with a content hash (stage 04's images): their bytes are compared
+# with the hash (lib.leakage.file_hashes, cached by size and times), so a replaced image is a changed stage.
 RECORDS = ("DONE.json", "INPUTS.json")
+LISTING = "manifest.csv"
+SHOW = 5
 
 
 class StageChanged(RuntimeError):
@@ -243,6 +248,29 @@ def _differences(recorded: dict[str, str], now: dict[str, str], where: str) -> l
             for name, h in recorded.items() if now.get(name) != h]
 
 
+def listed_changes(directory: Path) -> list[str]:
+    """The files a stage's manifest lists with a content hash (``path`` and ``hash`` columns) whose bytes on
+    disk are no longer that hash, or that are gone; the manifest itself is fingerprinted like any CSV."""
+    import pandas as pd
+
+    from .leakage import file_hashes
+
+    m = Path(directory) / LISTING
+    if not m.exists():
+        return []
+    df = pd.read_csv(m, usecols=lambda c: c in ("path", "hash"), dtype=str)
+    if set(df.columns) != {"path", "hash"}:
+        return []
+    df = df.dropna()
+    here = [paths.resolve(p).exists() for p in df["path"]]
+    gone = [f"{p} (listed in {Path(directory).name}/{LISTING}) was removed" for p in df.loc[[not h for h in here], "path"]]
+    kept = df[here]
+    now = file_hashes(kept["path"].tolist())
+    moved = [f"{p} (listed in {Path(directory).name}/{LISTING}) changed" for p, h, n in
+             zip(kept["path"], kept["hash"], now) if h != n]
+    return gone + moved
+
+
 def _input_changes(recorded: dict, parent: Path) -> list[str]:
     out = []
     for u, rec in recorded.items():
@@ -250,7 +278,7 @@ def _input_changes(recorded: dict, parent: Path) -> list[str]:
         if not (d / "DONE.json").exists():
             out.append(f"upstream stage folder {rec['dir']} is gone or no longer finished")
         else:
-            out += _differences(rec.get("files", {}), files_fingerprint(d), rec["dir"])
+            out += _differences(rec.get("files", {}), files_fingerprint(d), rec["dir"]) + listed_changes(d)
     return out
 
 
@@ -261,9 +289,13 @@ def changed(directory: Path) -> str | None:
     record = json.loads((d / "DONE.json").read_text())
     if "files" not in record:
         return None
-    diffs = _differences(record["files"], files_fingerprint(d), d.name) + \
+    diffs = _differences(record["files"], files_fingerprint(d), d.name) + listed_changes(d) + \
         _input_changes(record.get("inputs", {}), d.parent)
-    return "; ".join(diffs[:5]) + (f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else "") if diffs else None
+    return _listing(diffs) if diffs else None
+
+
+def _listing(diffs: list[str]) -> str:
+    return "; ".join(diffs[:SHOW]) + (f" (and {len(diffs) - SHOW} more)" if len(diffs) > SHOW else "")
 
 
 def _refuse_if_changed(stage: str, d: Path) -> None:
