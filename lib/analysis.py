@@ -755,8 +755,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         from . import runner, sweeps
         sw = sweeps.load(args.sweep, runner.parse_sets(args.set))
-        runs = [r.directory for r in (runner.prepare(sw.base, p, args.runs_root, create=False) for p in sw.points)
-                if runner.done_through(r, "05_classifier")]
+        finished, missing = sweeps.finished_runs(sw, args.runs_root)
+        runs = [r.directory for r in finished]
+        if missing:
+            print(f"{len(missing)} of {len(sw.points)} points of {args.sweep} have not finished; the tables leave "
+                  f"them out: {', '.join(missing)}", file=sys.stderr)
         if not runs:            # never fall back to every record under --root: they may be other parameters'
             print(f"no run of {args.sweep} has finished stage 05 under {paths.resolve(args.runs_root)}; run "
                   f"python -m lib.sweeps {args.sweep} first.", file=sys.stderr)

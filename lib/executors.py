@@ -34,10 +34,9 @@ import os
 import shlex
 import shutil
 import time
-from concurrent.futures import Future
 from pathlib import Path
 
-from . import config, paths, runner, sweeps
+from . import config, paths, sweeps
 
 ENGINES = ("serial", "local", "slurm", "submitit-local", "ray")
 SUBMITIT = ("slurm", "submitit-local")
@@ -111,35 +110,6 @@ def pythonpath() -> str:
     return os.pathsep.join([str(paths.ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 
-def failed(task: sweeps.PointTask, error: str, job_log: str | None = None) -> dict:
-    """The summary of a point that never returned one (its job or worker died, or raised outside the runner)."""
-    log = None
-    try:
-        log = str(runner.prepare(task.base, task.overrides, task.runs_root, create=False).directory / "run.log")
-    except (config.ParamError, FileNotFoundError):
-        pass
-    return {"run": None, "ok": False, "seconds": None, "error": error, "overrides": task.overrides,
-            "log": log if log and Path(log).exists() else None, "job_log": job_log}
-
-
-class _Tracked:
-    """Futures resolved in the order the points end (so the progress line follows them), results kept in
-    submission order."""
-
-    def __init__(self):
-        self.futures: list[Future] = []
-
-    def new(self) -> Future:
-        fut: Future = Future()
-        self.futures.append(fut)
-        return fut
-
-    def collect(self) -> list[dict]:
-        out = [f.result() for f in self.futures]
-        self.futures = []
-        return out
-
-
 # ----------------------------------------------------------------------------------- submitit
 class SubmititExecutor(sweeps.Executor):
     """Each point a submitit job: on SLURM (``slurm``), or as a local process through submitit's own
@@ -160,7 +130,7 @@ class SubmititExecutor(sweeps.Executor):
         self.slots = self.limit
         self.queue: list[tuple] = []      # (task, future) not yet submitted
         self.running: list[tuple] = []    # (job, task, future)
-        self.tracked = _Tracked()
+        self.tracked = sweeps.Tracked()
         self.poll_s = 0.25 if kind != "slurm" else 5.0
 
     def submit(self, task):
@@ -205,9 +175,9 @@ class SubmititExecutor(sweeps.Executor):
         except FailedJobError as exc:       # run_task raised something the runner does not report itself
             last = [ln for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("---")]
             why = next((ln for ln in reversed(last) if "Error" in ln), last[0] if last else "")
-            return failed(task, f"job {job.job_id} raised: {why.strip()}", str(job.paths.stderr))
+            return sweeps.failed(task, f"job {job.job_id} raised: {why.strip()}", str(job.paths.stderr))
         except UncompletedJobError:         # killed, out of memory, timed out, node lost: no result at all
-            return failed(task, f"job {job.job_id} died without a result (scheduler state {job.state}); rerun the sweep "
+            return sweeps.failed(task, f"job {job.job_id} died without a result (scheduler state {job.state}); rerun the sweep "
                                 "to resume the point", str(job.paths.stderr))
 
 
@@ -262,7 +232,7 @@ class RayExecutor(sweeps.Executor):
         self.slots = max(1, int(min(resources.get("CPU", 1) // cpus,
                                     resources.get("GPU", 0) // gpus if gpus else float("inf"))))
         self.pending: dict = {}             # ref -> (task, future)
-        self.tracked = _Tracked()
+        self.tracked = sweeps.Tracked()
 
     def submit(self, task):
         fut = self.tracked.new()
@@ -283,9 +253,9 @@ class RayExecutor(sweeps.Executor):
         try:
             return self.ray.get(ref)
         except rx.RayTaskError as exc:      # run_task raised something the runner does not report itself
-            return failed(task, f"Ray task raised: {str(exc.cause or exc).splitlines()[0]}")
+            return sweeps.failed(task, f"Ray task raised: {str(exc.cause or exc).splitlines()[0]}")
         except rx.RayError as exc:          # the worker or its node died: no result
-            return failed(task, f"Ray worker died without a result ({type(exc).__name__}); rerun the sweep to "
+            return sweeps.failed(task, f"Ray worker died without a result ({type(exc).__name__}); rerun the sweep to "
                                 "resume the point")
 
 

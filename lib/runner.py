@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from . import atomic, config, paths, references, stages
+from . import atomic, config, kernels, paths, references, stages
 
 NOTEBOOKS = paths.ROOT / "notebooks"
 ANALYSIS = "06_fter_analysis"
@@ -271,17 +271,27 @@ def papermill_engine(nb: Path, out_nb: Path, parameters: dict, kernel: str) -> N
     """Execute one notebook with papermill. A failing cell or a dead kernel becomes RunFailed naming the
     notebook, the cell (its index in the source notebook) and its first line, and the output notebook."""
     import papermill as pm
+    from jupyter_client.kernelspec import NoSuchKernel
     from nbclient.exceptions import DeadKernelError
 
     kept = f"\n  partial output notebook kept: {out_nb}\n  rerunning the same command resumes at this stage."
     try:
-        pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name=kernel,
-                            log_output=True, progress_bar=False, cwd=str(paths.ROOT))
+        kernels.with_start_retries(lambda: pm.execute_notebook(
+            str(nb), str(out_nb), parameters=parameters, kernel_name=kernel, log_output=True, progress_bar=False,
+            cwd=str(paths.ROOT), kernel_manager_class=kernels.manager_class()), out_nb, nb.name)
     except pm.PapermillExecutionError as exc:
         index, first_line = _source_cell(out_nb, exc.cell_index, exc.source)
         raise RunFailed(f"{nb.name} failed in cell {index} ({first_line!r}; execution count {exc.exec_count}): "
                         f"{exc.ename}: {exc.evalue}{kept}") from None
-    except DeadKernelError as exc:
+    except NoSuchKernel:
+        raise RunFailed(f"{nb.name}: no Jupyter kernel named {kernel!r}; `make setup` registers the suite's "
+                        "(python -m lib.setup_env), `jupyter kernelspec list` shows those there are") from None
+    except Exception as exc:
+        if kernels.is_start_failure(exc, out_nb):
+            raise RunFailed(f"{nb.name}: the kernel {kernel!r} failed to start {kernels.START_TRIES} times "
+                            f"({type(exc).__name__}: {exc}); check that its python can import ipykernel{kept}") from None
+        if not isinstance(exc, DeadKernelError):
+            raise
         index, first_line = _source_cell(out_nb, None)
         raise RunFailed(f"{nb.name}: the kernel died in cell {index} ({first_line!r}), e.g. out of memory or "
                         f"killed ({type(exc).__name__}: {exc}){kept}") from None

@@ -42,8 +42,11 @@ import shlex
 import sys
 import threading
 import time
+import traceback
 import typing
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,12 +215,43 @@ def run_task(task: PointTask, engine=None, echo: bool = True) -> dict:
                            until=task.until, **kw)
         return {"run": str(r.directory), "ok": True, "seconds": time.perf_counter() - t0, "error": None,
                 "log": str(log_path)}
-    except (runner.RunFailed, config.ParamError, FileNotFoundError) as exc:
+    except Exception as exc:     # anything a point raises is that point's failure, never the sweep's
+        known = isinstance(exc, (runner.RunFailed, config.ParamError, FileNotFoundError))
+        error = str(exc) if known else f"{type(exc).__name__}: {exc}"
         if log_path is not None and log_path.exists():     # the log ends with why (what a remote job's user reads)
             with open(log_path, "a") as fh:
-                fh.write(f"FAILED: {exc}\n")
-        return {"run": None, "ok": False, "seconds": time.perf_counter() - t0, "error": str(exc),
+                fh.write(("" if known else traceback.format_exc()) + f"FAILED: {error}\n")
+        return {"run": None, "ok": False, "seconds": time.perf_counter() - t0, "error": error,
                 "overrides": task.overrides, "log": None if log_path is None else str(log_path)}
+
+
+def failed(task: PointTask, error: str, job_log: str | None = None) -> dict:
+    """The summary of a point that never returned one (its job or worker died, or raised outside the runner)."""
+    log = None
+    try:
+        log = str(runner.prepare(task.base, task.overrides, task.runs_root, create=False).directory / "run.log")
+    except Exception:       # e.g. a random-skip control whose gated run failed: no run folder to name
+        pass
+    return {"run": None, "ok": False, "seconds": None, "error": error, "overrides": task.overrides,
+            "log": log if log and Path(log).exists() else None, "job_log": job_log}
+
+
+class Tracked:
+    """Futures an executor resolves in its ``wait`` (in this thread, so a done-callback may submit more points),
+    in the order the points end; results kept in submission order."""
+
+    def __init__(self):
+        self.futures: list[Future] = []
+
+    def new(self) -> Future:
+        fut: Future = Future()
+        self.futures.append(fut)
+        return fut
+
+    def collect(self) -> list[dict]:
+        out = [f.result() for f in self.futures]
+        self.futures = []
+        return out
 
 
 class _Tee:
@@ -286,48 +320,73 @@ class SerialExecutor(Executor):
         return out
 
 
-_GPU_QUEUE = None
-
-
-def _init_worker(queue) -> None:
-    """Pin each worker process to its own GPU (when there are GPUs) before any CUDA use."""
-    if queue is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(queue.get())
+def _init_worker(gpu: int | None) -> None:
+    """Pin a worker process to its GPU (when there are GPUs) before any CUDA use."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
 
 
 class LocalPoolExecutor(Executor):
-    """A process pool on this machine: ``jobs`` workers, one per GPU where GPUs exist."""
+    """Points on this machine, ``jobs`` at a time, one GPU each where GPUs exist. Each point runs in a worker
+    process of its own, so a worker that dies (killed, out of memory) fails its own point and no other (a
+    shared pool breaks whole, taking every running and queued point with it)."""
 
     def __init__(self, jobs: int, gpus: int = 0, engine=None):
-        import multiprocessing as mp
-
-        queue = None
-        if gpus:
-            jobs = min(jobs, gpus) if jobs else gpus
-            queue = mp.Manager().Queue()
-            for i in range(jobs):
-                queue.put(i)
-        self.pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(queue,))
-        self.engine, self.futures, self.slots = engine, [], jobs
+        self.jobs = min(jobs, gpus) if gpus and jobs else (gpus or jobs)
+        self.gpus, self.engine, self.slots = gpus, engine, self.jobs
+        self.free = list(range(self.jobs))          # slot numbers; a slot's GPU where there are GPUs
+        self.queue: list[tuple] = []                # (task, the future handed out), not started yet
+        self.running: dict[Future, tuple] = {}      # the worker's future -> (task, future handed out, slot, pool)
+        self.tracked = Tracked()
 
     def submit(self, task):
-        fut = self.pool.submit(run_task, task, self.engine, False)   # each point's output in its run.log
-        self.futures.append(fut)
+        fut = self.tracked.new()
+        self.queue.append((task, fut))
+        self._launch()
         return fut
 
+    def _launch(self) -> None:
+        while self.queue and self.free:
+            (task, fut), slot = self.queue.pop(0), self.free.pop(0)
+            pool = ProcessPoolExecutor(1, initializer=_init_worker, initargs=(slot if self.gpus else None,))
+            inner = pool.submit(run_task, task, self.engine, False)   # each point's output in its run.log
+            self.running[inner] = (task, fut, slot, pool)
+
     def wait(self):
-        out = [f.result() for f in self.futures]
-        self.futures = []
-        return out
+        while self.running or self.queue:
+            self._launch()
+            done, _ = futures_wait(list(self.running), return_when=FIRST_COMPLETED)
+            for inner in done:
+                task, fut, slot, pool = self.running.pop(inner)
+                pool.shutdown(wait=False)
+                self.free.append(slot)
+                fut.set_result(self._outcome(inner, task))      # its callbacks may submit more points
+        return self.tracked.collect()
+
+    @staticmethod
+    def _outcome(inner: Future, task: PointTask) -> dict:
+        try:
+            return inner.result()
+        except BrokenProcessPool:
+            return failed(task, "the worker process running this point died (killed, or out of memory); "
+                                "rerun the sweep to resume the point")
+        except Exception as exc:     # e.g. a result that could not be pickled back
+            return failed(task, f"{type(exc).__name__}: {exc}")
 
     def prepare(self, specs: list[tuple]) -> None:
         """Build the models every point shares side by side before the points start, instead of one point
         building each while the others wait on its lock with a core idle."""
-        for f in [self.pool.submit(build_shared, spec) for spec in specs]:
-            f.result()
+        with ProcessPoolExecutor(max(1, min(self.jobs, len(specs)))) as pool:
+            for spec, f in [(spec, pool.submit(build_shared, spec)) for spec in specs]:
+                try:
+                    f.result()
+                except Exception as exc:      # each point that needs it builds it again and fails on its own
+                    print(f"  could not build the shared model {spec}: {type(exc).__name__}: {exc}",
+                          file=sys.stderr)
 
     def close(self):
-        self.pool.shutdown()
+        for *_, pool in self.running.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def shared_models(sweep: Sweep, points: list[dict]) -> list[tuple]:
@@ -438,25 +497,57 @@ def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path =
     results = []
     slots = getattr(executor, "slots", 1) or max(1, len(todo))     # None: as many as the scheduler gives
     progress = Progress(sweep.name, len(p.tasks), len(p.tasks) - len(todo), slots)
-    # Two waves: points that copy a gated run's skip rate wait until the gated points are done.
-    for wave in (False, True):
-        for t, _ in todo:
-            if waits_for_gated(t.base, t.overrides) == wave:
-                progress.submitted()
-                executor.submit(t).add_done_callback(progress.finished)
-        results += executor.wait()
-    failed = [r for r in results if not r["ok"]]
-    for r in failed:
+    results = submit_all(executor, [t for t, _ in todo], progress)
+    failed_points = [r for r in results if not r["ok"]]
+    for r in failed_points:
         where = f"\n  log: {runner.stages.paths_rel(Path(r['log']))}" if r.get("log") else ""
         if r.get("job_log"):     # a job or worker that died: the scheduler's own log of it
             where += f"\n  job log: {runner.stages.paths_rel(Path(r['job_log']))}"
         print(f"FAILED point {r['overrides']}:\n  {r['error']}{where}", file=sys.stderr)
     out = {"plan": p, "results": results, "seconds": time.perf_counter() - t0, "analysis": None}
-    if analyse and not failed:
-        out["analysis"] = analyse_sweep(sweep, runs_root, notebooks_dir, engine)
+    if analyse:
+        out["analysis"] = analyse_sweep(sweep, runs_root, notebooks_dir, engine, partial_ok=bool(failed_points))
     if hasattr(executor, "close"):
         executor.close()
     return out
+
+
+def _gate_key(task: PointTask, counterpart: bool) -> str | None:
+    """The stage-03 key of the gated training a point runs (``counterpart``: the one a random-skip control
+    copies its skip rate from); None for a point that runs no gate."""
+    cfg = config.load(task.base, task.overrides)
+    if counterpart:
+        return runner.stages.key(runner.gated_counterpart(cfg), "03_dreambooth")
+    if cfg.gating.enabled and cfg.finetune.control == "none":
+        return runner.stages.key(cfg, "03_dreambooth")
+    return None
+
+
+def submit_all(executor: Executor, tasks: list[PointTask], progress: Progress) -> list[dict]:
+    """Submit every point; a random-skip control that copies a gated point's skip rate starts as soon as that
+    point has ended (not after a whole first wave), or at once when its gated point is not among these."""
+    waits = [waits_for_gated(t.base, t.overrides) for t in tasks]
+    keys = [None if w else _gate_key(t, False) for t, w in zip(tasks, waits)]
+    gated = {k: i for i, k in enumerate(keys) if k is not None}
+    after: dict[int, list[int]] = {}       # a gated point's index -> the controls that wait for it
+    now = []
+    for i, (t, w) in enumerate(zip(tasks, waits)):
+        g = gated.get(_gate_key(t, True)) if w else None
+        if g is None:
+            now.append(i)
+        else:
+            after.setdefault(g, []).append(i)
+
+    def submit(i: int) -> None:
+        progress.submitted()
+        fut = executor.submit(tasks[i])
+        fut.add_done_callback(progress.finished)
+        for j in after.get(i, []):
+            fut.add_done_callback(lambda _f, j=j: submit(j))
+
+    for i in now:
+        submit(i)
+    return executor.wait()
 
 
 def _duration(seconds: float) -> str:
@@ -505,10 +596,17 @@ class Progress:
                 f"{self.failed} failed, {left} left; {_duration(time.perf_counter() - self.t0)} elapsed, ETA {eta}")
 
 
-def analyse_sweep(sweep: Sweep, runs_root, notebooks_dir, engine=None) -> Path:
-    """The closing notebook (06, or the sweep's ``analysis``) once over all of the sweep's runs; output in
-    runs/<experiment>/sweep-<name>/."""
-    runs = [runner.prepare(sweep.base, pt, runs_root, create=False) for pt in sweep.points]
+def analyse_sweep(sweep: Sweep, runs_root, notebooks_dir, engine=None, partial_ok: bool = False) -> Path | None:
+    """The closing notebook (06, or the sweep's ``analysis``) once over the sweep's finished runs; output in
+    runs/<experiment>/sweep-<name>/. With points missing (``partial_ok``: some failed) it runs over the rest,
+    names what it leaves out, and says so when the notebook cannot compute its tables without them."""
+    runs, missing = finished_runs(sweep, runs_root)
+    if not runs:
+        print(f"  no point of {sweep.name} has finished; nothing to analyse", file=sys.stderr)
+        return None
+    if missing:
+        print(f"  analysing {len(runs)} of {len(runs) + len(missing)} points; left out (not finished): "
+              + ", ".join(missing), file=sys.stderr)
     exp_dir = paths.resolve(runs_root) / runs[0].cfg.experiment
     out_dir = exp_dir / f"sweep-{sweep.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -519,9 +617,30 @@ def analyse_sweep(sweep: Sweep, runs_root, notebooks_dir, engine=None) -> Path:
               "results_root": str(exp_dir), "runs": [str(r.directory) for r in runs], "interactive": False,
               **sweep.analysis_params}
     print(f"  {nb.stem} over {len(runs)} runs -> {runner.stages.paths_rel(out_dir / nb.name)}")
-    with runner.batch_environment():
-        (engine or runner.papermill_engine)(nb, out_dir / nb.name, params, runner.default_kernel())
+    try:
+        with runner.batch_environment():
+            (engine or runner.papermill_engine)(nb, out_dir / nb.name, params, runner.default_kernel())
+    except runner.RunFailed as exc:
+        if not (partial_ok or missing):
+            raise
+        print(f"  {nb.stem} could not compute its tables without the missing points ({', '.join(missing)}):\n"
+              f"  {exc}", file=sys.stderr)
+        return None
     return out_dir / nb.name
+
+
+def finished_runs(sweep: Sweep, runs_root) -> tuple[list, list[str]]:
+    """(the runs of the sweep's points that finished through its ``until``, the run ids of the others)."""
+    done, missing = [], []
+    for pt in sweep.points:
+        try:
+            r = runner.prepare(sweep.base, pt, runs_root, create=False)
+        except config.ParamError:     # a random-skip control whose gated point never finished stage 03
+            missing.append(runner.run_id(config.load(sweep.base, pt), pt))
+            continue
+        ok = runner.done_through(r, sweep.until) if sweep.until else r.finished
+        (done if ok else missing).append(r if ok else r.directory.name)
+    return done, missing
 
 
 def main(argv: list[str] | None = None) -> int:

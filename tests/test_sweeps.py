@@ -159,6 +159,7 @@ def test_a_sweep_without_figures_dir_never_writes_into_the_suites_figures(tmp_pa
     f = tmp_path / "scratch.yaml"
     f.write_text(yaml.safe_dump({"base": "params/smoke.yaml", "grid": {"seed": [0]}}))
     sw = sweeps.load(f)
+    sweeps.run(f, 1, runs_root, nb, engine=standins.exec_engine, analyse=False)
     seen = {}
     sweeps.analyse_sweep(sw, runs_root, nb, engine=lambda nb_, out, params, kernel: seen.update(params))
     assert Path(seen["figures_dir"]) == runs_root.resolve() / "smoke" / "sweep-scratch" / "figures"
