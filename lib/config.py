@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,7 +381,36 @@ def _build(cls, values: dict, prefix: str):
     return cls(**kwargs)
 
 
+SEED_MAX = 2**32 - 1      # numpy's RandomState and np.random.seed take seeds in [0, 2**32 - 1]
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _validate_experiment(name: str) -> None:
+    """The experiment names one folder right under the runs root: no path, so nothing is written outside it."""
+    if not EXPERIMENT_NAME.fullmatch(name):
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "my-experiment"
+        raise ParamError(f"experiment = {name!r} must be one folder name under the runs root (letters, digits, "
+                         f"'.', '_', '-', starting with a letter or digit; no '/' and no '..'), e.g. {safe!r}.")
+
+
+def _validate_seeds(cfg: Config) -> None:
+    """Every seed (``seed``, ``data.phantom_seed``, any later ``*seed`` key) is an int numpy accepts."""
+    for key, value in _flat_items(cfg.to_dict()):
+        if key.split(".")[-1].endswith("seed") and isinstance(value, int) and not 0 <= value <= SEED_MAX:
+            raise ParamError(f"{key} = {value} must be a whole number from 0 to {SEED_MAX} (numpy's seed range).")
+
+
+def _flat_items(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "label_words":
+            yield from _flat_items(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
 def _validate_ranges(cfg: Config) -> None:
+    _validate_experiment(cfg.experiment)
+    _validate_seeds(cfg)
     if not -1.0 <= cfg.gating.threshold <= 1.0:
         raise ParamError(f"gating.threshold = {cfg.gating.threshold} is outside [-1, 1]; "
                          "it is a cosine similarity.")
@@ -617,11 +647,14 @@ def _deep_merge(base: dict, update: dict) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: dict | None) -> dict:
-    """Overrides use dotted keys (``{"gating.threshold": 0.5}``); ``None`` values mean 'keep the file's'."""
+    """Overrides use dotted keys (``{"gating.threshold": 0.5}``). ``None`` (``--set key=null``) sets a key
+    that may be null and is refused, naming the key, for one that may not."""
     raw = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
+        if not isinstance(dotted, str) or not dotted or "" in dotted.split("."):
+            raise ParamError(f"override {dotted!r}: write the key as dotted.key, e.g. gating.threshold.")
         if value is None:
-            continue
+            _refuse_null(dotted)
         node = raw
         *parents, leaf = dotted.split(".")
         for p in parents:
@@ -632,24 +665,58 @@ def apply_overrides(raw: dict, overrides: dict | None) -> dict:
     return raw
 
 
-def read_yaml(path: str | Path) -> dict:
+def _refuse_null(dotted: str) -> None:
+    """A null override of a key whose type has no null (an unknown key is left to the schema's own error)."""
+    tp: Any = Config
+    for part in dotted.split("."):
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if part not in hints:
+            return
+        tp = hints[part]
+    if dataclasses.is_dataclass(tp):
+        raise ParamError(f"override {dotted} = null: '{dotted}' is a section; override its keys one by one.")
+    if type(None) not in typing.get_args(tp):
+        raise ParamError(f"override {dotted} = null: {dotted} cannot be null (it takes {_type_name(tp)}); give a "
+                         "value, or leave the override out to keep the parameter file's.")
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A parameter file as a mapping, its ``base:`` chain merged under it; every fault names the file."""
     given, path = Path(path), paths.resolve(path)
     if not path.exists():
         where = "" if given.expanduser().is_absolute() else \
             f" (a relative path is resolved from the project root {paths.ROOT}, not the current directory)"
         raise ParamError(f"parameter file {path} not found{where}; the sets shipped are in params/ "
                          f"({', '.join(p.name for p in sorted(paths.PARAMS.glob('*.yaml')))}).")
+    if path.is_dir():
+        inside = ", ".join(p.name for p in sorted(path.glob("*.yaml"))[:8]) or "no .yaml files"
+        raise ParamError(f"parameter file {path} is a folder ({inside}); give one .yaml file, e.g. params/smoke.yaml.")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ParamError(f"{path} is not valid YAML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamError(f"cannot read parameter file {path}: {exc}") from None
     if not isinstance(raw, dict):
         raise ParamError(f"{path} must hold a mapping of sections, not {type(raw).__name__}.")
     # A file may start from another one: `base: params/demo.yaml`.
     base = raw.pop("base", None)
     if base is not None:
-        raw = _deep_merge(read_yaml(base), raw)
+        raw = _deep_merge(_read_base(base, path, _chain + (path.resolve(),)), raw)
     return raw
+
+
+def _read_base(base, path: Path, chain: tuple[Path, ...]) -> dict:
+    """The file a ``base:`` names; one that (through others) includes itself is refused, naming the loop."""
+    if not isinstance(base, str) or not base.strip():
+        raise ParamError(f"base: {base!r} in {path} must be the path of another parameter file, "
+                         "e.g. base: params/demo.yaml.")
+    target = paths.resolve(base).resolve()
+    if target in chain:
+        loop = " -> ".join(str(p) for p in chain[chain.index(target):] + (target,))
+        raise ParamError(f"base: {base} in {path} includes itself ({loop}); remove the `base:` line that closes "
+                         "the loop.")
+    return read_yaml(base, chain)
 
 
 def from_dict(raw: dict) -> Config:

@@ -6,15 +6,18 @@ parameters that vary between runs (method, tuning size, threshold, control, seed
 e.g. ``spectral-clip_n100_thr0.3_seed0``.
 
 - A finished run is never overwritten; running it again is a no-op that says so.
-- An unfinished run resumes at its first unfinished stage.
+- An unfinished run resumes at its first unfinished stage. A stage it finished earlier counts only while
+  its key is the same (changed data, e.g. new NIH metadata, gives new keys): else it is redone, or reused
+  for the new key, and its old output notebook is kept as ``<notebook>.<old key>.ipynb``.
 - A stage already finished for these parameters (its folder holds DONE.json, e.g. curation when only
   the gating threshold changed) is not executed again: the run records it as reused and points at the
   notebook that produced it.
 - A failing cell or a dead kernel (out of memory, killed) stops the run; the partial output notebook
   is kept, run.json records the error, and the message names the notebook, the cell (its index in the
   source notebook) and its first line. Rerunning resumes.
-- run.json is merged under a lock on every update, with a ``history`` of each process's stage events,
-  so two identical runs at once keep both records.
+- One process at a time runs a run folder (``.run.lock``): an identical run started meanwhile waits, then
+  finds the run finished (or resumes where the first stopped) and never re-executes its notebooks.
+  run.json is merged under a lock on every update, with a ``history`` of each process's stage events.
 
 CLI: ``python -m lib.runner PARAMS [--set key=value ...] [--runs-root DIR] [--notebooks DIR]``.
 """
@@ -50,6 +53,8 @@ class RunFailed(RuntimeError):
 
 # ------------------------------------------------------------------------------------- naming
 def _fmt(value) -> str:
+    if value is None:
+        return "null"                 # as it was written (--set key=null), and as it was applied
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
@@ -150,6 +155,12 @@ class Run:
     def finished(self) -> bool:
         return bool(self.status.get("finished"))
 
+    def reload(self) -> None:
+        """run.json as on disk now (another process may have advanced the run since prepare read it)."""
+        if self.record_path.exists():
+            self.status = json.loads(self.record_path.read_text())
+            self.saved = copy.deepcopy(self.status.get("stages", {}))
+
     def save(self) -> None:
         """Merge this process's stage changes into run.json under a lock: concurrent runs keep both histories."""
         mine = {s: v for s, v in self.status.get("stages", {}).items() if v != self.saved.get(s)}
@@ -179,7 +190,8 @@ def merge_status(disk: dict, ours: dict, changed: dict, events: list[dict]) -> d
     out["stages"] = dict(disk.get("stages", {}))
     for stage, entry in changed.items():
         theirs = out["stages"].get(stage, {})
-        keep = theirs.get("status") in FINAL and (entry.get("status") not in FINAL or
+        same = theirs.get("key") == entry.get("key")      # a stage redone for a new key replaces the old record
+        keep = same and theirs.get("status") in FINAL and (entry.get("status") not in FINAL or
                                                   (theirs["status"] == "executed" and entry["status"] != "executed"))
         if not keep:
             out["stages"][stage] = entry
@@ -297,6 +309,23 @@ def papermill_engine(nb: Path, out_nb: Path, parameters: dict, kernel: str) -> N
                         f"killed ({type(exc).__name__}: {exc}){kept}") from None
 
 
+def _still_done(run_: Run, stage: str, st: dict) -> bool:
+    """Whether a stage this run finished earlier still stands: recorded under the key these parameters and
+    the data on disk give now (new NIH metadata is a new key), and its folder still sealed. A stale one's
+    output notebook is set aside (``<name>.<old key>.ipynb``), so re-executing it loses nothing."""
+    skey = stages.key(run_.cfg, stage)
+    old = st.get("key", skey)                 # records of older versions carry no key: taken as they are
+    sealed = stage == ANALYSIS or (stages.stage_dir(run_.cfg, stage, run_.runs_root) / "DONE.json").exists()
+    if old == skey and sealed:
+        return True
+    nb = run_.directory / Path(str(st.get("notebook") or "")).name
+    if old != skey and st.get("status") == "executed" and nb.is_file():
+        os.replace(nb, nb.with_name(f"{nb.stem}.{old}{nb.suffix}"))
+    why = f"its key is now {skey} (the data or parameters changed)" if old != skey else "its stage folder is gone"
+    print(f"  {stage}: done earlier in this run for key {old}, but {why}; looking at it again")
+    return False
+
+
 def _source_cell(out_nb: Path, index: int | None, source: str | None = None) -> tuple[int | None, str]:
     """(index in the source notebook, first line) of the executed notebook's cell ``index``; with None,
     of the last cell papermill started (the one a dead kernel was running).
@@ -336,10 +365,21 @@ def run(params_file: str | Path, overrides: dict | None = None, runs_root: str |
     """
     run_ = prepare(params_file, overrides, runs_root)
     rel = stages.paths_rel(run_.directory)
-    if run_.finished:
-        print(f"run {rel} already finished on {run_.status['finished']}; nothing to do "
-              "(its notebooks are kept; change a parameter or the runs root for a new run).")
-        return run_
+    if not run_.finished:
+        # One process per run folder: an identical run started meanwhile waits here, then finds the run
+        # finished, instead of executing its notebooks again over the first one's outputs.
+        with atomic.exclusive(run_.directory / ".run.lock", what=f"run {rel}, which another process is running"):
+            run_.reload()
+            if not run_.finished:
+                return _resume(run_, notebooks_dir, kernel, figures_dir, until, analysis_params, progress, engine)
+    print(f"run {rel} already finished on {run_.status['finished']}; nothing to do "
+          "(its notebooks are kept; change a parameter or the runs root for a new run).")
+    return run_
+
+
+def _resume(run_: Run, notebooks_dir, kernel, figures_dir, until, analysis_params, progress, engine) -> Run:
+    """Execute (or reuse) the run's stages from its first unfinished one, under the run's lock."""
+    rel = stages.paths_rel(run_.directory)
     kernel = kernel or default_kernel()
     figures_dir = paths.resolve(figures_dir) if figures_dir else run_.directory / "figures"
     last = stages.ORDER.index(until) if until else len(stages.ORDER) - 1
@@ -348,14 +388,18 @@ def run(params_file: str | Path, overrides: dict | None = None, runs_root: str |
         nb = notebook_for(stage, notebooks_dir)
         st = run_.status["stages"].get(stage, {})
         if st.get("status") in ("executed", "reused"):
-            print(f"  {stage}: done earlier in this run ({st['status']})")
-            continue
+            if _still_done(run_, stage, st):
+                print(f"  {stage}: done earlier in this run ({st['status']})")
+                continue
+            st = {}                        # a stale record: the stage is looked at afresh for its key now
         if stage in REFERENCE_SKIPS and references.is_reference(run_.cfg):
             run_.status["stages"][stage] = {"status": "skipped", "reason": "a reference generator needs no "
                                             "tuning set and no fine-tuning"}
             print(f"  {stage}: skipped (reference generator {run_.cfg.generation.kind!r})")
             continue
         sdir, skey = stages.stage_dir(run_.cfg, stage, run_.runs_root), stages.key(run_.cfg, stage)
+        if st.get("key", skey) != skey:
+            st = {}                        # a failure under another key (older data) says nothing about this one
         lock = run_.runs_root / run_.cfg.experiment / "stages" / f".{stage}-{skey}.lock"
         with atomic.exclusive(lock, what=f"stage {stage} ({skey}), which another process is running"):
             # Reuse a sealed stage only if this run never tried its notebook: after a failure the
@@ -413,8 +457,14 @@ def parse_sets(items: list[str] | None) -> dict:
     for item in items or []:
         if "=" not in item:
             raise config.ParamError(f"--set {item!r}: write it as dotted.key=value, e.g. gating.threshold=0.5")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        k, v = (x.strip() for x in item.split("=", 1))
+        if not k:
+            raise config.ParamError(f"--set {item!r} names no key: write it as dotted.key=value, e.g. gating.threshold=0.5")
+        try:
+            out[k] = yaml.safe_load(v)
+        except yaml.YAMLError as exc:
+            raise config.ParamError(f"--set {item!r}: the value of {k} is not valid YAML ({exc.problem or exc}); "
+                                    f"quote text that holds ':', '[', '{{' or '#', e.g. --set {k}='\"...\"'") from None
     return out
 
 

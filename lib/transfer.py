@@ -60,8 +60,9 @@ class DataSet:
 
 # ------------------------------------------------------------------------------------------ the sets
 def _with_kind(cfg: Config, kind: str) -> Config:
+    n = cfg.transfer.reference_n_per_label      # None: keep generation.n_per_label (a null override would set it)
     raw = config.apply_overrides(cfg.to_dict(), {"generation.kind": kind,
-                                                 "generation.n_per_label": cfg.transfer.reference_n_per_label})
+                                                 **({"generation.n_per_label": n} if n is not None else {})})
     if kind != "folder":
         raw["generation"]["folder"] = None
     return config.from_dict(raw)

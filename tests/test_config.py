@@ -35,7 +35,7 @@ def test_ranges():
 
 
 def test_overrides_and_int_to_float():
-    cfg = config.load("params/smoke.yaml", {"gating.threshold": 1, "seed": None, "pools.test": 50})
+    cfg = config.load("params/smoke.yaml", {"gating.threshold": 1, "pools.test": 50})
     assert cfg.gating.threshold == 1.0 and isinstance(cfg.gating.threshold, float)
     assert cfg.seed == 0 and cfg.pools.test == 50
 
