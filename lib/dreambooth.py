@@ -628,12 +628,26 @@ def run(cfg: Config, out_dir, runs_root=None, progress: bool = True, resume: boo
         return _run(cfg, Path(out_dir), runs_root, progress, resume, resume_from, stop_after, rank_report)
 
 
+def _finished(cfg: Config, out: Path) -> dict | None:
+    """The recorded summary when every model of the stage is saved and the summary written (the last step),
+    else None. Resealing such a stage keeps its logs and summary byte for byte: retraining from the last
+    checkpoint would rewrite their timings, and every sealed stage 04 built on them would look changed."""
+    p = out / "train_summary.json"
+    if not p.exists():
+        return None
+    folders = set() if cfg.finetune.control == "no-fine-tune" else set(model_dir_names(cfg).values())
+    return json.loads(p.read_text()) if all((out / f / "model_index.json").exists() for f in folders) else None
+
+
 def _run(cfg: Config, out: Path, runs_root, progress, resume, resume_from, stop_after, rank_report=None) -> dict:
     from . import diffusion_model, gating, multiprocess
 
     state = multiprocess.state()
     main = state.is_main_process
     out.mkdir(parents=True, exist_ok=True)
+    done = _finished(cfg, out)
+    if done is not None:        # resumed after it finished (DONE.json deleted): nothing to redo or rewrite
+        return done if main else {}
     gating.check(cfg.gating)
     t0 = time.perf_counter()
     with state.main_process_first():      # one process builds the tiny base; the others load it

@@ -73,6 +73,22 @@ def test_a_resealed_stage_04_keeps_its_summary_so_stage_05_stays_valid(sealed):
     assert stages.is_done(d05) and stages.require(cfg, "05_classifier", runs_root) == d05
 
 
+def test_a_resealed_stage_03_keeps_its_logs_so_stage_04_stays_valid(tmp_path, runs_root):
+    from dreambooth_fixtures import fake_stage02, tiny_cfg
+
+    from lib import dreambooth
+
+    cfg = tiny_cfg(tmp_path, **{"gating.enabled": False})
+    fake_stage02(cfg, runs_root, tmp_path)
+    d03 = stages.run_stage(cfg, "03_dreambooth", dreambooth.run, runs_root, progress=False)
+    d04 = stages.run_stage(cfg, "04_generation", _stage05, runs_root)          # a stand-in reading stage 03
+    logs = {f.name: f.read_bytes() for f in d03.iterdir() if f.suffix in (".csv", ".json") and f.name != "DONE.json"}
+    (d03 / "DONE.json").unlink()
+    stages.run_stage(cfg, "03_dreambooth", dreambooth.run, runs_root, progress=False)
+    assert {f: (d03 / f).read_bytes() for f in logs} == logs       # loss_log.csv, train_summary.json: not retimed
+    assert stages.is_done(d03) and stages.is_done(d04)
+
+
 # ------------------------------------------------------------------------------------ bit depths
 def test_images_are_read_by_bit_depth(tmp_path):
     ramp = np.linspace(0.0, 0.66, 32 * 32).reshape(32, 32)        # mean 0.33
