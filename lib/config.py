@@ -43,6 +43,8 @@ class DataConfig:
     phantom_seed: int = 0                   # the phantom (or shapes) data set's own seed (pools use the run seed)
     check_images: bool = True               # open every image once to exclude corrupt ones
     max_missing_fraction: float = 0.01      # more images named in the CSV but absent on disk stop curation
+    near_duplicates: Literal["refuse", "warn"] = "refuse"  # a near-copy of a real test image in a training
+    #                                       source (folder import, external folder, another pool): lib/leakage.py
 
 
 @dataclass
@@ -266,6 +268,7 @@ class Config:
         if "external" not in self.selection.methods:   # unused external settings stay out of every key
             for name in ("external_dir", "pseudo_label_threshold"):
                 d["selection"].pop(name)
+        d["data"].pop("near_duplicates")     # what a leak check does on a find, not what a stage computes
         for name in ("num_processes", "tensorboard"):   # how stage 03 runs and logs, not what it computes
             d["finetune"].pop(name)
 

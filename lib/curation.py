@@ -245,6 +245,8 @@ def run(cfg: Config, out_dir: str | Path, runs_root=None, progress: bool = True)
     official = nih.official_split(curated.root) if cfg.data.official_split and nih_layout else None
     sizes = {"tuning": cfg.pools.tuning, "train": cfg.pools.train, "test": cfg.pools.test}
     pools = split_pools(curated.table, sizes, cfg.seed, official, domains.classes(cfg))
+    if cfg.data.source in domains.GENERIC_SOURCES:     # one image under two groups (lib.domains.check_pools)
+        domains.check_pools(cfg, pools, out_dir)
     files = write_manifests(pools, out_dir)
     atomic.write_csv(Path(out_dir) / "all.csv", curated.table)
     atomic.write_csv(Path(out_dir) / "excluded.csv", pd.DataFrame(

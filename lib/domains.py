@@ -6,7 +6,10 @@ and the procedural ``shapes`` domain (lib/shapes.py) have whatever classes their
 order of ``data.classes`` or, when that is null, sorted by name. That order is the classifier's label
 index and the order of the per-class output columns ``p[<class>]``, so every stage reads it from here.
 
-The group id plays the part of the NIH patient: images of one group never land in two pools.
+The group id plays the part of the NIH patient: images of one group never land in two pools. An image
+held twice under two groups (re-saved, resized) is caught after the split: ``check_pools`` refuses a
+near-copy of a test image in another pool (lib.leakage). A folder laid out in splits (train/<class>,
+test/<class>) is refused with a hint instead of becoming the classes "train" and "test".
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from .nih import DataError
 
 GENERIC_SOURCES = ("folder", "csv", "shapes")     # sources whose classes come from the data
 TABLE_COLUMNS = ("path", "label")                 # a csv source's required columns; "group" is optional
+SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "dev", "holdout"}
 
 
 def order(labels, declared: list[str] | None = None) -> list[str]:
@@ -70,6 +74,7 @@ def read_folder(root: str | Path) -> pd.DataFrame:
     subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subs:
         raise DataError(f"data.folder {root} has no class sub-folder. {how}")
+    _refuse_split_layout(root, subs)
     rows = []
     for sub in subs:
         files = sorted(p for p in sub.rglob("*") if is_image(p))
@@ -78,6 +83,23 @@ def read_folder(root: str | Path) -> pd.DataFrame:
                             "remove the folder.")
         rows += [{"path": str(f), "label": sub.name, "group": f"{sub.name}/{f.relative_to(sub)}"} for f in files]
     return pd.DataFrame(rows)
+
+
+def _refuse_split_layout(root: Path, subs: list[Path]) -> None:
+    """train/<class>, test/<class>: the sub-folders are splits, not classes (else "train" and "test" would
+    silently become the classes)."""
+    splits = [s for s in subs if s.name.lower() in SPLIT_NAMES
+              and any(c.is_dir() and any(is_image(f) for f in c.rglob("*")) for c in s.iterdir())]
+    if not splits:
+        return
+    inner = sorted({c.name for s in splits for c in s.iterdir() if c.is_dir() and not c.name.startswith(".")})
+    names = ", ".join(f"'{s.name}'" for s in splits)
+    raise DataError(
+        f"data.folder {root} is laid out in splits ({names}, each with class sub-folders {inner[:6]}), not one "
+        f"sub-folder per class: read as it is, {names} would be the classes. The suite draws its own "
+        f"group-disjoint pools (tuning, train, test). Point data.folder at one split (e.g. {splits[0]}), merge the "
+        "splits into one folder per class, or list every image in a CSV (data.source: csv, data.csv with columns "
+        "path, label and group, the group keeping related images in one pool).")
 
 
 def read_table(csv: str | Path) -> pd.DataFrame:
@@ -153,6 +175,21 @@ def label_table(df: pd.DataFrame, declared: list[str] | None, where: str) -> pd.
     ids = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p) for p in df["path"]]
     return pd.DataFrame({"image_id": ids, "path": df["path"].to_numpy(), "label": df["label"].to_numpy(),
                          "patient": df["group"].astype(str).to_numpy(), "view": "", "findings": df["label"].to_numpy()})
+
+
+def check_pools(cfg, pools: dict[str, pd.DataFrame], out_dir) -> pd.DataFrame:
+    """A folder or csv source may hold one image twice under two groups (re-saved, resized, cropped by a few
+    pixels): a near-copy of a test image in the tuning or training pool is refused like any leak (lib.leakage),
+    calibrated on every real image of another group (a few copies leave the floor as it is; many meet its
+    median guard)."""
+    from . import leakage
+
+    where = cfg.data.folder or cfg.data.csv or f"the {cfg.data.source} domain"
+    others = pd.concat([pools["tuning"], pools["train"]], ignore_index=True)
+    return leakage.check_near_duplicates(
+        pools["test"], others, f"the tuning and training pools of {where}", Path(out_dir) / "near_duplicates.png",
+        cfg.data.near_duplicates, reference=others,
+        fix="give each such pair one group (data.source: csv with a group column) or remove one image of each pair")
 
 
 def fingerprint(cfg) -> str:

@@ -256,8 +256,9 @@ def _samples(cfg: Config, runs_root, progress: bool) -> dict:
     # every real test file against every training source, by image id, patient and file bytes
     leakage.check_content(pools["test"], {**sources, "the real training sample": s["train_b"]})
     if cfg.generation.kind == "folder":     # an imported set may hold near-copies of real test images
-        leakage.warn_near_duplicates(pools["test"], synthetic, "the imported folder",
-                                     stages.stage_dir(cfg, "05_classifier", runs_root) / "near_duplicates.png")
+        leakage.check_near_duplicates(pools["test"], synthetic, "the imported folder",
+                                      stages.stage_dir(cfg, "05_classifier", runs_root) / "near_duplicates.png",
+                                      cfg.data.near_duplicates, reference=pools["train"])
     s["train_det"], s["test_det"] = detection_sets(s["train_b"], s["train_a"], s["test_a"], s["test_b"], cfg.seed)
     s.update(synthetic=synthetic, tuning=tuning, d04=d04, real_dir=dr)
     return s

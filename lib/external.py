@@ -17,8 +17,10 @@ p(Unhealthy) / (p(No Finding) + p(Unhealthy)) or one minus it, in [0.5, 1]; with
 a threshold of 0.5 already drops the least certain images. Images below ``selection.pseudo_label_threshold``
 are dropped; a class left empty is an error. Then ``selection.per_label``
 images per class are drawn as for ``random`` (duplicates where a class is short), so every method tunes on
-the same number of images. Before the labeller trains, every external file is compared by content with
-the real test pool (lib.leakage); stage 05 checks the tuning set again like any other.
+the same number of images. Before the labeller trains, every external file is compared with the real test
+pool (lib.leakage): by its bytes, and by its look, so that a re-encoded or resized copy of a test image is
+refused too (``near_duplicates.png``/``.csv`` name the pairs; ``data.near_duplicates: warn`` only warns); stage 05
+checks the tuning set's bytes again like any other.
 
 Stage-02 artefacts: ``labeller.pt`` / ``labeller.json`` / ``labeller_history.csv``, ``external_labels.csv`` (every
 image: pseudo-label, confidence, kept) and ``tuning_external.csv`` (with each row's ``confidence``).
@@ -151,6 +153,9 @@ def tuning_set(cfg: Config, out_dir, runs_root, progress: bool = True) -> tuple[
     ext = scan(s.external_dir)
     pools = curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))
     leakage.check_content(pools["test"], {f"the external tuning folder ({s.external_dir})": ext})
+    # re-encoded or resized copies of test images have other bytes: compared by look too (lib.leakage)
+    leakage.check_near_duplicates(pools["test"], ext, f"the external tuning folder ({s.external_dir})",
+                                  out_dir / "near_duplicates.png", cfg.data.near_duplicates, reference=pools["train"])
     model = labeller(cfg, out_dir, pools["train"], progress)
     data = classifier.TensorSet.from_manifest(ext.assign(label=classes[0]), cfg.classifier.input_size,  # unlabelled
                                               compute.device(), classes)

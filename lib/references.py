@@ -12,7 +12,8 @@ any synthetic set:
 - ``vae-roundtrip``: the same images through the base model's VAE (encode, latent mode, decode): the
   ceiling of any latent generator built on that VAE;
 - ``folder``: any folder of images with one sub-folder per class (a GAN's output, another generator's),
-  referenced in place.
+  referenced in place; a near-copy of a real test image in it (re-encoded, resized) is refused before
+  the manifest is written (``check_folder``, lib.leakage).
 
 Every kind works for the run's classes (lib.domains.classes), two or more; ``findings-erased`` and
 ``exaggerated`` redraw phantoms and so need the phantom source. The held-out images are stage 01's
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import atomic, compute, curation, domains, generation, images, paths, phantoms, provenance, stages
+from . import atomic, compute, curation, domains, generation, images, leakage, paths, phantoms, provenance, stages
 from .config import Config
 from .images import IMAGE_SUFFIXES, is_image
 from .nih import DataError
@@ -138,6 +139,17 @@ def _from_folder(cfg: Config) -> pd.DataFrame:
             rows.append({"label": label, "index": i, "source_image_id": f"{p.parent.name}/{p.name}",
                          "source_path": str(p), "source_hash": h, "file": str(p)})
     return pd.DataFrame(rows)
+
+
+def check_folder(cfg: Config, df: pd.DataFrame, out_dir: Path, runs_root="runs") -> pd.DataFrame:
+    """The imported images against the real test pool, by look (lib.leakage): a re-encoded or resized copy of a
+    test image is refused (data.near_duplicates: warn only warns), naming each file and its test twin in
+    near_duplicates.csv and .png, the only files a refused import leaves in its folder."""
+    pools = curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))
+    return leakage.check_near_duplicates(pools["test"], df.assign(path=df["file"]),
+                                         f"generation.folder ({paths.resolve(cfg.generation.folder)})",
+                                         Path(out_dir) / "near_duplicates.png", cfg.data.near_duplicates,
+                                         reference=pools["train"])
 
 
 # -------------------------------------------------------------------------------------- the plan
@@ -321,6 +333,8 @@ def build(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> dict
     out_dir = Path(out_dir)
     kind = cfg.generation.kind
     df, params = plan(cfg, runs_root, progress)
+    if kind == "folder":
+        check_folder(cfg, df, out_dir, runs_root)
     ref_hash = reference_hash(df, params)
     # A resumed run must continue with the same sources (a folder's content may have changed).
     lock = out_dir / "reference_lock.json"

@@ -112,13 +112,12 @@ def test_near_duplicates_are_found_warned_about_and_shown(sets, tmp_path, caplog
     near = tmp_path / "syn" / "near.png"
     arr = np.asarray(Image.open(test["path"][1]), dtype=np.int16)
     Image.fromarray(np.clip(arr + 6, 0, 255).astype("uint8")).save(near)   # brighter, not byte-equal
-    pairs = leakage.near_duplicates(test["path"].tolist(), synthetic["path"].tolist() + [str(near)])
-    assert list(pairs.columns) == ["test_path", "source_path", "distance"]
-    assert (pairs["test_path"] == test["path"][1]).any() and (pairs["source_path"] == str(near)).any()
-    assert set(pairs["source_path"]) == {str(near)}                      # unrelated images are not paired
+    pairs = leakage.near_duplicates(test, synthetic["path"].tolist() + [str(near)])
+    assert list(pairs.columns) == ["test_path", "source_path", "cosine", "l2", "ratio"]
+    assert pairs[["test_path", "source_path"]].values.tolist() == [[test["path"][1], str(near)]]  # nothing else
     source = pd.DataFrame({"path": synthetic["path"].tolist() + [str(near)]})
     with caplog.at_level(logging.WARNING, logger="lib.leakage"):
-        leakage.warn_near_duplicates(test, source, "the imported folder", tmp_path / "dups.png")
-    assert "near-duplicate" in caplog.text and (tmp_path / "dups.png").exists()
+        leakage.check_near_duplicates(test, source, "the imported folder", tmp_path / "dups.png", "warn")
+    assert "near-copies" in caplog.text and (tmp_path / "dups.png").exists()
     assert Image.open(tmp_path / "dups.png").format == "PNG"
     assert leakage.montage(pairs.iloc[:0], tmp_path / "none.png") is None
