@@ -182,11 +182,13 @@ def different_patient_floor(test: pd.DataFrame, test_vecs: np.ndarray, reference
     """How close real images of different patients get, in (cosine, L2) distance: each test image's distance to
     its nearest real image of another patient (the other test images and the reference's), at
     CALIBRATION_QUANTILE over the test images, but at least MEDIAN_GUARD x their median."""
-    pats = _patients(test, "t")
-    nearest = np.full((len(test), 2), np.inf)
-    others = [(pats, test_vecs)]
+    names = [_patients(test, "t")]
     if reference is not None and len(reference):
-        others.append((_patients(reference, "r"), ref_vecs))
+        names.append(_patients(reference, "r"))
+    codes = pd.factorize(np.concatenate(names))[0]          # integers: a fast same-patient mask
+    pats = codes[:len(test)]
+    nearest = np.full((len(test), 2), np.inf)
+    others = [(pats, test_vecs)] + ([(codes[len(test):], ref_vecs)] if len(names) > 1 else [])
     for o_pats, o_vecs in others:
         for start, cos, l2 in _blocks(test_vecs, o_vecs):
             rows = slice(start, start + len(cos))
