@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m lib.setup_env --name $(KERNEL) >/dev/null   # lib importable (.pth) + the kernel; conda: see README
+	$(PY) -m lib.runs.setup_env --name $(KERNEL) >/dev/null   # lib importable (.pth) + the kernel; conda: see README
 	touch $(STAMP)
 
 # Unit tests, then every notebook run as stored (smoke parameters) through nbval, in a runs root of their
@@ -31,23 +31,23 @@ test: $(STAMP)
 # Two points at a time by default: demo.yaml gives each one CPU thread, so 2 cores run two points.
 # A failed point fails the target, but only after the table over the finished points is printed.
 demo: $(STAMP)
-	$(PY) -m lib.sweeps params/sweeps/demo.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s)); rc=$$?; \
-	$(PY) -m lib.analysis --root runs/demo --sweep params/sweeps/demo.yaml $(foreach s,$(SET),--set $(s)); \
+	$(PY) -m lib.runs.sweeps params/sweeps/demo.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s)); rc=$$?; \
+	$(PY) -m lib.analyze.analysis --root runs/demo --sweep params/sweeps/demo.yaml $(foreach s,$(SET),--set $(s)); \
 	exit $$(( rc || $$? ))
 
 # The demo grid over seeds 0-2 (about 1.5x the demo's time); figures in figures/study/.
 study: $(STAMP)
-	$(PY) -m lib.sweeps params/sweeps/study.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s)); rc=$$?; \
-	$(PY) -m lib.analysis --root runs/demo --sweep params/sweeps/study.yaml $(foreach s,$(SET),--set $(s)); \
+	$(PY) -m lib.runs.sweeps params/sweeps/study.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s)); rc=$$?; \
+	$(PY) -m lib.analyze.analysis --root runs/demo --sweep params/sweeps/study.yaml $(foreach s,$(SET),--set $(s)); \
 	exit $$(( rc || $$? ))
 
 # One pipeline run, notebooks 01-06: make run PARAMS=params/demo.yaml SET="gating.threshold=0.5 seed=1"
 run: $(STAMP)
-	$(PY) -m lib.runner $(PARAMS) $(foreach s,$(SET),--set $(s))
+	$(PY) -m lib.runs.runner $(PARAMS) $(foreach s,$(SET),--set $(s))
 
 # A sweep: make sweep SWEEP=params/sweeps/threshold.yaml [JOBS=2] [DRY=1] [EXECUTOR=slurm|submitit-local|ray|...]
 sweep: $(STAMP)
-	$(PY) -m lib.sweeps $(SWEEP) $(if $(JOBS),--jobs $(JOBS)) $(if $(DRY),--dry-run) $(if $(EXECUTOR),--executor $(EXECUTOR))
+	$(PY) -m lib.runs.sweeps $(SWEEP) $(if $(JOBS),--jobs $(JOBS)) $(if $(DRY),--dry-run) $(if $(EXECUTOR),--executor $(EXECUTOR))
 
 # Speed and memory comparisons, printed side by side (not tests).
 bench: $(STAMP)
@@ -70,6 +70,6 @@ lab: $(STAMP)
 	.venv/bin/jupyter lab --notebook-dir=.
 
 # Live stage-03 training logs (loss, gate scores, skips, validation images) of every run under runs/ (or
-# LOGDIR=...): each stage-03 folder's tb/ (lib/tracking.py). Open the printed address, by default localhost:6006.
+# LOGDIR=...): each stage-03 folder's tb/ (lib/finetune/tracking.py). Open the printed address, by default localhost:6006.
 board: $(STAMP)
 	.venv/bin/tensorboard --logdir $(or $(LOGDIR),runs)

@@ -1,5 +1,5 @@
 """Classifier epoch throughput: the real data path (manifest -> preloaded uint8 tensors -> batched
-augmentation -> train step, as lib.classifier.train runs it) against the same model and optimiser on
+augmentation -> train step, as lib.evaluate.classifier.train runs it) against the same model and optimiser on
 float tensors already in memory with no augmentation. Goal: >= 0.8x.
 
     .venv/bin/python benchmarks/bench_classifier.py [--params params/demo.yaml] [--epochs 2]
@@ -10,7 +10,9 @@ import time
 import torch
 from torch import nn
 
-from lib import classifier, compute, config, curation, stages
+from lib.evaluate import classifier
+from lib.core import compute, config, stages
+from lib.data import curation
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--params", default="params/demo.yaml")

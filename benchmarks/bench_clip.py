@@ -1,4 +1,4 @@
-"""The offline CLIP (lib/clip_offline.py): build time, held-out retrieval accuracy, and image-image cosines.
+"""The offline CLIP (lib/tuningset/clip_offline.py): build time, held-out retrieval accuracy, and image-image cosines.
 
 1. Build time at the default steps (one thread; a cached build prints the time it took when it was made).
 2. Image->text and text->image top-1/top-5 on new corpus images, one per distinct caption, for captions
@@ -20,8 +20,9 @@ import time
 import numpy as np
 import torch
 
-from lib import clip_offline, diffusion_model, embeddings
-from lib.config import EmbeddingConfig, FinetuneConfig, ModelConfig
+from lib.tuningset import clip_offline, embeddings
+from lib.finetune import diffusion_model
+from lib.core.config import EmbeddingConfig, FinetuneConfig, ModelConfig
 
 
 def base_samples(n: int, seed: int = 0) -> np.ndarray | None:
@@ -43,7 +44,8 @@ def generated_images(stage04: str, n: int) -> np.ndarray:
     """n images (half per label) from a generation stage's manifest, N x 1 x H x W in [0, 1]."""
     import pandas as pd
 
-    from lib import images, paths
+    from lib.data import images
+    from lib.core import paths
 
     d = paths.resolve(stage04)
     m = pd.read_csv(d / "manifest.csv")

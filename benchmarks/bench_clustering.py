@@ -56,8 +56,8 @@ def _peak_mb() -> float:
 def _job(task: str, q, quick: bool) -> None:
     from sklearn.metrics import adjusted_rand_score as ari
 
-    from lib import clustering
-    from lib.config import ClusterConfig
+    from lib.tuningset import clustering
+    from lib.core.config import ClusterConfig
 
     counts = tuple(c // 10 for c in NIH_LABEL_COUNTS) if quick else NIH_LABEL_COUNTS
     X, labels, planted = synthetic(counts)

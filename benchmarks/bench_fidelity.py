@@ -1,4 +1,4 @@
-"""The fidelity metric suite (lib/fidelity.py, lib/memorization.py) on 2 x 10,000 demo-size feature vectors.
+"""The fidelity metric suite (lib/evaluate/fidelity.py, lib/evaluate/memorization.py) on 2 x 10,000 demo-size feature vectors.
 
 Features: 512-d, L2-normalised, like the demo's CLIP (ViT-B-32), two classes of 5,000 in each set, the
 synthetic set slightly shifted and wider. Images for diversity: 10,000 per set at the demo's
@@ -57,8 +57,8 @@ def _peak_mb() -> float:
 
 
 def _job(args, q) -> None:
-    from lib import fidelity, memorization
-    from lib.config import FidelityConfig
+    from lib.evaluate import fidelity, memorization
+    from lib.core.config import FidelityConfig
 
     f = dataclasses.replace(FidelityConfig(), bootstrap=args.bootstrap)
     real, fake, labels = features(args.n, args.dims)
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--tuning", type=int, default=2000, help="tuning images for memorization")
     ap.add_argument("--bootstrap", type=int, default=None, help="replicates (default: FidelityConfig's)")
     args = ap.parse_args()
-    from lib.config import FidelityConfig
+    from lib.core.config import FidelityConfig
 
     args.bootstrap = args.bootstrap or FidelityConfig().bootstrap
     print(f"cores: {os.cpu_count()}  (load average {os.getloadavg()[0]:.1f} at start); threads: "

@@ -6,7 +6,7 @@
 2. Agreement of the decisions the cheap gate took (few-step DPM-Solver, small n, fresh samples every k
    batches) with those of a naive full-step oracle (n = batch size, 50 DDIM steps, full resolution)
    scored at every batch on the same model states. Both sides use the same rule (quantile mode: the
-   rolling window and skip budget of lib.gating.Decider; the first warmup_batches are left out, since
+   rolling window and skip budget of lib.finetune.gating.Decider; the first warmup_batches are left out, since
    neither side skips them; absolute mode: gating.threshold, every batch counts).
 3. The naive oracle against itself with another noise seed: how far any gate's decisions can agree
    at all when scores near the threshold are this noisy. Goal: agreement >= 95% of this self-agreement,
@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from lib import compute, config, dreambooth, gating, runner
+from lib.core import compute, config
+from lib.finetune import dreambooth, gating
+from lib.runs import runner
 
 
 def oracle_fn(cfg, embed, store: dict, steps: int = 50):

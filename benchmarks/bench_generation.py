@@ -1,4 +1,4 @@
-"""Generation throughput: lib.generation (per-image seeds, grayscale PNGs written atomically) against the
+"""Generation throughput: lib.generate.generation (per-image seeds, grayscale PNGs written atomically) against the
 plain diffusers pipeline call with the same model, scheduler, steps and batch size. Goal: >= 0.9x.
 
     .venv/bin/python benchmarks/bench_generation.py [--params params/demo.yaml] [--batches 3]
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from lib import compute, config, diffusion_model, generation
+from lib.core import compute, config
+from lib.finetune import diffusion_model
+from lib.generate import generation
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--params", default="params/demo.yaml")
@@ -49,14 +51,14 @@ def ours() -> float:
 
 with compute.cpu_threads(g.cpu_threads):
     plain()  # warm-up
-    rates = {"plain diffusers call": [], "lib.generation": []}
+    rates = {"plain diffusers call": [], "lib.generate.generation": []}
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
         rates["plain diffusers call"].append(plain())
-        rates["lib.generation"].append(ours())
+        rates["lib.generate.generation"].append(ours())
 best = {k: max(v) for k, v in rates.items()}
 dev = pipe.device
 print(f"device {dev}; model {model}; {g.scheduler} {g.steps} steps, guidance {g.guidance_scale}, batch {g.batch_size}, "
       f"{n} images per timing, {args.repeats} repeats (best)")
 for k, v in best.items():
     print(f"  {k:22s} {v:8.2f} images/s   (all: {', '.join(f'{x:.2f}' for x in rates[k])})")
-print(f"ratio lib.generation / plain = {best['lib.generation'] / best['plain diffusers call']:.3f}  (goal >= 0.9)")
+print(f"ratio lib.generate.generation / plain = {best['lib.generate.generation'] / best['plain diffusers call']:.3f}  (goal >= 0.9)")

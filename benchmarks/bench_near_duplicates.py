@@ -1,15 +1,15 @@
-"""The near-duplicate check (lib/leakage.py) on a clean folder and on one with 5 planted re-encoded copies.
+"""The near-duplicate check (lib/data/leakage.py) on a clean folder and on one with 5 planted re-encoded copies.
 
 For each domain (the demo's phantoms, params/demo.yaml; the shapes domain, params/shapes_demo.yaml) it runs
 stage 01 in a scratch runs root, then builds
 - a clean folder: 300 real tuning-pool images per class (never in the test pool, other patients), and
 - a planted folder: the same plus 5 real test images re-encoded (JPEG quality 85, resized by +3 or -3 px),
-and prints, for the folder path (generation.kind folder: lib.references.check_folder, what stage 04 runs)
-and the external path (selection.external_dir: the same call lib.external.tuning_set makes on the folder's
+and prints, for the folder path (generation.kind folder: lib.generate.references.check_folder, what stage 04 runs)
+and the external path (selection.external_dir: the same call lib.tuningset.external.tuning_set makes on the folder's
 images, read unlabelled by external.scan), the flagged pairs, how many planted copies are flagged, and each side's margin:
 the closest clean pair and the farthest planted copy in units of the threshold. The old 8x8 dHash check
 (at most 6 differing bits) is counted beside it on the clean folder. For the data source's own split (a
-csv source: lib.domains.check_pools in stage 01) the shapes domain is read as a csv source with 30 re-encoded
+csv source: lib.data.domains.check_pools in stage 01) the shapes domain is read as a csv source with 30 re-encoded
 copies listed under new groups (those the split puts across the test pool and another pool are leaks). Usage:
     .venv/bin/python benchmarks/bench_near_duplicates.py [--keep DIR]
 """
@@ -26,8 +26,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lib import config, curation, external, generation, leakage, paths, references, stages
-from lib.curation import LeakageError
+from lib.core import config, paths, stages
+from lib.data import curation, leakage
+from lib.tuningset import external
+from lib.generate import generation, references
+from lib.data.curation import LeakageError
 
 PER_CLASS, PLANTED, QUALITY, SHIFT = 300, 5, 85, 3
 CSV_COPIES = 30             # the csv case: listed before the split, only some copies land across test and another pool

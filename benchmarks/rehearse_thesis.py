@@ -3,11 +3,11 @@
 No download: the SD1.5-architecture components (full-size UNet, VAE, ViT-L/14 text encoder, a CLIP BPE
 tokenizer with the full 49,408-token vocabulary from open_clip's bundled merges) are built from their configs
 with random weights and written as a local diffusers folder, so ``model.base: <that folder>`` goes through
-the suite's real loading code (lib.diffusion_model.load_pipeline). Everything else is params/thesis.yaml
-loaded by lib.config with overrides only (OVERRIDES below): phantom data through stages 01-02 with small
+the suite's real loading code (lib.finetune.diffusion_model.load_pipeline). Everything else is params/thesis.yaml
+loaded by lib.core.config with overrides only (OVERRIDES below): phantom data through stages 01-02 with small
 pools, two fine-tuning steps at 64 px with prior preservation, gradient checkpointing, bf16 autocast, active
 gating, once with LoRA and once fine-tuning the full UNet, a few images from stage 04, and a few batches of
-DenseNet-121 at 224 px through lib.classifier.
+DenseNet-121 at 224 px through lib.evaluate.classifier.
 
 Each part runs in a process of its own, so its peak resident memory (ru_maxrss) is its own:
 
@@ -83,7 +83,7 @@ def overrides_for(work: Path, run: str | None = None) -> dict:
 
 
 def cfg_for(work: Path, run: str | None = None):
-    from lib import config
+    from lib.core import config
 
     return config.load(PARAMS, overrides_for(work, run))
 
@@ -130,7 +130,7 @@ def part_base(work: Path) -> dict:
     """Write the random SD1.5-architecture pipeline folder the other parts load as model.base."""
     from diffusers import StableDiffusionPipeline
 
-    from lib import diffusion_model
+    from lib.finetune import diffusion_model
 
     t0 = time.perf_counter()
     out = work / "sd15-random"
@@ -151,7 +151,9 @@ def part_base(work: Path) -> dict:
 
 def part_data(work: Path) -> dict:
     """Stages 01-02 on the phantoms (curation, embeddings, clustering, the tuning sets)."""
-    from lib import curation, selection, stages
+    from lib.data import curation
+    from lib.tuningset import selection
+    from lib.core import stages
 
     cfg, root, t = cfg_for(work), work / "runs", {}
     for stage, fn in (("01_data_curation", curation.run), ("02_clustering", selection.run)):
@@ -167,7 +169,9 @@ def part_finetune(work: Path, run: str) -> dict:
     """Stage 03 (the thesis's trainer) then stage 04 (a few images from the fine-tuned model)."""
     import pandas as pd
 
-    from lib import dreambooth, generation, stages
+    from lib.finetune import dreambooth
+    from lib.generate import generation
+    from lib.core import stages
 
     cfg, root = cfg_for(work, run), work / "runs"
     t0 = time.perf_counter()
@@ -190,8 +194,10 @@ def part_finetune(work: Path, run: str) -> dict:
 
 
 def part_classifier(work: Path) -> dict:
-    """A few batches of CheXNet's DenseNet-121 at 224 px (lib.classifier.train, one epoch)."""
-    from lib import classifier, curation, stages
+    """A few batches of CheXNet's DenseNet-121 at 224 px (lib.evaluate.classifier.train, one epoch)."""
+    from lib.evaluate import classifier
+    from lib.data import curation
+    from lib.core import stages
 
     cfg, root = cfg_for(work), work / "runs"
     c = cfg.classifier
@@ -344,7 +350,7 @@ def main() -> None:
 
 
 def write_report(res: dict, out: str) -> None:
-    from lib import atomic
+    from lib.core import atomic
 
     lines = report(res)
     print("\n".join(lines))

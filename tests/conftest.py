@@ -8,7 +8,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 @pytest.fixture
 def smoke_cfg():
-    from lib import config
+    from lib.core import config
 
     return config.load("params/smoke.yaml")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 from PIL import Image
 
-from lib import config, images, phantoms, stages
+from lib.core import config, stages
+from lib.data import images, phantoms
 
 METHOD = "spectral-clip"
 

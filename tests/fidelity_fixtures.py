@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lib import config, images, phantoms
-from lib.nih import LABELS
+from lib.core import config
+from lib.data import images, phantoms
+from lib.data.nih import LABELS
 
 
 def phantom_set(folder, prefix: str, n_per_label: int, size: int = 32) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 
-from lib import atomic, stages
+from lib.core import atomic, stages
 
 HERE = Path(__file__).resolve().parent
 LABELS = ["No Finding", "Unhealthy"]
@@ -36,9 +36,9 @@ def fake_predictions(n: int, quality: float, seed: int, ids: str | None = None) 
 
 def write_fake_results(cfg, out: Path, method: str | None = None, n: int = 120) -> None:
     """A results record in the evaluation's format (every matrix cell, the detector, the row from
-    lib.metrics.matrix), with quality depending on method and seed. Runs of one seed share the real
+    lib.evaluate.metrics.matrix), with quality depending on method and seed. Runs of one seed share the real
     test images, as stage 05's real baseline makes them."""
-    from lib import metrics, results
+    from lib.evaluate import metrics, results
 
     method = method or results.method_name(cfg)
     base = {"random": 0.3, "spectral-clip": 0.8, "active-gating": 1.2}.get(method, 0.1)
@@ -86,7 +86,7 @@ def _stage_code(stage: str) -> str:
         "05_classifier": "    standins.write_fake_results(cfg, out)\n",
     }.get(stage, "")
     return (f"import json, pathlib, sys\nsys.path.insert(0, {str(HERE)!r})\nimport standins\n"
-            "from lib import config, stages\n"
+            "from lib.core import config, stages\n"
             "cfg = config.load(params_file, overrides)\n"
             "def fn(cfg, out, runs_root=None):\n"
             f"    with open(pathlib.Path(runs_root) / 'calls.log', 'a') as fh: fh.write('{stage}\\n')\n"
@@ -125,7 +125,7 @@ def exec_engine(nb_path: Path, out_nb: Path, parameters: dict, kernel: str) -> N
 
     Writes the output notebook like papermill does (before running, so a failure leaves it behind).
     """
-    from lib.runner import RunFailed
+    from lib.runs.runner import RunFailed
 
     nb = nbformat.read(nb_path, as_version=4)
     nbformat.write(nb, out_nb)
@@ -146,7 +146,7 @@ def fake_study(runs_root: Path, seeds=(0, 1)) -> Path:
     """Results records plus the stage-03 gating logs and stage-04 manifests (with images) figures read."""
     from PIL import Image
 
-    from lib import config
+    from lib.core import config
 
     points = [{"finetune.method": "random"}, {"finetune.method": "spectral-clip"},
               {"finetune.method": "spectral-clip", "gating.enabled": True},

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import standins
 
-from lib import analysis, atomic, config, stages
+from lib.analyze import analysis
+from lib.core import atomic, config, stages
 
 
 def _record(runs_root, method_overrides, seed, writer=standins.write_fake_results):
@@ -153,7 +154,8 @@ def test_a_ratio_whose_denominator_is_at_chance_is_undefined(runs_root):
 
 
 def test_comparisons_pair_methods_on_shared_seeds_and_correct_for_multiplicity(records):
-    from lib import comparisons, stats
+    from lib.analyze import comparisons
+    from lib.core import stats
 
     df = analysis.collect(records)
     c = comparisons.compare(df, n_boot=200)
@@ -256,7 +258,7 @@ def test_the_agreement_sentence_follows_the_rank_correlation(runs_root, tmp_path
 
 def test_parameters_come_back_from_a_column_that_is_null_in_other_records():
     """Records with fidelity.fid_dims null and 12 share a CSV column, which pandas reads as float (12.0)."""
-    from lib import results
+    from lib.evaluate import results
 
     cfg = config.load("params/smoke.yaml")
     row = pd.Series({**results.flatten(cfg.to_dict(), "param."), "param.fidelity.fid_dims": 12.0,
@@ -281,8 +283,8 @@ def _k_cell(prefix: str, quality: float, seed: int, n: int = 90) -> tuple[pd.Dat
 
 
 def _write_k_class_results(cfg, out):
-    """A stage-05 record of a three-class run in the evaluation's format (lib.metrics.matrix with classes)."""
-    from lib import metrics, results
+    """A stage-05 record of a three-class run in the evaluation's format (lib.evaluate.metrics.matrix with classes)."""
+    from lib.evaluate import metrics, results
 
     real, o_trtr = _k_cell("real", 1.5, 1)
     syn, o_b = _k_cell("syn", 2.0, 2)
@@ -327,7 +329,7 @@ def test_a_three_class_record_is_collected_checked_and_tabled_per_class(runs_roo
 
 
 def test_a_verdict_needs_three_shared_seeds():
-    from lib import comparisons
+    from lib.analyze import comparisons
 
     row = pd.Series({"comparison": "x − random", "seeds": "0,1", "p_boot_holm": 0.001, "d_auroc_a": 0.03,
                      "d_auroc_a_ci_low": 0.01, "d_auroc_a_ci_high": 0.05})

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from lib import atomic
+from lib.core import atomic
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):

@@ -3,8 +3,9 @@ file, the built-ins unchanged, unknown names refused at load time with the close
 import pytest
 import torch
 
-from lib import backbones, classifier, config
-from lib.config import ClassifierConfig, ParamError
+from lib.evaluate import backbones, classifier
+from lib.core import config
+from lib.core.config import ClassifierConfig, ParamError
 
 
 @pytest.mark.parametrize("arch", list(backbones.PRESETS) + ["densenet121", "densenet-mini", "resnet10t"])
@@ -67,8 +68,8 @@ def test_a_timm_backbone_trains_and_predicts_through_the_suite():
 
 @pytest.mark.parametrize("arch", ["densenet-mini", "resnet10t"])
 def test_the_fidelity_extractor_reads_the_heads_input_for_any_backbone(arch, tmp_path):
-    """fidelity.extractor: classifier (lib.features) takes the penultimate layer of whatever backbone trained."""
-    from lib import features
+    """fidelity.extractor: classifier (lib.evaluate.features) takes the penultimate layer of whatever backbone trained."""
+    from lib.evaluate import features
 
     torch.manual_seed(0)
     model = classifier.CheXNet(arch, "none", 2).eval()

@@ -7,9 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from lib import classifier, compute, images, metrics
-from lib.config import ClassifierConfig
-from lib.nih import DataError
+from lib.evaluate import classifier, metrics
+from lib.core import compute
+from lib.data import images
+from lib.core.config import ClassifierConfig
+from lib.data.nih import DataError
 
 CFG = ClassifierConfig(arch="densenet-mini", input_size=32, epochs=4, batch_size=16, patience=10,
                        val_fraction=0.25)

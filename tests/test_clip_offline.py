@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from lib import clip_offline, compute, diffusion_model, embeddings, paths
-from lib.config import EmbeddingConfig
+from lib.tuningset import clip_offline, embeddings
+from lib.core import compute, paths
+from lib.finetune import diffusion_model
+from lib.core.config import EmbeddingConfig
 
 STEPS = 60   # a short build: enough to rise clearly above chance (the default is clip_offline.DEFAULT_STEPS)
 

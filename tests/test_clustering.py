@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from lib import clustering
-from lib.config import ClusterConfig
+from lib.tuningset import clustering
+from lib.core.config import ClusterConfig
 
 
 def planted(n, k, d=32, seed=0, spread=0.25):

@@ -1,8 +1,8 @@
 """The parameter loader: schema, types, ranges, overrides, the shipped sets."""
 import pytest
 
-from lib import config, paths
-from lib.config import ParamError
+from lib.core import config, paths
+from lib.core.config import ParamError
 
 
 @pytest.mark.parametrize("name", ["smoke", "demo", "thesis"])
@@ -75,7 +75,7 @@ def test_a_mistyped_tuning_method_fails_at_load_not_at_stage_03():
 
 
 def test_a_missing_upstream_stage_names_the_notebook_that_exists(tmp_path):
-    from lib import stages
+    from lib.core import stages
 
     cfg = config.load("params/smoke.yaml")
     with pytest.raises(FileNotFoundError, match=r"notebooks/03_dreambooth_active_gating\.ipynb"):

@@ -2,8 +2,9 @@
 each is applied as written or refused with a ParamError naming the file or key and what to do."""
 import pytest
 
-from lib import config, paths, runner
-from lib.config import ParamError
+from lib.core import config, paths
+from lib.runs import runner
+from lib.core.config import ParamError
 
 
 def test_a_null_override_is_applied_where_null_is_allowed_and_refused_where_not():

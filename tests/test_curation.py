@@ -4,7 +4,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from lib import config, curation, nih, phantoms, stages
+from lib.core import config, stages
+from lib.data import curation, nih, phantoms
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import diffusion_model as dm
+from lib.finetune import diffusion_model as dm
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,14 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
-from lib import (config, curation, domains, dreambooth, evaluation, generation, metrics, results, selection, shapes,
-                 stages)
-from lib.config import ParamError
-from lib.nih import DataError
+from lib.core import config, stages
+from lib.data import curation, domains, shapes
+from lib.finetune import dreambooth
+from lib.evaluate import evaluation, metrics, results
+from lib.generate import generation
+from lib.tuningset import selection
+from lib.core.config import ParamError
+from lib.data.nih import DataError
 
 CLASSES = ["circle", "square", "triangle"]
 
@@ -182,7 +186,7 @@ def test_three_class_shapes_domain_runs_through_the_whole_pipeline(runs_root):
 
 def test_the_notebooks_run_the_three_class_domain_unchanged(runs_root, tmp_path):
     # Notebooks 01-06 as committed, through papermill, on the shapes domain: nothing in them is chest-specific.
-    from lib import runner
+    from lib.runs import runner
 
     figures = tmp_path / "figures"
     run = runner.run("params/shapes.yaml", {"finetune.steps": 4, "finetune.checkpoint_every": 4,

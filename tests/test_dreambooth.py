@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from dreambooth_fixtures import fake_stage02, tiny_cfg
-from lib import diffusion_model, dreambooth, stages
-from lib.nih import DataError
+from lib.finetune import diffusion_model, dreambooth
+from lib.core import stages
+from lib.data.nih import DataError
 
 
 def _unet(path):
@@ -167,7 +168,7 @@ def test_noise_offset_out_of_range_is_refused(tmp_path):
 def test_cpu_precision_honours_an_explicit_bf16_only(caplog):
     assert dreambooth._precision("bf16") == "bf16"
     assert dreambooth._precision("auto") == "no" and dreambooth._precision("no") == "no"
-    with caplog.at_level("WARNING", logger="lib.dreambooth"):
+    with caplog.at_level("WARNING", logger="lib.finetune.dreambooth"):
         assert dreambooth._precision("fp16") == "no"
     assert "needs a GPU" in caplog.text
 

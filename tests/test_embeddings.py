@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lib import embeddings, images
-from lib.config import EmbeddingConfig
+from lib.tuningset import embeddings
+from lib.data import images
+from lib.core.config import EmbeddingConfig
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import re
 
 import yaml
 
-from lib import paths
+from lib.core import paths
 
 
 def _pins(lines):

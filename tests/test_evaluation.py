@@ -11,9 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import atomic, config, curation, evaluation, generation, leakage, results, stages
-from lib.curation import LeakageError
-from lib.nih import DataError
+from lib.core import atomic, config, stages
+from lib.data import curation, leakage
+from lib.evaluate import evaluation, results
+from lib.generate import generation
+from lib.data.curation import LeakageError
+from lib.data.nih import DataError
 
 
 def fake_upstream(cfg, runs_root, synthetic_rows=None, tuning_rows=None):
@@ -70,7 +73,7 @@ def test_results_record_and_recompute_from_predictions(finished):
         else:
             assert row[key] == pytest.approx(value, rel=1e-12), key
     assert row["fter"] == pytest.approx(row["a_auroc"] / row["b_auroc"])
-    assert row["fter"] == pytest.approx(sklearn_fter(out), rel=1e-12)   # independent of lib.metrics
+    assert row["fter"] == pytest.approx(sklearn_fter(out), rel=1e-12)   # independent of lib.evaluate.metrics
     pa, ta = pd.read_csv(out / "predictions_a.csv"), pd.read_csv(out / "test_a.csv")
     assert list(pa.columns) == ["image_id", "label", "score", "p[No Finding]", "p[Unhealthy]"]
     assert set(pa.image_id) == set(ta.image_id)
@@ -127,7 +130,7 @@ FIDELITY_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", 
 
 
 def test_the_record_carries_fidelity_and_memorization_that_recompute_from_the_saved_features(finished):
-    from lib import fidelity
+    from lib.evaluate import fidelity
 
     cfg, _, out = finished
     row = results.read(out)
@@ -235,7 +238,7 @@ CALIBRATION = {"classifier.epochs": 60, "classifier.patience": 30, "classifier.l
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """The real-holdout and label-shuffled references over three seeds, each seed sharing one real baseline."""
-    from lib import analysis
+    from lib.analyze import analysis
 
     runs_root = tmp_path_factory.mktemp("runs")
     for seed in range(3):
@@ -249,7 +252,7 @@ def calibrated(tmp_path_factory):
 
 
 def test_references_calibrate_the_metrics_as_their_construction_says(calibrated):
-    from lib import calibration
+    from lib.analyze import calibration
 
     records, s = calibrated
     holdout, shuffled = s.loc["real-holdout"], s.loc["label-shuffled"]

@@ -12,7 +12,8 @@ import pytest
 import standins
 import yaml
 
-from lib import config, executors, sweeps
+from lib.core import config
+from lib.runs import executors, sweeps
 
 HERE = Path(__file__).resolve().parent
 THRESHOLDS = [0.2, 0.4, 0.6]
@@ -21,7 +22,7 @@ THRESHOLDS = [0.2, 0.4, 0.6]
 # the 0.6 point's process dies the first time (as a job killed for memory would), not on a rerun.
 PLANTED = """
 import os, pathlib
-from lib import config as _config
+from lib.core import config as _config
 _thr = _config.load(params_file, overrides).gating.threshold
 if _thr == 0.4 and (pathlib.Path(runs_root) / 'fail-0.4').exists():
     raise ValueError('planted failure')

@@ -11,10 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lib import classifier, compute, config, curation, evaluation, external, leakage, selection, stages
-from lib.config import ParamError
-from lib.curation import LeakageError
-from lib.nih import DataError
+from lib.evaluate import classifier, evaluation
+from lib.core import compute, config, stages
+from lib.data import curation, leakage
+from lib.tuningset import external, selection
+from lib.core.config import ParamError
+from lib.data.curation import LeakageError
+from lib.data.nih import DataError
 
 import textbook_phantoms
 

@@ -1,4 +1,4 @@
-"""Fidelity metrics (lib/fidelity.py) and feature extractors (lib/features.py), checked against independent
+"""Fidelity metrics (lib/evaluate/fidelity.py) and feature extractors (lib/evaluate/features.py), checked against independent
 computations: scipy's sqrtm, torchmetrics' MMD, brute-force k-NN balls, known distributions."""
 import json
 
@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from fidelity_fixtures import fidelity_cfg, phantom_set
-from lib import features, fidelity, images
-from lib.config import FidelityConfig
-from lib.fidelity import TooFewImages
+from lib.evaluate import features, fidelity
+from lib.data import images
+from lib.core.config import FidelityConfig
+from lib.evaluate.fidelity import TooFewImages
 
 
 def gaussian(n, d, seed, shift=0.0, scale=1.0):
@@ -180,7 +181,7 @@ def test_resize_rule_matches_reading_the_png(tmp_path):
 
 
 def test_classifier_features_are_the_penultimate_layer(tmp_path):
-    from lib.classifier import CheXNet
+    from lib.evaluate.classifier import CheXNet
 
     torch.manual_seed(0)
     model = CheXNet("densenet-mini", "none", 2).eval()
@@ -280,7 +281,7 @@ def test_loss_figure_draws_the_trace_next_to_the_loss(tmp_path):
 
 def test_fine_tuning_writes_the_kid_trace_at_each_validation_save(tmp_path, runs_root):
     from dreambooth_fixtures import fake_stage02, tiny_cfg
-    from lib import dreambooth
+    from lib.finetune import dreambooth
 
     cfg = tiny_cfg(tmp_path, **{"gating.enabled": False, "finetune.steps": 2, "finetune.validation_every": 1,
                                 "finetune.validation_images": 2, "finetune.checkpoint_every": 100})
@@ -305,7 +306,7 @@ def test_fid_interval_holds_the_estimate_despite_the_resampling_bias():
 
 
 def test_fidelity_parameters_are_checked(tmp_path):
-    from lib.config import ParamError
+    from lib.core.config import ParamError
 
     assert fidelity_cfg(tmp_path).fidelity.extractor == "pixel"
     for key, value in (("copy_threshold", 1.5), ("kid_subset_size", 1), ("extractor", "vgg"), ("fid_dims", 0)):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import config, gating
+from lib.core import config
+from lib.finetune import gating
 
 
 def _unit(v):
@@ -109,7 +110,7 @@ WARMUP_CASES = {   # threshold, warm-up scores -> which warning (None: no warnin
 def test_absolute_threshold_that_skips_all_or_none_of_the_warmup_is_warned_with_the_score_range(case, caplog):
     thr, warm, expected = WARMUP_CASES[case]
     d = gating.Decider(config.GatingConfig(mode="absolute", threshold=thr, warmup_batches=3))
-    with caplog.at_level(logging.WARNING, logger="lib.gating"):
+    with caplog.at_level(logging.WARNING, logger="lib.finetune.gating"):
         d.decide(warm[0]), d.decide(warm[1])
         assert not caplog.records                            # not before the window is full
         d.decide(warm[2])
@@ -126,7 +127,7 @@ def test_absolute_threshold_that_skips_all_or_none_of_the_warmup_is_warned_with_
 
 
 def test_warmup_warning_is_off_for_quantile_mode_for_warn_false_and_after_a_resume(caplog):
-    with caplog.at_level(logging.WARNING, logger="lib.gating"):
+    with caplog.at_level(logging.WARNING, logger="lib.finetune.gating"):
         q = gating.Decider(config.GatingConfig(mode="quantile", warmup_batches=3, skip_fraction=0.3))
         quiet = gating.Decider(config.GatingConfig(threshold=0.3, warmup_batches=3), warn=False)
         first = gating.Decider(config.GatingConfig(threshold=0.3, warmup_batches=3))

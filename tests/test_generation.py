@@ -4,7 +4,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lib import atomic, config, curation, diffusion_model, dreambooth, evaluation, generation, results, selection, stages
+from lib.core import atomic, config, stages
+from lib.data import curation
+from lib.finetune import diffusion_model, dreambooth
+from lib.evaluate import evaluation, results
+from lib.generate import generation
+from lib.tuningset import selection
 from test_evaluation import sklearn_fter
 
 

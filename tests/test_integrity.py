@@ -13,8 +13,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lib import atomic, curation, diffusion_model, evaluation, generation, images, provenance, stages
-from lib.nih import DataError
+from lib.core import atomic, provenance, stages
+from lib.data import curation, images
+from lib.finetune import diffusion_model
+from lib.evaluate import evaluation
+from lib.generate import generation
+from lib.data.nih import DataError
 from test_generation import small, tiny_stage03
 
 
@@ -76,7 +80,7 @@ def test_a_resealed_stage_04_keeps_its_summary_so_stage_05_stays_valid(sealed):
 def test_a_resealed_stage_03_keeps_its_logs_so_stage_04_stays_valid(tmp_path, runs_root):
     from dreambooth_fixtures import fake_stage02, tiny_cfg
 
-    from lib import dreambooth
+    from lib.finetune import dreambooth
 
     cfg = tiny_cfg(tmp_path, **{"gating.enabled": False})
     fake_stage02(cfg, runs_root, tmp_path)
@@ -123,7 +127,7 @@ def test_model_folders_follow_the_umask(tmp_path):
         model = diffusion_model.build_tiny(resolution=32, pretrain_steps=0, seed=0, out_dir=tmp_path / "model",
                                            progress=False)
         assert model.stat().st_mode & 0o777 == 0o755 and (model / "model_index.json").exists()
-        with atomic.atomic_dir(tmp_path / "staged") as d:       # how stage 03 writes model/ (lib.dreambooth)
+        with atomic.atomic_dir(tmp_path / "staged") as d:       # how stage 03 writes model/ (lib.finetune.dreambooth)
             (d / "x.json").write_text("{}")
     finally:
         os.umask(old)
@@ -151,7 +155,7 @@ def test_a_full_disk_names_the_path_and_leaves_no_file(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------ stale temporaries
 KILLED_WRITE = """
 import os, sys
-from lib import atomic
+from lib.core import atomic
 with atomic.atomic_path(sys.argv[1]) as tmp:
     open(tmp, "wb").write(b"half a checkpoint")
     os._exit(9)                                   # killed mid-write: the rename never happens

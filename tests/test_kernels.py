@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 import standins
-from lib import kernels, runner, sweeps
+from lib.runs import kernels, runner, sweeps
 
 
 def flaky_kernel(tmp_path: Path, monkeypatch, fails: int) -> Path:

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lib import images, leakage
-from lib.curation import LeakageError
-from lib.nih import DataError
+from lib.data import images, leakage
+from lib.data.curation import LeakageError
+from lib.data.nih import DataError
 
 OLD = 1_600_000_000  # an mtime well in the past, so cache entries are kept
 
@@ -116,7 +116,7 @@ def test_near_duplicates_are_found_warned_about_and_shown(sets, tmp_path, caplog
     assert list(pairs.columns) == ["test_path", "source_path", "cosine", "l2", "ratio"]
     assert pairs[["test_path", "source_path"]].values.tolist() == [[test["path"][1], str(near)]]  # nothing else
     source = pd.DataFrame({"path": synthetic["path"].tolist() + [str(near)]})
-    with caplog.at_level(logging.WARNING, logger="lib.leakage"):
+    with caplog.at_level(logging.WARNING, logger="lib.data.leakage"):
         leakage.check_near_duplicates(test, source, "the imported folder", tmp_path / "dups.png", "warn")
     assert "near-copies" in caplog.text and (tmp_path / "dups.png").exists()
     assert Image.open(tmp_path / "dups.png").format == "PNG"

@@ -1,10 +1,11 @@
-"""Memorization (lib/memorization.py): planted copies are flagged, unseen real images are not."""
+"""Memorization (lib/evaluate/memorization.py): planted copies are flagged, unseen real images are not."""
 import numpy as np
 import pytest
 
 from fidelity_fixtures import fidelity_cfg, phantom_set
-from lib import features, images, memorization
-from lib.fidelity import TooFewImages
+from lib.evaluate import features, memorization
+from lib.data import images
+from lib.evaluate.fidelity import TooFewImages
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from lib import metrics
-from lib.nih import LABELS
+from lib.evaluate import metrics
+from lib.data.nih import LABELS
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -3,16 +3,19 @@ same totals, fixed-size real:synthetic ratios, tested on real, paired with the r
 stages that resume and are reused; bad input refused before anything trains.
 
 Stage 04 is stood in for by real phantoms of the tuning pool relabelled as a synthetic set (as in
-tests/test_evaluation.py), so these tests exercise lib.mixing alone."""
+tests/test_evaluation.py), so these tests exercise lib.analyze.mixing alone."""
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from lib import atomic, classifier, config, curation, evaluation, mixing, stages
-from lib.config import ParamError
-from lib.nih import DataError
+from lib.core import atomic, config, stages
+from lib.evaluate import classifier, evaluation
+from lib.data import curation
+from lib.analyze import mixing
+from lib.core.config import ParamError
+from lib.data.nih import DataError
 
 MIX = {"mixing.brackets": [6, 12], "mixing.total_per_class": 20, "classifier.epochs": 2,
        "mixing.ratios": [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]}
@@ -77,7 +80,7 @@ def test_brackets_are_nested_and_ratios_keep_the_size_fixed():
 
 
 def test_sets_counts_and_paired_statistics_take_any_number_of_classes():
-    from lib import metrics
+    from lib.evaluate import metrics
 
     shapes = ["circle", "square", "triangle"]
     real = pd.DataFrame({"image_id": [f"r{i}" for i in range(30)], "path": [f"r{i}.png" for i in range(30)],

@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from dreambooth_fixtures import fake_stage02, tiny_cfg
-from lib import config, diffusion_model, multiprocess, paths, stages
+from lib.core import config, paths, stages
+from lib.finetune import diffusion_model, multiprocess
 
 GATED = {"finetune.steps": 5, "finetune.batch_size": 3, "finetune.validation_every": 100,
          "finetune.checkpoint_every": 100, "gating.mode": "quantile", "gating.warmup_batches": 2,
@@ -42,7 +43,7 @@ def test_two_processes_take_the_one_process_decisions_with_identical_weights(tmp
     # The one-process reference through the CLI on the CPU (this process may hold a GPU), beside the launch.
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(cfg1.to_dict()))
-    ref = subprocess.Popen([sys.executable, "-m", "lib.dreambooth", str(params), "--runs-root", str(one_root),
+    ref = subprocess.Popen([sys.executable, "-m", "lib.finetune.dreambooth", str(params), "--runs-root", str(one_root),
                             "--no-progress"], cwd=paths.ROOT, env=multiprocess.launch_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -98,7 +99,7 @@ def test_launch_command_starts_the_cli_on_n_processes_on_a_free_port(tmp_path):
     cmd = multiprocess.launch_command(3, tmp_path / "p.yaml", tmp_path / "runs")
     at = cmd.index("--num_processes")
     assert cmd[at + 1] == "3" and "--multi_gpu" in cmd
-    assert cmd[cmd.index("-m", at):][:3] == ["-m", "lib.dreambooth", str(tmp_path / "p.yaml")]
+    assert cmd[cmd.index("-m", at):][:3] == ["-m", "lib.finetune.dreambooth", str(tmp_path / "p.yaml")]
     assert 1024 < int(cmd[cmd.index("--main_process_port") + 1]) < 65536
     assert torch.cuda.is_available() or multiprocess.launch_env()["ACCELERATE_USE_CPU"] == "1"
 

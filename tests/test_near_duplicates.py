@@ -12,10 +12,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lib import config, curation, domains, external, generation, leakage, paths, references, runner, shapes, stages
-from lib.config import ParamError
-from lib.curation import LeakageError
-from lib.nih import DataError
+from lib.core import config, paths, stages
+from lib.data import curation, domains, leakage, shapes
+from lib.tuningset import external
+from lib.generate import generation, references
+from lib.runs import runner
+from lib.core.config import ParamError
+from lib.data.curation import LeakageError
+from lib.data.nih import DataError
 
 import textbook_phantoms
 
@@ -86,7 +90,7 @@ def test_an_imported_folder_holding_a_reencoded_test_image_is_refused(phantom, t
     # the one setting that turns the refusal into a warning
     warn = config.load("params/smoke.yaml", {"generation.kind": "folder", "generation.folder": str(src),
                                              "generation.n_per_label": 5, "data.near_duplicates": "warn"})
-    with caplog.at_level(logging.WARNING, logger="lib.leakage"):
+    with caplog.at_level(logging.WARNING, logger="lib.data.leakage"):
         references.build(warn, tmp_path / "04-warn", runs_root, progress=False)
     assert "copy0.jpg" in caplog.text and (tmp_path / "04-warn" / "manifest.csv").exists()
     # the copy removed, the refused folder builds and keeps no stale montage

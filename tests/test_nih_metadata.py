@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from lib import curation, nih
+from lib.data import curation, nih
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ def test_notebook_is_committed_without_outputs_and_has_a_parameters_cell(path):
 
 
 def test_there_is_one_notebook_per_stage():
-    # 01-06: the pipeline (lib.stages.ORDER); 07: the mixing experiments over finished runs (lib/mixing.py);
-    # 08: the source x target matrix (lib/transfer.py)
+    # 01-06: the pipeline (lib.core.stages.ORDER); 07: the mixing experiments over finished runs (lib/analyze/mixing.py);
+    # 08: the source x target matrix (lib/analyze/transfer.py)
     assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
 
 
@@ -45,7 +45,7 @@ def test_every_notebook_takes_the_same_run_configuration():
 
 
 def test_a_notebook_whose_parameters_drifted_from_the_previous_one_is_refused(tmp_path, monkeypatch):
-    from lib import config, stages
+    from lib.core import config, stages
 
     monkeypatch.delenv("SUITE_BATCH", raising=False)
     root = tmp_path / "runs"
@@ -74,7 +74,7 @@ def test_a_notebook_whose_parameters_drifted_from_the_previous_one_is_refused(tm
 
 
 def test_a_missing_stage_names_an_existing_notebook_and_the_closest_finished_folder(tmp_path):
-    from lib import atomic, config, paths, stages
+    from lib.core import atomic, config, paths, stages
 
     root = tmp_path / "runs"
     gated = config.load("params/smoke.yaml", {"gating.enabled": True})

@@ -5,7 +5,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from lib import images, phantoms
+from lib.data import images, phantoms
 
 
 def test_deterministic_and_seed_dependent():

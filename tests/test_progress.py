@@ -1,5 +1,6 @@
 """Batch runs: the runner's environment silences the suite's progress bars even where a call enables them."""
-from lib import progress, runner
+from lib.core import progress
+from lib.runs import runner
 
 
 def test_batch_environment_overrides_explicit_bar_settings(monkeypatch):

@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lib import config, curation, generation, images, nih, paths, phantoms, references, stages
-from lib.config import ParamError
-from lib.nih import DataError
+from lib.core import config, paths, stages
+from lib.data import curation, images, nih, phantoms
+from lib.generate import generation, references
+from lib.core.config import ParamError
+from lib.data.nih import DataError
 
 N = 8
 

@@ -2,7 +2,7 @@
 rehearsal itself runs for half an hour and is not a test)."""
 import importlib.util
 
-from lib import paths
+from lib.core import paths
 
 
 def _module():

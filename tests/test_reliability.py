@@ -14,8 +14,11 @@ import pytest
 import standins
 from PIL import Image
 
-from lib import atomic, config, curation, generation, paths, runner, stages, sweeps
-from lib.nih import DataError
+from lib.core import atomic, config, paths, stages
+from lib.data import curation
+from lib.generate import generation
+from lib.runs import runner, sweeps
+from lib.data.nih import DataError
 
 RUN = "spectral-clip_n12_seed0"
 
@@ -131,7 +134,7 @@ def test_changed_nih_data_gives_a_new_curation_key(tmp_path):
     seen.append(keys())
     assert len({k[0] for k in seen}) == len(seen) and len({k[1] for k in seen}) == len(seen)
     phantom = config.load("params/smoke.yaml")
-    from lib.phantoms import GENERATOR_VERSION
+    from lib.data.phantoms import GENERATOR_VERSION
     assert stages.key(phantom, "01_data_curation").endswith(f"p{GENERATOR_VERSION}")
 
 
@@ -189,7 +192,7 @@ import os, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import standins
-from lib import runner
+from lib.runs import runner
 
 ready = Path({runs!r}).parent / "ready"
 ready.mkdir(exist_ok=True)

@@ -4,7 +4,8 @@ import json
 import pytest
 import standins
 
-from lib import config, runner, stages
+from lib.core import config, stages
+from lib.runs import runner
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import time
 import pytest
 import standins
 
-from lib import config, runner, stages
+from lib.core import config, stages
+from lib.runs import runner
 
 
 @pytest.fixture

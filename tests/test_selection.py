@@ -3,7 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import config, curation, selection, stages
+from lib.core import config, stages
+from lib.data import curation
+from lib.tuningset import selection
 
 
 def pool_with_clusters(sizes=(50, 3, 10)):

@@ -1,9 +1,10 @@
-"""python -m lib.setup_env (conda users' `make setup`): the .pth file and the kernel spec, in a given prefix."""
+"""python -m lib.runs.setup_env (conda users' `make setup`): the .pth file and the kernel spec, in a given prefix."""
 import json
 import subprocess
 import sys
 
-from lib import paths, setup_env
+from lib.core import paths
+from lib.runs import setup_env
 
 
 def test_writes_the_pth_and_the_kernel_into_the_given_prefix(tmp_path):
@@ -23,7 +24,7 @@ def test_writes_the_pth_and_the_kernel_into_the_given_prefix(tmp_path):
 def test_the_pth_makes_lib_importable_from_elsewhere(tmp_path):
     pth = setup_env.write_pth(tmp_path / "env")
     # -S: no site-packages of this interpreter (whose own .pth names the project too); only the new one's.
-    code = f"import site, sys; site.addsitedir({str(pth.parent)!r}); import lib.paths; print(lib.paths.ROOT)"
+    code = f"import site, sys; site.addsitedir({str(pth.parent)!r}); import lib.core.paths; print(lib.core.paths.ROOT)"
     out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(paths.ROOT)
@@ -36,5 +37,5 @@ def test_default_prefix_is_the_running_environment():
 
 
 def test_readme_documents_it_and_make_setup_uses_it():
-    assert "python -m lib.setup_env" in (paths.ROOT / "README.md").read_text()
-    assert "-m lib.setup_env" in (paths.ROOT / "Makefile").read_text()
+    assert "python -m lib.runs.setup_env" in (paths.ROOT / "README.md").read_text()
+    assert "-m lib.runs.setup_env" in (paths.ROOT / "Makefile").read_text()

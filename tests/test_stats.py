@@ -1,4 +1,4 @@
-"""lib/stats.py against slow direct computations, scipy/sklearn and known answers."""
+"""lib/core/stats.py against slow direct computations, scipy/sklearn and known answers."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
-from lib import stats
+from lib.core import stats
 
 Z95 = 1.959963984540054
 

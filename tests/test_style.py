@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib import paths, style
+from lib.core import paths, style
 
 
 def _draw():
@@ -56,7 +56,7 @@ def test_figure_names_start_with_the_notebook_number(tmp_path):
 
 
 def test_viz_modules_draw_and_save_only_through_style():
-    """Every figure of the suite comes from lib.style: no bare plt.subplots/plt.figure/savefig in lib/viz."""
+    """Every figure of the suite comes from lib.core.style: no bare plt.subplots/plt.figure/savefig in lib/viz."""
     offenders = []
     for f in sorted((paths.ROOT / "lib" / "viz").glob("*.py")):
         for i, line in enumerate(Path(f).read_text().splitlines(), 1):

@@ -6,7 +6,8 @@ import pytest
 import standins
 import yaml
 
-from lib import config, stages, sweeps
+from lib.core import config, stages
+from lib.runs import sweeps
 
 
 def _sweep_file(tmp_path, body: dict):
@@ -104,7 +105,7 @@ def test_dry_run_lists_points_and_commands_and_writes_nothing(tmp_path, runs_roo
     f = _sweep_file(tmp_path, DEMO_LIKE)
     sweeps.run(f, 1, runs_root, dry_run=True)
     text = capsys.readouterr().out
-    assert "python -m lib.runner params/smoke.yaml --set finetune.method=random" in text
+    assert "python -m lib.runs.runner params/smoke.yaml --set finetune.method=random" in text
     assert not runs_root.exists()
 
 

@@ -1,4 +1,4 @@
-"""Stage 03's live TensorBoard logs (lib/tracking.py): what they hold, that a resume does not repeat steps,
+"""Stage 03's live TensorBoard logs (lib/finetune/tracking.py): what they hold, that a resume does not repeat steps,
 and that switching them off changes no stage key and no weight."""
 import pandas as pd
 import pytest
@@ -6,7 +6,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dreambooth_fixtures import fake_stage02, tiny_cfg
-from lib import diffusion_model, dreambooth, stages
+from lib.finetune import diffusion_model, dreambooth
+from lib.core import stages
 
 # quantile gating with a short window: within 4 batches the gate both trains and skips
 GATED = {"finetune.steps": 4, "finetune.validation_every": 2, "gating.mode": "quantile",

@@ -2,7 +2,7 @@
 saved predictions, a collapsed classifier is flagged, the diagonal trains and tests on disjoint parts of
 one set (no shared file or patient), stages are keyed and reused, bad input is refused first.
 
-The real pools are the smoke phantoms, the real-holdout reference is built by lib.references, and the
+The real pools are the smoke phantoms, the real-holdout reference is built by lib.generate.references, and the
 synthetic set is stood in for by real phantoms of the tuning pool relabelled (as in tests/test_mixing.py)."""
 import json
 
@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from lib import atomic, config, curation, evaluation, stages, transfer
-from lib.config import ParamError
-from lib.nih import DataError
+from lib.core import atomic, config, stages
+from lib.data import curation
+from lib.evaluate import evaluation
+from lib.analyze import transfer
+from lib.core.config import ParamError
+from lib.data.nih import DataError
 
 import textbook_phantoms
 from test_mixing import fake_stage04
@@ -119,7 +122,7 @@ def test_a_collapsed_classifier_is_flagged(tmp_path):
 
 
 def test_a_three_class_cell_is_measured_with_macro_auroc_and_largest_output_decisions(tmp_path):
-    from lib import results
+    from lib.evaluate import results
 
     d = tmp_path / "src"
     (d / "targets").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Phantoms drawn with the textbook option (lib.phantoms) into a temporary folder: the stand-in for an
+"""Phantoms drawn with the textbook option (lib.data.phantoms) into a temporary folder: the stand-in for an
 external set of unlabelled textbook images, and for a synthetic set that shares no file with the pools."""
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from lib import images, phantoms
+from lib.data import images, phantoms
 
 FINDINGS = {"No Finding": [], "Unhealthy": ["Effusion"]}
 

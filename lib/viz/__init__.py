@@ -1,1 +1,1 @@
-"""Figures and tables for the notebooks, one module per notebook; all drawn with ``lib.style``."""
+"""Figures and tables for the notebooks, one module per notebook; all drawn with ``lib.core.style``."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import analysis, images, montage, style
+from ..analyze import analysis
+from ..data import images
+from ..core import montage, style
 
 
 def _empty(ax, text="no results yet: run notebooks 01-05 (or make demo) first"):
@@ -170,7 +172,7 @@ def explorer(s: pd.DataFrame, enabled: bool = True):
 def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration"):
     """Reference generators (known answers) on the T-Gap plane, and on FTER, the chance-corrected FTER,
     TR and detection AUROC, each with its two-level 95% CI; an undefined ratio is marked, not drawn."""
-    from .. import calibration as cal
+    from ..analyze import calibration as cal
 
     ref = cal.references(s)
     fig = style.figure(1.0, 0.36)[0]
@@ -213,7 +215,7 @@ def fidelity_vs_trainability(s: pd.DataFrame, figures_dir=None, name: str = "06_
     """FID (seed mean, two-level 95% CI) against TR (left) and FTER (right), one point per method and
     tuning size with CI bars on both axes; reference generators hollow. Each panel names Spearman's rho
     over the methods (and over the generators alone); an undefined ratio is listed, not drawn."""
-    from ..style import REFERENCES
+    from ..core.style import REFERENCES
 
     fig, axes = style.figure(1.0, 0.4, ncols=2)
     corr = analysis.fidelity_trainability(s).set_index(["methods", "trainability"])

@@ -6,7 +6,8 @@ import pandas as pd
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
-from .. import domains, images, montage, style
+from ..data import domains, images
+from ..core import montage, style
 
 
 def tsne(X: np.ndarray, seed: int = 0) -> np.ndarray:

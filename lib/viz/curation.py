@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import curation, domains, images, montage, style
+from ..data import curation, domains, images
+from ..core import montage, style
 
 
 def describe_source(cfg, out_dir) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import style
-from ..montage import grid
+from ..core import style
+from ..core.montage import grid
 
 
 def read_logs(out_dir) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -43,7 +43,7 @@ def skip_warning(out_dir) -> str | None:
 
 def read_trace(out_dir) -> pd.DataFrame:
     """The KID trace of the validation saves (validation_log.csv; for a run still training, the step files)."""
-    from ..fidelity import trace_log
+    from ..evaluate.fidelity import trace_log
 
     out = Path(out_dir)
     f = out / "validation_log.csv"
@@ -71,7 +71,7 @@ def loss_curve(out_dir, figures_dir, name: str = "03_loss"):
 
 
 def _trace_panel(ax, trace: pd.DataFrame) -> None:
-    """KID (unbiased, full sets: lib.fidelity.validation_trace) per label and pooled, at each validation save."""
+    """KID (unbiased, full sets: lib.evaluate.fidelity.validation_trace) per label and pooled, at each validation save."""
     for (model, group), part in trace.groupby(["model", "group"], sort=True):
         pooled = group == "all"
         ax.plot(part["step"], part["kid"], "o-" if not pooled else "s--", ms=3, lw=1,
@@ -147,7 +147,7 @@ def validation_figure(out_dir, figures_dir, name: str = "03_validation", model: 
 def base_vs_finetuned(out_dir, tuning: pd.DataFrame, size: int, figures_dir,
                       name: str = "03_base_vs_finetuned", n: int = 6, model: str = "model"):
     """Real tuning images, the base model and the fine-tuned model for the same prompts and seeds."""
-    from .. import images
+    from ..data import images
 
     saves = validation_steps(out_dir, model)
     if len(saves) < 2:
@@ -161,7 +161,7 @@ def base_vs_finetuned(out_dir, tuning: pd.DataFrame, size: int, figures_dir,
         rows[f"base (step {s0})\n{label}"] = base[i][:n] / 255.0
         rows[f"fine-tuned (step {s1})\n{label}"] = tuned[i][:n] / 255.0
     fig, axes = style.figure(0.8, aspect=0.13 * len(rows) + 0.05, nrows=len(rows), squeeze=False)
-    from ..montage import show_rows
+    from ..core.montage import show_rows
 
     show_rows(axes[:, 0], rows, n)
     style.save(fig, name, figures_dir)
@@ -196,7 +196,7 @@ def threshold_explorer(out_dir):
     except ImportError:
         print(describe(start))
         return None
-    if os.environ.get("SUITE_BATCH"):       # a batch run (lib.runner): nobody will move the slider
+    if os.environ.get("SUITE_BATCH"):       # a batch run (lib.runs.runner): nobody will move the slider
         print(describe(start))
         return None
     slider = w.FloatSlider(value=start, min=lo, max=hi, step=max((hi - lo) / 200, 1e-6), readout_format=".4f",

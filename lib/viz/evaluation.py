@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from .. import domains, nih, results, style
+from ..data import domains, nih
+from ..evaluate import results
+from ..core import style
 
 
 def _classes(row: dict) -> list[str]:
@@ -117,8 +119,8 @@ def fidelity(stage_dir, figures_dir, name: str = "05_memorization") -> pd.DataFr
     import shutil
     from pathlib import Path
 
-    from .. import fidelity as fid
-    from .. import paths
+    from ..evaluate import fidelity as fid
+    from ..core import paths
 
     d = Path(stage_dir)
     table = pd.read_csv(d / "fidelity.csv", keep_default_na=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import domains, images, montage, style
+from ..data import domains, images
+from ..core import montage, style
 
 
 def label_distribution(labels: pd.DataFrame, threshold: float, figures_dir, name: str = "02_external_labels"):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import domains, images, montage, style
+from ..data import domains, images
+from ..core import montage, style
 
 
 def describe(summary: dict, cfg) -> None:

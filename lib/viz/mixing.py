@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import mixing, style
+from ..analyze import mixing
+from ..core import style
 
 
 def _empty(ax, text="no mixing results yet: run notebooks 01-05 for a point first"):

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from .. import style, transfer
+from ..core import style
+from ..analyze import transfer
 
 PANELS = (("auroc", "AUROC", 1.0), ("balanced_accuracy", "balanced accuracy (%)", 100.0))
 

@@ -1,0 +1,58 @@
+"""Calibrating the metrics on reference generators whose right answer is known.
+
+A reference set (lib.generate.references) flows through stages 05-06 like any synthetic set. Some of its
+numbers hold by construction, and a metric is trustworthy only if it puts the references in the
+order their construction implies:
+  - real-holdout is real data: TR's interval must contain 1;
+  - label-shuffled carries no label signal: AUROC(a)'s interval must contain 0.5.
+``checks`` tests those statements on a study; ``orderings`` lists the order every metric gives.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..core.style import REFERENCES
+
+# (reference, metric, the value its interval must contain, why)
+EXPECTED = [("real-holdout", "tr", 1.0, "unseen real images carry all of real data's signal"),
+            ("label-shuffled", "auroc_a", 0.5, "permuted labels carry no label signal")]
+METRICS = {"auroc_a": "AUROC(a)", "fter": "FTER", "cc_fter": "FTER (chance-corr.)", "tr": "TR",
+           "auroc_det": "detection"}
+
+
+def references(s: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows of reference generators, in their fixed order."""
+    order = {m: i for i, m in enumerate(REFERENCES)}
+    part = s[s["method"].isin(order)].copy()
+    return part.assign(_o=part["method"].map(order)).sort_values("_o").drop(columns="_o")
+
+
+def value(r: pd.Series, metric: str) -> tuple[float, float, float]:
+    """(seed-mean value, CI low, CI high) of a summary row; NaN when undefined."""
+    return tuple(float(r.get(f"{metric}_{k}", np.nan)) for k in ("pooled", "ci_low", "ci_high"))
+
+
+def checks(s: pd.DataFrame) -> pd.DataFrame:
+    """Each statement that holds by construction, on the references this study has."""
+    rows = []
+    for ref, metric, target, why in EXPECTED:
+        for _, r in s[s["method"] == ref].iterrows():
+            v, lo, hi = value(r, metric)
+            rows.append({"reference": ref, "metric": METRICS[metric], "must contain": target, "value": v,
+                         "ci_low": lo, "ci_high": hi, "holds": bool(lo <= target <= hi), "why": why})
+    return pd.DataFrame(rows)
+
+
+def orderings(s: pd.DataFrame) -> pd.DataFrame:
+    """Per metric, the references from highest to lowest ('undefined' ones last, named)."""
+    ref = references(s)
+    rows = []
+    for metric, name in METRICS.items():
+        vals = [(r["method"], value(r, metric)[0]) for _, r in ref.iterrows()]
+        defined = sorted([v for v in vals if np.isfinite(v[1])], key=lambda v: -v[1])
+        undefined = [m for m, x in vals if not np.isfinite(x)]
+        text = " > ".join(f"{m} ({x:.2f})" for m, x in defined)
+        rows.append({"metric": name, "order (high to low)": text + (f"; undefined: {', '.join(undefined)}"
+                                                                   if undefined else "")})
+    return pd.DataFrame(rows)

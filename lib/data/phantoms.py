@@ -1,0 +1,261 @@
+"""Procedural chest X-ray phantoms: the embedded default data set.
+
+Each phantom is drawn for one row of the real NIH metadata, so label frequencies, co-occurrences and
+patient IDs are real. Anatomy (body habitus, heart size) is seeded by the patient, pose and exposure
+by the image, so follow-up images of one patient look alike, which is what makes a patient-level
+split matter. Findings are drawn with a random severity, some faint, so a classifier cannot reach
+AUROC 1.0 trivially. The output has the NIH layout (``images/*.png`` and ``Data_Entry_2017.csv``),
+so the same loader reads it as the real data.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+
+from ..core import atomic, paths
+from . import nih
+from ..core.progress import tqdm
+
+GENERATOR_VERSION = 4
+FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
+            "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax"]
+
+
+def _rng(*parts) -> np.random.Generator:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _smooth_noise(rng, size: int, sigma_frac: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma=max(sigma_frac * size, 0.5))
+    return field / (field.std() + 1e-8)
+
+
+def _sigmoid_mask(d: np.ndarray, softness: float) -> np.ndarray:
+    """Soft inside-mask from a signed 'distance' d (negative inside)."""
+    return 1.0 / (1.0 + np.exp(np.clip(d / softness, -40, 40)))
+
+
+class _Canvas:
+    """Coordinates in [-1, 1] after the image's pose (shift, rotation, scale) is applied."""
+
+    def __init__(self, size: int, shift, angle: float, scale: float):
+        lin = (np.arange(size) + 0.5) / size * 2 - 1
+        y, x = np.meshgrid(lin, lin, indexing="ij")
+        c, s = np.cos(angle), np.sin(angle)
+        x, y = x - shift[0], y - shift[1]
+        self.x = (c * x + s * y) / scale
+        self.y = (-s * x + c * y) / scale
+        self.size = size
+        self.soft = 2.0 / size  # one pixel of edge softness
+
+    def ellipse(self, cx, cy, rx, ry) -> np.ndarray:
+        d = np.sqrt(((self.x - cx) / rx) ** 2 + ((self.y - cy) / ry) ** 2) - 1.0
+        return _sigmoid_mask(d * min(rx, ry), self.soft)
+
+
+def _lungs(cv: _Canvas, a: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Right and left (patient's) lung masks with diaphragm domes; image left = patient right."""
+    masks = []
+    for side in (-1, 1):
+        cx = side * a["lung_dx"]
+        cy = (a["lung_top"] + a["dia_y"][side]) / 2
+        ry = (a["dia_y"][side] - a["lung_top"]) / 2 + 0.08
+        # Squarish superellipse, with the dome cutting the base: high in the middle, low at the angles.
+        shape = (np.abs(cv.x - cx) / a["lung_w"]) ** 2.6 + (np.abs(cv.y - cy) / ry) ** 2.2 - 1.0
+        dome = a["dia_y"][side] - a["dome_h"] * np.exp(-((cv.x - cx + side * 0.05) / (a["lung_w"] * 0.8)) ** 2)
+        d = np.maximum(shape * 0.25, cv.y - dome)
+        masks.append(_sigmoid_mask(d, cv.soft))
+    return masks[0], masks[1]
+
+
+def _anatomy(patient: str, textbook: bool) -> dict:
+    r = _rng("anatomy", patient)
+    spread = 0.4 if textbook else 1.0
+    return {
+        "body_w": 0.80 + 0.08 * spread * r.standard_normal(),
+        "lung_dx": 0.36 + 0.03 * spread * r.standard_normal(),
+        "lung_w": 0.26 + 0.025 * spread * r.standard_normal(),
+        "lung_top": -0.62 + 0.04 * spread * r.standard_normal(),
+        "dia_y": {-1: 0.42 + 0.04 * spread * r.standard_normal(), 1: 0.48 + 0.04 * spread * r.standard_normal()},
+        "dome_h": 0.12 + 0.03 * spread * r.standard_normal(),
+        "heart_w": 0.25 + 0.02 * spread * r.standard_normal(),
+        "rib_gap": 0.125 + 0.01 * spread * r.standard_normal(),
+        "tissue": 0.42 + 0.04 * spread * r.standard_normal(),
+    }
+
+
+def _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale: float = 1.0) -> np.ndarray:
+    right, left = lungs
+    lung = np.clip(right + left, 0, 1)
+    n = cv.size
+
+    def severity():
+        return r.uniform(0.75, 1.0) if textbook else r.uniform(0.35, 1.0)
+
+    def pick_side():
+        return (right, -1) if r.random() < 0.5 else (left, 1)
+
+    for f in findings:
+        s = severity() * finding_scale  # x1.0 is exact: the default draw is unchanged
+        if f == "Cardiomegaly":
+            pass  # drawn with the heart itself
+        elif f == "Effusion":
+            mask, side = pick_side()
+            level = a["dia_y"][side] - s * 0.5
+            fluid = _sigmoid_mask(level - cv.y + 0.05 * np.abs(cv.x - side * a["lung_dx"]), 0.04) * mask
+            img = img + 0.81 * s * fluid
+        elif f in ("Consolidation", "Infiltration", "Pneumonia"):
+            mask, side = pick_side()
+            cy = r.uniform(-0.3, 0.35)
+            blob = cv.ellipse(side * a["lung_dx"] + r.uniform(-0.1, 0.1), cy, r.uniform(0.12, 0.22), r.uniform(0.12, 0.25))
+            patch = np.clip(_smooth_noise(r, n, 0.03) * 0.5 + 0.8, 0, None) * blob * mask
+            img = img + (0.58 if f != "Infiltration" else 0.47) * s * patch
+        elif f in ("Nodule", "Mass"):
+            mask, side = pick_side()
+            rad = r.uniform(0.05, 0.08) if f == "Nodule" else r.uniform(0.08, 0.15)
+            blob = cv.ellipse(side * a["lung_dx"] + r.uniform(-0.12, 0.12), r.uniform(-0.4, 0.3), rad, rad * r.uniform(0.8, 1.2))
+            img = img + 0.63 * (0.5 + 0.5 * s) * blob * mask
+        elif f == "Pneumothorax":
+            mask, side = pick_side()
+            edge = side * (a["lung_dx"] + a["lung_w"] * (1.0 - 0.6 * s))
+            air = _sigmoid_mask(-(cv.x - edge) * side, cv.soft) * mask
+            img = img - 0.3 * air * s + 0.18 * s * np.exp(-((cv.x - edge) * n / 2.5) ** 2) * mask
+        elif f == "Atelectasis":
+            mask, side = pick_side()
+            band = np.exp(-((cv.y - r.uniform(0.05, 0.35) - 0.3 * (cv.x - side * a["lung_dx"])) / 0.06) ** 2)
+            img = img + 0.54 * s * band * mask
+        elif f == "Edema":
+            hilum = np.exp(-(((np.abs(cv.x) - 0.22) / 0.18) ** 2 + ((cv.y + 0.05) / 0.35) ** 2))
+            img = img + 0.45 * s * hilum * lung
+        elif f == "Emphysema":
+            img = img - 0.14 * s * lung
+        elif f == "Fibrosis":
+            reticular = np.abs(_smooth_noise(r, n, 0.012)) < 0.35
+            base = _sigmoid_mask(0.05 - cv.y, 0.15)
+            img = img + 0.27 * s * reticular * base * lung
+        elif f == "Pleural_Thickening":
+            rim = np.clip(lung - ndimage.grey_erosion(lung, size=max(2, n // 24)), 0, 1)
+            img = img + 0.54 * s * rim
+        elif f == "Hernia":
+            bubble = cv.ellipse(r.uniform(-0.05, 0.1), a["dia_y"][1] - 0.12, 0.09, 0.07)
+            img = img - 0.27 * s * bubble + 0.14 * s * cv.ellipse(0.02, a["dia_y"][1] - 0.05, 0.15, 0.1)
+    return img
+
+
+def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", size: int = 64,
+         seed: int = 0, textbook: bool = False, finding_scale: float = 1.0) -> np.ndarray:
+    """One phantom as float32 in [0, 1], deterministic from its arguments.
+
+    ``finding_scale`` multiplies every finding's severity (and Cardiomegaly's heart enlargement): the
+    exaggerated reference set draws with it > 1; at 1.0 the image is bit-identical to the default."""
+    a = _anatomy(patient, textbook)
+    r = _rng("image", seed, image_index)
+    spread = 0.3 if textbook else 1.0
+    cv = _Canvas(size, shift=spread * r.normal(0, 0.04, 2), angle=spread * r.normal(0, 0.05),
+                 scale=1.0 + spread * r.normal(0, 0.05))
+    if "Emphysema" in findings:  # hyper-inflation: flat, low domes
+        a = {**a, "dome_h": a["dome_h"] * 0.4, "dia_y": {k: v + 0.08 for k, v in a["dia_y"].items()}}
+    if "Atelectasis" in findings and r.random() < 0.5:  # volume loss raises one hemidiaphragm
+        side = -1 if r.random() < 0.5 else 1
+        a = {**a, "dia_y": {**a["dia_y"], side: a["dia_y"][side] - 0.08}}
+
+    # Thorax: a squarish superellipse with the shoulders, darker air outside.
+    body_d = (np.abs(cv.x) / a["body_w"]) ** 3 + (np.abs(cv.y - 0.2) / 1.1) ** 2.5 - 1.0
+    body = _sigmoid_mask(body_d * 0.3, cv.soft)
+    img = 0.04 + a["tissue"] * body
+    abdomen = _sigmoid_mask(np.minimum(a["dia_y"][-1], a["dia_y"][1]) - cv.y, 0.05) * body
+    img = img + 0.10 * abdomen
+
+    heart_scale = 1.0 + ((0.25 + 0.25 * r.random()) * finding_scale if "Cardiomegaly" in findings else 0.0) + (0.08 if view == "AP" else 0.0)
+    heart = cv.ellipse(0.07 + 0.05 * heart_scale, a["dia_y"][1] - 0.17 * heart_scale ** 0.5,
+                       a["heart_w"] * heart_scale, 0.2 * heart_scale ** 0.5)
+    mediastinum = _sigmoid_mask(np.abs(cv.x - 0.02) - 0.09 - 0.04 * (cv.y > -0.2), 0.02) * _sigmoid_mask(cv.y - a["dia_y"][1], 0.05)
+    dense = np.clip(heart + mediastinum, 0, 1)
+
+    lungs = _lungs(cv, a)
+    lungs = tuple(m * (1 - dense) for m in lungs)  # the heart and mediastinum hide the lung behind them
+    lung = np.clip(lungs[0] + lungs[1], 0, 1)
+    vessels = 0.05 * np.exp(-((np.abs(cv.x) - 0.2) / 0.15) ** 2 - ((cv.y + 0.05) / 0.4) ** 2)
+    markings = _smooth_noise(r, size, 0.015) * 0.03 + vessels
+    img = img - 0.30 * lung + markings * lung + 0.08 * dense
+
+    spine = _sigmoid_mask(np.abs(cv.x) - 0.055, 0.015) * body * _sigmoid_mask(-0.75 - cv.y, 0.05) * (1 - 0.6 * dense)
+    vertebrae = 0.5 + 0.5 * np.cos(cv.y * np.pi / 0.08)
+    img = img + (0.05 + 0.03 * vertebrae) * spine
+
+    for side in (-1, 1):  # posterior ribs: arcs from the spine, rising then falling laterally
+        ax = np.clip(cv.x * side, 0, None)
+        for k in range(8):
+            y0 = a["lung_top"] + 0.02 + k * a["rib_gap"]
+            arc = y0 - 0.25 * ax + 0.55 * ax ** 2
+            rib = np.exp(-((cv.y - arc) / 0.018) ** 2) * (ax > 0.06) * body
+            img = img + 0.045 * rib
+        clav = np.exp(-((cv.y - (-0.58 + 0.2 * (ax - 0.1))) / 0.02) ** 2) * (ax > 0.07) * (ax < 0.5)
+        img = img + 0.06 * clav
+
+    img = _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale)
+
+    # Exposure and detector: gain, gamma, blur, noise.
+    gain = 1.0 + (0.05 if textbook else 0.15) * r.standard_normal()
+    gamma = np.exp((0.05 if textbook else 0.2) * r.standard_normal())
+    img = np.clip(img * gain, 0, 1) ** gamma
+    img = ndimage.gaussian_filter(img, sigma=0.5 * size / 64)
+    noise = (0.01 if textbook else r.uniform(0.01, 0.04)) * r.standard_normal(img.shape)
+    return np.clip(img + noise, 0, 1).astype(np.float32)
+
+
+def sample_rows(meta: pd.DataFrame, n: int, seed: int, textbook: bool = False) -> pd.DataFrame:
+    """Choose metadata rows to draw: whole patients, at random, until n images are reached.
+
+    The textbook set keeps only typical cases: "No Finding" or exactly one finding, PA view.
+    """
+    if textbook:
+        single = ~meta["Finding Labels"].str.contains(r"\|", regex=True)
+        meta = meta[single & (meta["View Position"] == "PA")]
+    rng = np.random.default_rng(seed)
+    patients = rng.permutation(meta["Patient ID"].unique())
+    counts = meta.groupby("Patient ID").size().reindex(patients).to_numpy()
+    take = patients[: int(np.searchsorted(np.cumsum(counts), n) + 1)]
+    rows = meta[meta["Patient ID"].isin(set(take))]
+    return rows.sort_values("Image Index").head(n).reset_index(drop=True)
+
+
+def phantom_dir(n: int, size: int, seed: int, textbook: bool, csv: str | Path | None = None) -> Path:
+    """data/phantoms/<tag>: the tag names everything the set is drawn from, a user's metadata CSV included."""
+    tag = f"v{GENERATOR_VERSION}-n{n}-s{size}-seed{seed}" + ("-textbook" if textbook else "")
+    if csv is not None:   # another metadata file is other data (the bundled one keeps the plain tag)
+        src = paths.resolve(csv)
+        tag += "-csv" + hashlib.sha256(src.read_bytes() if src.is_file() else str(src).encode()).hexdigest()[:10]
+    return paths.DATA / "phantoms" / tag
+
+
+def _write_one(args) -> None:
+    out, row, size, seed, textbook = args
+    findings = [] if row["Finding Labels"] == "No Finding" else row["Finding Labels"].split("|")
+    arr = draw(row["Image Index"], str(row["Patient ID"]), findings, row["View Position"], size, seed, textbook)
+    atomic.save_image(out, Image.fromarray((arr * 255).round().astype(np.uint8), mode="L"))
+
+
+def generate(n: int = 2000, size: int = 64, seed: int = 0, textbook: bool = False,
+             out_dir: str | Path | None = None, csv: str | Path | None = None, progress: bool = True) -> Path:
+    """Write an NIH-layout phantom set and return its folder; images already there are kept (resume)."""
+    if not 32 <= size <= 512:
+        raise ValueError(f"phantom size {size} must be between 32 and 512")
+    out = paths.resolve(out_dir) if out_dir else phantom_dir(n, size, seed, textbook, csv)
+    entry = out / "Data_Entry_2017.csv"
+    if entry.exists():
+        return out
+    rows = sample_rows(nih.read_metadata(csv), n, seed, textbook)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    todo = [(out / "images" / r["Image Index"], r, size, seed, textbook)
+            for _, r in rows.iterrows() if not (out / "images" / r["Image Index"]).exists()]
+    for job in tqdm(todo, desc="phantoms", disable=not progress, mininterval=2):
+        _write_one(job)
+    atomic.write_csv(entry, rows)  # written last: its presence means the set is complete
+    return out

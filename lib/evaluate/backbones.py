@@ -1,0 +1,120 @@
+"""Classifier backbones by name: CheXNet's DenseNet-121 (torchvision), the offline mini stand-in, or any timm model.
+
+``classifier.arch`` names the backbone:
+  - ``densenet121``: torchvision's DenseNet-121, CheXNet's (the thesis's classifier);
+  - ``densenet-mini``: the offline CPU stand-in (lib.evaluate.classifier.MINI);
+  - a preset of Schaudt et al. 2023 (seed 001): ``resnet50``, ``efficientnet-b0``, ``efficientnet-b1``,
+    ``convnext-t``, ``convnext-s``, and ``densenet121-timm`` for timm's DenseNet-121;
+  - any other timm model name (``timm.list_models()``), e.g. ``resnet18`` or ``convnext_nano``.
+``classifier.weights``: ``none`` builds random weights offline; ``imagenet`` loads the pre-trained weights
+(torchvision's for densenet121, timm's default tag otherwise) from the local cache or by download; a path
+loads that file (a state dict or a timm/safetensors checkpoint; a head of another size is left out).
+Grayscale images are replicated to 3 ImageNet-normalised channels (lib.evaluate.classifier.CheXNet), so ImageNet
+weights apply unchanged. An unknown name is an error that lists the closest timm names.
+
+Nothing here imports torch or timm at module level: lib.core.config checks names at load time cheaply, and
+timm is imported only for a name that is not built in.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+BUILTIN = ("densenet121", "densenet-mini")
+# Short names of the related studies' backbones -> timm model names (Schaudt et al. 2023, Table 7).
+PRESETS = {"resnet50": "resnet50", "efficientnet-b0": "efficientnet_b0", "efficientnet-b1": "efficientnet_b1",
+           "convnext-t": "convnext_tiny", "convnext-s": "convnext_small", "densenet121-timm": "densenet121"}
+WEIGHTS = ("none", "imagenet")
+
+
+class BackboneError(ValueError):
+    """A backbone name or weights setting that cannot be built."""
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def timm_name(arch: str) -> str | None:
+    """The timm model an arch builds (None for the torchvision/mini built-ins); an unknown name is an error
+    that lists the closest timm names and the presets."""
+    if arch in BUILTIN:
+        return None
+    name = PRESETS.get(arch, arch.removeprefix("timm/"))
+    names = _timm_names()
+    if name in names:
+        return name
+    close = list(dict.fromkeys(difflib.get_close_matches(name, names + list(PRESETS) + list(BUILTIN), n=8,
+                                                         cutoff=0.5)))[:6]
+    raise BackboneError(
+        f"unknown classifier.arch {arch!r}: not built in ({', '.join(BUILTIN)}), not a preset "
+        f"({', '.join(PRESETS)}) and not a timm model. "
+        + (f"Closest names: {', '.join(close)}." if close else "See timm.list_models() for the names."))
+
+
+def check(arch: str, weights: str) -> None:
+    """Load-time check of classifier.arch and classifier.weights (no model is built)."""
+    timm_name(arch)
+    if weights not in WEIGHTS and not Path(weights).expanduser().is_file():
+        from ..core import paths
+
+        if not paths.resolve(weights).is_file():
+            raise BackboneError(f"classifier.weights = {weights!r} is neither 'none', 'imagenet' nor an existing "
+                                "weights file (a relative path is resolved from the project root).")
+    if arch == "densenet-mini" and weights != "none":
+        raise BackboneError(f"classifier.weights = {weights!r} needs a pre-trained backbone; the densenet-mini "
+                            "stand-in has no pre-trained weights (use densenet121, a preset or a timm name).")
+
+
+def _weights_file(weights: str) -> Path | None:
+    if weights in WEIGHTS:
+        return None
+    from ..core import paths
+
+    p = Path(weights).expanduser()
+    return p if p.is_file() else paths.resolve(weights)
+
+
+def build_torchvision(arch: str, weights: str, mini: dict):
+    """torchvision's DenseNet-121 (ImageNet weights on request) or the mini stand-in; the head is replaced later."""
+    import torch
+    import torchvision
+
+    if arch == "densenet-mini":
+        return torchvision.models.DenseNet(**mini)
+    w = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1 if weights == "imagenet" else None
+    try:
+        net = torchvision.models.densenet121(weights=w)
+    except Exception as exc:  # offline, or a broken download
+        raise RuntimeError("could not fetch torchvision's ImageNet DenseNet-121 weights "
+                           f"({exc}); set classifier.weights: none to train from scratch offline.") from exc
+    f = _weights_file(weights)
+    if f is not None:
+        state = torch.load(f, map_location="cpu")
+        state = {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("classifier.")}
+        missing, _ = net.load_state_dict(state, strict=False)
+        if [k for k in missing if not k.startswith("classifier.")]:
+            raise BackboneError(f"{f} is not a torchvision DenseNet-121 state dict (missing {missing[:3]} ...).")
+    return net
+
+
+def build_timm(arch: str, weights: str, n_classes: int):
+    """A timm model with an n_classes head; pretrained weights from the cache/download or from a file."""
+    import timm
+
+    name = timm_name(arch)
+    f = _weights_file(weights)
+    kw = {"num_classes": n_classes}
+    if weights == "none":
+        return timm.create_model(name, pretrained=False, **kw)
+    if f is not None:
+        kw["pretrained_cfg_overlay"] = {"file": str(f)}
+    try:
+        return timm.create_model(name, pretrained=True, **kw)
+    except Exception as exc:  # offline without a cached copy, or an unreadable file
+        where = f"from {f}" if f is not None else "from the Hugging Face cache or by download"
+        raise RuntimeError(f"could not load pre-trained weights for timm model {name!r} {where} ({exc}); "
+                           "set classifier.weights: none to train from scratch offline, or give a weights "
+                           "file's path.") from exc

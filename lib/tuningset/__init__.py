@@ -1,0 +1,1 @@
+"""Step 2, the tuning set: CLIP and pixel embeddings, spectral clustering, selection methods, external folders."""

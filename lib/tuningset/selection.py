@@ -1,0 +1,227 @@
+"""Tuning-set selection (stage 02): random, textbook, or an equal (or proportional) quota per embedding cluster.
+
+Methods are named ``random``, ``textbook`` or ``<algorithm>-<embedding>`` (``spectral-pixel``,
+``spectral-clip``, ``kmeans-clip`` ...). ``textbook`` stands in for the thesis's Experiment 5 (typical
+textbook cases): it draws at random from the typical cases of the pool only, PA views with no finding
+or exactly one. The thesis's method takes the same number of images from each cluster of a label,
+duplicating images at random where a cluster is short (Experiments 3-4); each selected row records its
+cluster and whether it is a duplicate. Rows come only from the stage-01 tuning pool, except for ``external``
+(the thesis's real Experiment 5: a folder of unlabelled images pseudo-labelled by a classifier trained on
+the real training pool, lib/tuningset/external.py), whose rows also record each pseudo-label's confidence.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core import atomic, stages
+from . import clustering, embeddings
+from ..data import curation
+from ..core.config import Config
+
+log = logging.getLogger(__name__)
+ALGORITHMS = ("spectral", "kmeans")
+SUMMARY_COLUMNS = ["method", "label", "cluster", "size", "taken", "duplicates"]
+QUALITY_COLUMNS = ["method", "label", "n", "k", "smallest", "largest", "silhouette"]
+
+
+class SelectionError(ValueError):
+    """A selection request that cannot be met; the message says what to change."""
+
+
+def parse_method(method: str) -> tuple[str | None, str | None]:
+    """'random', 'textbook' and 'external' -> (None, None); 'spectral-clip' -> ('spectral', 'clip')."""
+    if method in ("random", "textbook", "external"):
+        return None, None
+    algo, _, kind = method.partition("-")
+    if algo not in ALGORITHMS or kind not in embeddings.KINDS:
+        raise SelectionError(f"unknown selection method {method!r}; use 'random', 'textbook', 'external' or "
+                             "<algorithm>-<embedding> "
+                             f"with algorithm in {ALGORITHMS} and embedding in {embeddings.KINDS}.")
+    return algo, kind
+
+
+def take(rows: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n of ``rows``: distinct while they last, then random duplicates spread evenly (no image twice
+    more than another). Returns (chosen rows, is-duplicate flags)."""
+    rows = np.asarray(rows)
+    if n <= len(rows):
+        return rng.choice(rows, n, replace=False), np.zeros(n, bool)
+    if len(rows) == 0:
+        raise SelectionError(f"cannot take {n} images from an empty group.")
+    full, extra = divmod(n - len(rows), len(rows))
+    dups = [rng.permutation(rows) for _ in range(full)] + [rng.choice(rows, extra, replace=False)]
+    return np.concatenate([rng.permutation(rows), *dups]), np.r_[np.zeros(len(rows), bool), np.ones(n - len(rows), bool)]
+
+
+def quotas(sizes: np.ndarray, per_label: int, mode: str = "equal") -> np.ndarray:
+    """Images to take from each cluster: the same count (equal) or shares of per_label (proportional)."""
+    sizes = np.asarray(sizes)
+    k = len(sizes)
+    if per_label < 1:
+        raise SelectionError(f"a quota of {per_label} images per label selects nothing; set selection.per_label >= 1.")
+    if mode == "equal":
+        q = per_label // k
+        if q == 0:
+            raise SelectionError(f"selection.per_label = {per_label} over {k} clusters is a quota of 0 per cluster; "
+                                 f"raise selection.per_label to at least {k} or lower cluster.k.")
+        if q * k != per_label:
+            log.warning("per_label = %d is not a multiple of k = %d: taking %d per cluster, %d per label.",
+                        per_label, k, q, q * k)
+        return np.full(k, q)
+    if mode == "proportional":   # largest remainder, so the counts add up to per_label exactly
+        raw = per_label * sizes / sizes.sum()
+        out = np.floor(raw).astype(int)
+        out[np.argsort(-(raw - out), kind="stable")[: per_label - out.sum()]] += 1
+        return out
+    raise SelectionError(f"selection.quota = {mode!r}; use 'equal' or 'proportional'.")
+
+
+def _label_order(pool: pd.DataFrame) -> list:
+    return sorted(pd.unique(pool["label"]))
+
+
+def select(pool: pd.DataFrame, clusters: np.ndarray | None, per_label: int, seed: int,
+           quota: str = "equal") -> pd.DataFrame:
+    """The tuning set: pool rows plus ``cluster`` (-1 for random) and ``duplicate``, per label."""
+    pool = pool.reset_index(drop=True)
+    parts = []
+    for li, label in enumerate(_label_order(pool)):
+        rows = np.flatnonzero((pool["label"] == label).to_numpy())
+        if clusters is None:
+            if len(rows) < per_label:
+                log.warning("label '%s' has %d images in the tuning pool, fewer than per_label = %d; "
+                            "duplicating at random.", label, len(rows), per_label)
+            groups, counts = {-1: rows}, [per_label]
+        else:
+            ids = np.asarray(clusters)[rows]
+            groups = {int(c): rows[ids == c] for c in np.unique(ids)}
+            counts = quotas(np.array([len(g) for g in groups.values()]), per_label, quota)
+        for (c, members), n in zip(groups.items(), counts):
+            rng = np.random.default_rng([seed, li, c + 1])   # one stream per (label, cluster): order-independent
+            chosen, dup = take(members, int(n), rng)
+            parts.append(pool.iloc[chosen].assign(cluster=c, duplicate=dup))
+    return pd.concat(parts, ignore_index=True)
+
+
+def typical_cases(pool: pd.DataFrame) -> pd.DataFrame:
+    """The textbook candidates: PA views with "No Finding" or exactly one finding, for every label."""
+    typical = pool[(pool["view"] == "PA") & ~pool["findings"].astype(str).str.contains("|", regex=False)]
+    empty = sorted(set(pool["label"]) - set(typical["label"]))
+    if empty:
+        raise SelectionError(f"the tuning pool has no typical case (PA, at most one finding) labelled {empty}; "
+                             "use another selection method or a larger pools.tuning.")
+    return typical
+
+
+def summarise(method: str, pool: pd.DataFrame, clusters: np.ndarray | None, selected: pd.DataFrame) -> pd.DataFrame:
+    """One row per (label, cluster): its size in the pool, how many were taken, how many of those are duplicates."""
+    groups = pd.DataFrame({"label": pool["label"].to_numpy(),
+                           "cluster": -1 if clusters is None else np.asarray(clusters)})
+    size = groups.value_counts().rename("size")
+    got = selected.groupby(["label", "cluster"]).agg(taken=("duplicate", "size"), duplicates=("duplicate", "sum"))
+    out = pd.concat([size, got], axis=1).fillna(0).astype(int).reset_index().sort_values(["label", "cluster"])
+    return out.assign(method=method)[SUMMARY_COLUMNS].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------- stage 02
+def tuning_pool(cfg: Config, runs_root="runs") -> pd.DataFrame:
+    return curation.read_manifest(stages.require(cfg, "01_data_curation", runs_root) / "tuning.csv")
+
+
+def method_clusters(cfg: Config, pool: pd.DataFrame, method: str, out_dir: Path, progress: bool = True):
+    """Cluster ids of the pool for a clustering method (written once to clusters_<method>.csv), and quality."""
+    target, qfile = out_dir / f"clusters_{method}.csv", out_dir / f"quality_{method}.csv"
+    if target.exists() and qfile.exists():   # resume
+        saved = pd.read_csv(target)
+        if saved["image_id"].tolist() == pool["image_id"].tolist():
+            return saved["cluster"].to_numpy(), pd.read_csv(qfile)
+    algo, kind = parse_method(method)
+    X = embeddings.embed_manifest(pool, kind, cfg.embedding, cfg.data.image_size, progress)
+    ids = clustering.per_label(X, pool["label"].to_numpy(), algo, cfg.cluster.k, cfg.seed, cfg.cluster)
+    q = clustering.quality(X, pool["label"].to_numpy(), ids, cfg.seed, cfg.cluster.silhouette_sample)
+    q.insert(0, "method", method)
+    atomic.write_csv(qfile, q)
+    atomic.write_csv(target, pd.DataFrame({"image_id": pool["image_id"], "label": pool["label"], "cluster": ids}))
+    return ids, q
+
+
+def run(cfg: Config, out_dir, runs_root=None, progress: bool = True) -> dict:
+    """Stage 02: embed and cluster the tuning pool, write tuning_<method>.csv for every method and
+    selection_summary.csv / cluster_quality.csv. Artefacts already written are reused (resume).
+
+    ``runs_root`` defaults to the root ``out_dir`` lies in (stages.run_stage keeps that name for itself).
+    """
+    out_dir = Path(out_dir)
+    if runs_root is None:
+        runs_root = out_dir.parents[2]       # <runs_root>/<experiment>/stages/<stage>-<key>
+        if stages.stage_dir(cfg, "02_clustering", runs_root) != out_dir:
+            runs_root = "runs"
+    pool = tuning_pool(cfg, runs_root)
+    sel, summaries, quality = cfg.selection, [], []
+    for method in sel.methods:
+        algo, kind = parse_method(method)
+        ids = None
+        if algo is not None:
+            ids, q = method_clusters(cfg, pool, method, out_dir, progress)
+            quality.append(q)
+        target = out_dir / f"tuning_{method}.csv"
+        if method == "external":          # its own pool: the confident pseudo-labelled images
+            candidates, chosen = _external(cfg, out_dir, target, runs_root, progress)
+            summaries.append(summarise(method, candidates, None, chosen))
+            continue
+        if target.exists():
+            chosen = read_tuning_set(target)
+        else:
+            source = typical_cases(pool) if method == "textbook" else pool
+            chosen = select(source, ids, sel.per_label, cfg.seed, sel.quota if algo else "equal")
+            atomic.write_csv(target, chosen)
+        summaries.append(summarise(method, pool, ids, chosen))
+    summary = pd.concat(summaries, ignore_index=True)
+    atomic.write_csv(out_dir / "selection_summary.csv", summary)
+    quality_df = pd.concat(quality, ignore_index=True) if quality else pd.DataFrame(columns=QUALITY_COLUMNS)
+    atomic.write_csv(out_dir / "cluster_quality.csv", quality_df)
+    kinds = sorted({parse_method(m)[1] for m in sel.methods} - {None})
+    atomic.write_json(out_dir / "embeddings.json", {k: embeddings.describe(k, cfg.embedding) for k in kinds})
+    return {"pool": pool, "summary": summary, "quality": quality_df}
+
+
+def _external(cfg: Config, out_dir: Path, target: Path, runs_root, progress: bool):
+    """(the confident external images, the external tuning set), written once and then read back."""
+    from . import external
+
+    if target.exists() and (out_dir / "external_labels.csv").exists():
+        labels = pd.read_csv(out_dir / "external_labels.csv", dtype={"patient": str})
+        return labels[labels["kept"]].reset_index(drop=True), read_tuning_set(target)
+    candidates, chosen = external.tuning_set(cfg, out_dir, runs_root, progress)
+    atomic.write_csv(target, chosen)
+    return candidates, chosen
+
+
+def read_tuning_set(path) -> pd.DataFrame:
+    df = curation.read_manifest(path)
+    missing = [c for c in ("cluster", "duplicate") if c not in df.columns]
+    if missing:
+        raise SelectionError(f"tuning set {path} lacks column(s) {missing}; it was not written by stage 02.")
+    return df
+
+
+def load(out_dir) -> dict:
+    """What a finished stage 02 wrote: summary, quality, embedding notes, tuning sets and cluster ids."""
+    out_dir = Path(out_dir)
+    sets = {p.stem.removeprefix("tuning_"): read_tuning_set(p) for p in sorted(out_dir.glob("tuning_*.csv"))}
+    clusters = {p.stem.removeprefix("clusters_"): pd.read_csv(p) for p in sorted(out_dir.glob("clusters_*.csv"))}
+    return {"summary": pd.read_csv(out_dir / "selection_summary.csv"),
+            "quality": pd.read_csv(out_dir / "cluster_quality.csv"),
+            "embeddings": json.loads((out_dir / "embeddings.json").read_text()),
+            "tuning_sets": sets, "clusters": clusters}
+
+
+def method_vectors(cfg: Config, pool: pd.DataFrame, methods: list[str]) -> dict[str, np.ndarray]:
+    """The (cached) embeddings each clustering method used, for maps and checks."""
+    return {m: embeddings.embed_manifest(pool, parse_method(m)[1], cfg.embedding, cfg.data.image_size,
+                                         progress=False) for m in methods if m != "random"}
