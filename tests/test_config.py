@@ -92,3 +92,24 @@ def test_typos_suggest_the_closest_key_or_value():
     with pytest.raises(ParamError, match=r"unknown parameter 'zzz'.*top level; allowed"):   # nothing close: no guess
         config.from_dict({"zzz": 1})
     assert "gating.threshold" in config.dotted_keys() and "finetune.learning_rate" in config.dotted_keys()
+
+
+def test_a_step_registers_a_check_on_its_section_and_it_runs_at_load_time(monkeypatch):
+    """lib.core imports no step, yet the values only a step knows are judged when a file loads: the step
+    registers a check (lib/core/config/checks.py), e.g. the shapes domain's shape names, the backbones."""
+    monkeypatch.setattr(config.checks, "CHECKS", {k: list(v) for k, v in config.checks.CHECKS.items()})
+
+    @config.checks.register("gating")
+    def toy(cfg):      # returns what is wrong, or None
+        return f"gating.n_images = {cfg.gating.n_images} is odd" if cfg.gating.n_images % 2 else None
+
+    config.load("params/smoke.yaml", {"gating.n_images": 4})
+    with pytest.raises(ParamError, match="gating.n_images = 3 is odd"):
+        config.load("params/smoke.yaml", {"gating.n_images": 3})
+    with pytest.raises(ValueError, match="no parameter section 'gatting'"):
+        config.checks.register("gatting")
+    # the step modules that register were imported by the load; what they check is refused at load time
+    with pytest.raises(ParamError, match=r"data.classes \['sqare'\] are not shapes.*did you mean 'square'"):
+        config.load("params/shapes.yaml", {"data.classes": ["circle", "sqare"]})
+    with pytest.raises(ParamError, match="unknown classifier.arch 'resnet-50'"):
+        config.load("params/smoke.yaml", {"classifier.arch": "resnet-50"})

@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..core import atomic, paths
+from ..core import config
 from ..core.progress import tqdm
 
 SHAPES = ["circle", "square", "triangle"]          # the default classes
@@ -106,3 +107,14 @@ def generate(n: int = 600, size: int = 32, seed: int = 0, classes: list[str] | N
             atomic.save_image(target, Image.fromarray(draw(c, i // PER_GROUP, i, size, seed), "RGB"))
     atomic.write_csv(table, pd.DataFrame(rows))
     return out
+
+
+@config.checks.register("data")
+def check_config(cfg) -> None:
+    """data.classes of the shapes source: shapes drawn here (the closest name suggested), when params load."""
+    if cfg.data.source != "shapes":
+        return
+    bad = sorted(set(cfg.data.classes or []) - set(AVAILABLE))
+    if bad:
+        raise config.ParamError(f"data.classes {bad} are not shapes; the shapes domain draws {AVAILABLE}."
+                                f"{config.did_you_mean(bad[0], AVAILABLE)}")

@@ -12,13 +12,15 @@ loads that file (a state dict or a timm/safetensors checkpoint; a head of anothe
 Grayscale images are replicated to 3 ImageNet-normalised channels (lib.evaluate.classifier.CheXNet), so ImageNet
 weights apply unchanged. An unknown name is an error that lists the closest timm names.
 
-Nothing here imports torch or timm at module level: lib.core.config checks names at load time cheaply, and
-timm is imported only for a name that is not built in.
+Nothing here imports torch or timm at module level: check_config, registered with lib.core.config.checks,
+judges the names when a parameter file loads, cheaply; timm is imported only for a name that is not built in.
 """
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
+
+from ..core import config
 
 BUILTIN = ("densenet121", "densenet-mini")
 # Short names of the related studies' backbones -> timm model names (Schaudt et al. 2023, Table 7).
@@ -66,6 +68,15 @@ def check(arch: str, weights: str) -> None:
     if arch == "densenet-mini" and weights != "none":
         raise BackboneError(f"classifier.weights = {weights!r} needs a pre-trained backbone; the densenet-mini "
                             "stand-in has no pre-trained weights (use densenet121, a preset or a timm name).")
+
+
+@config.checks.register("classifier")
+def check_config(cfg) -> None:
+    """classifier.arch and classifier.weights when a parameter file loads (a ParamError, as the schema's own)."""
+    try:
+        check(cfg.classifier.arch, cfg.classifier.weights)
+    except BackboneError as exc:
+        raise config.ParamError(str(exc)) from None
 
 
 def _weights_file(weights: str) -> Path | None:
