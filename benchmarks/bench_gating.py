@@ -31,9 +31,8 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from lib.core import compute, config
+from lib.core import compute, config, overrides
 from lib.finetune import dreambooth, gating
-from lib.runs import runner
 
 
 def oracle_fn(cfg, embed, store: dict, steps: int = 50):
@@ -148,14 +147,14 @@ def main():
     ap.add_argument("--runs-root", default="runs")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="the run's gate, e.g. gating.n_images=8")
     a = ap.parse_args()
-    over = {"finetune.validation_images": 0, "finetune.checkpoint_every": 10 ** 6, **runner.parse_sets(a.set)}
+    over = {"finetune.validation_images": 0, "finetune.checkpoint_every": 10 ** 6, **overrides.parse_sets(a.set)}
     if a.steps is not None:
         over["finetune.steps"] = a.steps
     if a.every_k is not None:
         over["gating.every_k"] = a.every_k
     plain = config.load(a.params, {**over, "gating.enabled": False})
     gated = config.load(a.params, {**over, "gating.enabled": True})
-    variants = [Variant(v, config.load(a.params, {**over, "gating.enabled": True, **runner.parse_sets(v.split(","))}))
+    variants = [Variant(v, config.load(a.params, {**over, "gating.enabled": True, **overrides.parse_sets(v.split(","))}))
                 for v in a.variant or []]
     g, steps = gated.gating, gated.finetune.steps
     emb = gated.embedding

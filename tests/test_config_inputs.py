@@ -2,7 +2,7 @@
 each is applied as written or refused with a ParamError naming the file or key and what to do."""
 import pytest
 
-from lib.core import config, paths
+from lib.core import config, overrides, paths
 from lib.runs import runner
 from lib.core.config import ParamError
 
@@ -20,7 +20,7 @@ def test_a_null_override_is_applied_where_null_is_allowed_and_refused_where_not(
 
 
 def test_the_run_id_states_a_null_override_as_null():
-    over = runner.parse_sets(["finetune.cpu_threads=null"])
+    over = overrides.parse_sets(["finetune.cpu_threads=null"])
     cfg = config.load("params/smoke.yaml", over)
     assert runner.run_id(cfg, over) == "spectral-clip_n12_seed0_cpu_threadsnull"   # was ..._cpu_threadsNone
 
@@ -66,7 +66,7 @@ def test_a_folder_given_as_the_parameter_file_is_named(tmp_path):
 
 def test_bad_yaml_in_a_set_names_the_key():
     with pytest.raises(ParamError, match=r"--set 'data.classes=\[a, b': the value of data.classes is not valid YAML"):
-        runner.parse_sets(["data.classes=[a, b"])
+        overrides.parse_sets(["data.classes=[a, b"])
     with pytest.raises(ParamError, match="names no key"):
-        runner.parse_sets(["=3"])
+        overrides.parse_sets(["=3"])
     assert runner.main(["params/smoke.yaml", "--set", "finetune.prompt_template={label"]) == 1

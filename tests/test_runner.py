@@ -4,7 +4,7 @@ import json
 import pytest
 import standins
 
-from lib.core import config, stages
+from lib.core import config, overrides, stages
 from lib.runs import runner
 
 
@@ -121,10 +121,10 @@ def test_papermill_failure_names_notebook_and_cell_and_keeps_the_partial_output(
 
 
 def test_set_values_keep_their_types():
-    assert runner.parse_sets(["gating.threshold=0.5", "gating.enabled=true", "gating.skip_rate=null"]) == \
+    assert overrides.parse_sets(["gating.threshold=0.5", "gating.enabled=true", "gating.skip_rate=null"]) == \
         {"gating.threshold": 0.5, "gating.enabled": True, "gating.skip_rate": None}
     with pytest.raises(config.ParamError, match="dotted.key=value"):
-        runner.parse_sets(["gating.threshold"])
+        overrides.parse_sets(["gating.threshold"])
 
 
 def test_stage_keys_hold_only_the_gating_settings_that_can_change_a_decision():

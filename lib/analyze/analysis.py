@@ -755,8 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     runs, figures = None, args.figures
     if args.sweep:
-        from ..runs import runner, sweeps
-        sw = sweeps.load(args.sweep, runner.parse_sets(args.set))
+        from ..core import overrides
+        from ..runs import sweeps
+        sw = sweeps.load(args.sweep, overrides.parse_sets(args.set))
         finished, missing = sweeps.finished_runs(sw, args.runs_root)
         runs = [r.directory for r in finished]
         if missing:

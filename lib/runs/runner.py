@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from ..core import atomic, config, paths, stages
+from ..core import atomic, config, overrides, paths, stages
 from . import kernels
 from ..generate import references
 
@@ -453,23 +453,6 @@ def _resume(run_: Run, notebooks_dir, kernel, figures_dir, until, analysis_param
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def parse_sets(items: list[str] | None) -> dict:
-    """``key=value`` pairs; values are read as YAML, so numbers, booleans and null keep their types."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise config.ParamError(f"--set {item!r}: write it as dotted.key=value, e.g. gating.threshold=0.5")
-        k, v = (x.strip() for x in item.split("=", 1))
-        if not k:
-            raise config.ParamError(f"--set {item!r} names no key: write it as dotted.key=value, e.g. gating.threshold=0.5")
-        try:
-            out[k] = yaml.safe_load(v)
-        except yaml.YAMLError as exc:
-            raise config.ParamError(f"--set {item!r}: the value of {k} is not valid YAML ({exc.problem or exc}); "
-                                    f"quote text that holds ':', '[', '{{' or '#', e.g. --set {k}='\"...\"'") from None
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib.runs.runner", description=__doc__.split("\n")[0])
     ap.add_argument("params", help="parameter file, e.g. params/demo.yaml")
@@ -483,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
-        run(args.params, parse_sets(args.set), args.runs_root, args.notebooks, args.kernel, args.figures_dir,
+        run(args.params, overrides.parse_sets(args.set), args.runs_root, args.notebooks, args.kernel, args.figures_dir,
             args.until, progress=args.progress)
     except (RunFailed, config.ParamError, FileNotFoundError) as exc:
         print(f"\nFAILED: {exc}", file=sys.stderr)

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import yaml
 
-from ..core import config, paths
+from ..core import config, overrides, paths
 from . import runner
 
 
@@ -660,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         out = run(args.sweep, args.jobs, args.runs_root, args.notebooks, args.dry_run, not args.no_analysis,
-                  extra=runner.parse_sets(args.set), executor_name=args.executor)
+                  extra=overrides.parse_sets(args.set), executor_name=args.executor)
     except (runner.RunFailed, config.ParamError, FileNotFoundError) as exc:
         print(f"\nFAILED: {exc}", file=sys.stderr)
         return 1
