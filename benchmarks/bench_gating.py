@@ -32,7 +32,7 @@ import torch
 from scipy.stats import spearmanr
 
 from lib.core import compute, config, overrides
-from lib.finetune import dreambooth, gating
+from lib.finetune import dreambooth, gating, trainer
 
 
 def oracle_fn(cfg, embed, store: dict, steps: int = 50):
@@ -87,7 +87,7 @@ def train(cfg, runs_root, oracle: dict | None = None, oracle_steps: int = 50, or
                 cpu_oracle[0] += time.process_time() - c
         fit["oracle"] = hook
     with tempfile.TemporaryDirectory() as tmp, compute.cpu_threads(cfg.finetune.cpu_threads):
-        tr = dreambooth.Trainer(cfg, tmp, df, progress=False, embed=embed, data_vectors=vecs)
+        tr = trainer.Trainer(cfg, tmp, df, progress=False, embed=embed, data_vectors=vecs)
         t0, c0 = time.perf_counter(), time.process_time()
         out = tr.fit(resume=False, **fit)
         wall = time.perf_counter() - t0 - sum(r.get("oracle_seconds", 0.0) for r in tr.gating_rows)

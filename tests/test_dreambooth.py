@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dreambooth_fixtures import fake_stage02, tiny_cfg
-from lib.finetune import diffusion_model, dreambooth
-from lib.core import stages
+from lib.core import config, stages
+from lib.finetune import checkpoints, diffusion_model, dreambooth, trainer
 from lib.data.nih import DataError
 
 
@@ -60,7 +60,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, runs_root):
                                 "gating.skip_fraction": 0.9})
     fake_stage02(cfg, runs_root, tmp_path)
     straight = dreambooth.run(cfg, tmp_path / "a", runs_root, progress=False)
-    with pytest.raises(dreambooth.Interrupted):
+    with pytest.raises(trainer.Interrupted):
         dreambooth.run(cfg, tmp_path / "b", runs_root, progress=False, stop_after=4)  # dies after step 4
     assert [p.name for p in (tmp_path / "b/checkpoints/model").glob("*.pt")] == ["step_000003.pt"]
     # the logs were written at the checkpoint, while training ran, not only at the end
@@ -77,10 +77,10 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, runs_root):
 def test_resume_from_a_checkpoint_of_another_config_is_refused(tmp_path, runs_root):
     cfg = tiny_cfg(tmp_path, **{"finetune.steps": 4})
     fake_stage02(cfg, runs_root, tmp_path)
-    with pytest.raises(dreambooth.Interrupted):
+    with pytest.raises(trainer.Interrupted):
         dreambooth.run(cfg, tmp_path / "a", runs_root, progress=False, stop_after=2)
     other = tiny_cfg(tmp_path, **{"finetune.steps": 4, "finetune.learning_rate": 0.5})
-    with pytest.raises(dreambooth.CheckpointMismatch, match="other parameters"):
+    with pytest.raises(checkpoints.CheckpointMismatch, match="other parameters"):
         dreambooth.run(other, tmp_path / "b", runs_root, progress=False,
                        resume_from=tmp_path / "a/checkpoints/model")
 
@@ -155,21 +155,21 @@ def test_zero_terminal_snr_on_an_epsilon_base_is_a_clear_error(tmp_path, runs_ro
     sc = base / "scheduler" / "scheduler_config.json"
     sc.write_text(sc.read_text().replace('"v_prediction"', '"epsilon"'))
     cfg.model.base = str(base)
-    with pytest.raises(dreambooth.ParamError, match="v-prediction"):
+    with pytest.raises(config.ParamError, match="v-prediction"):
         _run(cfg, runs_root, tmp_path)
 
 
 def test_noise_offset_out_of_range_is_refused(tmp_path):
-    with pytest.raises(dreambooth.ParamError, match="noise_offset"):
+    with pytest.raises(config.ParamError, match="noise_offset"):
         tiny_cfg(tmp_path, **{"finetune.noise_offset": 2.0})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's choices")
 def test_cpu_precision_honours_an_explicit_bf16_only(caplog):
-    assert dreambooth._precision("bf16") == "bf16"
-    assert dreambooth._precision("auto") == "no" and dreambooth._precision("no") == "no"
-    with caplog.at_level("WARNING", logger="lib.finetune.dreambooth"):
-        assert dreambooth._precision("fp16") == "no"
+    assert trainer.precision("bf16") == "bf16"
+    assert trainer.precision("auto") == "no" and trainer.precision("no") == "no"
+    with caplog.at_level("WARNING", logger="lib.finetune.trainer"):
+        assert trainer.precision("fp16") == "no"
     assert "needs a GPU" in caplog.text
 
 
@@ -190,7 +190,7 @@ def test_bf16_autocast_with_prior_preservation_and_the_optimizer_freed_before_sa
     cfg = tiny_cfg(tmp_path, **{"gating.enabled": False, "finetune.mixed_precision": "bf16", "finetune.steps": 2,
                                 "finetune.prior_preservation": True, "finetune.num_class_images": 2,
                                 "finetune.gradient_checkpointing": True, "finetune.checkpoint_every": 100})
-    seen, release = {}, dreambooth.Trainer.release_optimizer
+    seen, release = {}, trainer.Trainer.release_optimizer
 
     def spy(self):
         seen.update(precision=self.acc.mixed_precision, vae=self.vae.dtype, unet=next(self.unet.parameters()).dtype,
@@ -198,7 +198,7 @@ def test_bf16_autocast_with_prior_preservation_and_the_optimizer_freed_before_sa
         release(self)
         seen["after"] = len(self.opt.state)
 
-    monkeypatch.setattr(dreambooth.Trainer, "release_optimizer", spy)
+    monkeypatch.setattr(trainer.Trainer, "release_optimizer", spy)
     out, summary = _run(cfg, runs_root, tmp_path)
     # frozen parts in bf16, the trained UNet in fp32 under autocast; AdamW's state gone before the save
     assert seen["precision"] == "bf16" and seen["vae"] == torch.bfloat16 and seen["unet"] == torch.float32

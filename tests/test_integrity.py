@@ -127,7 +127,7 @@ def test_model_folders_follow_the_umask(tmp_path):
         model = diffusion_model.build_tiny(resolution=32, pretrain_steps=0, seed=0, out_dir=tmp_path / "model",
                                            progress=False)
         assert model.stat().st_mode & 0o777 == 0o755 and (model / "model_index.json").exists()
-        with atomic.atomic_dir(tmp_path / "staged") as d:       # how stage 03 writes model/ (lib.finetune.dreambooth)
+        with atomic.atomic_dir(tmp_path / "staged") as d:       # how stage 03 writes model/ (lib.finetune.trainer)
             (d / "x.json").write_text("{}")
     finally:
         os.umask(old)

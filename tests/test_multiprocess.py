@@ -43,7 +43,7 @@ def test_two_processes_take_the_one_process_decisions_with_identical_weights(tmp
     # The one-process reference through the CLI on the CPU (this process may hold a GPU), beside the launch.
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(cfg1.to_dict()))
-    ref = subprocess.Popen([sys.executable, "-m", "lib.finetune.dreambooth", str(params), "--runs-root", str(one_root),
+    ref = subprocess.Popen([sys.executable, "-m", "lib.finetune.multiprocess", str(params), "--runs-root", str(one_root),
                             "--no-progress"], cwd=paths.ROOT, env=multiprocess.launch_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -99,7 +99,7 @@ def test_launch_command_starts_the_cli_on_n_processes_on_a_free_port(tmp_path):
     cmd = multiprocess.launch_command(3, tmp_path / "p.yaml", tmp_path / "runs")
     at = cmd.index("--num_processes")
     assert cmd[at + 1] == "3" and "--multi_gpu" in cmd
-    assert cmd[cmd.index("-m", at):][:3] == ["-m", "lib.finetune.dreambooth", str(tmp_path / "p.yaml")]
+    assert cmd[cmd.index("-m", at):][:3] == ["-m", "lib.finetune.multiprocess", str(tmp_path / "p.yaml")]
     assert 1024 < int(cmd[cmd.index("--main_process_port") + 1]) < 65536
     assert torch.cuda.is_available() or multiprocess.launch_env()["ACCELERATE_USE_CPU"] == "1"
 
@@ -117,3 +117,14 @@ def test_a_failed_launch_raises_with_the_processes_last_lines():
     with pytest.raises(multiprocess.LaunchFailed, match=r"(?s)status 3.*rank 1 ran out of patience"):
         multiprocess._stream([sys.executable, "-c", "print('rank 1 ran out of patience'); raise SystemExit(3)"],
                              multiprocess.launch_env())
+
+
+def test_the_command_line_is_the_launcher_module_and_reads_set_without_the_runner(tmp_path):
+    # `python -m lib.finetune.multiprocess` is the CLI accelerate launches (the trainer and the stage module
+    # import nothing of it); it reads --set with lib.core.overrides, so no lib.runs module is loaded.
+    code = ("import sys, runpy; sys.argv = ['multiprocess', 'params/smoke.yaml', '--set', 'gating.threshold'];\n"
+            "try:\n    runpy.run_module('lib.finetune.multiprocess', run_name='__main__')\n"
+            "except SystemExit as e:\n    print('exit', e.code, sorted(m for m in sys.modules if m.startswith('lib.runs')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=paths.ROOT, capture_output=True, text=True, timeout=120)
+    assert "exit 1 []" in out.stdout, out.stdout + out.stderr
+    assert "--set 'gating.threshold': write it as dotted.key=value" in out.stderr

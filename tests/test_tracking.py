@@ -6,7 +6,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dreambooth_fixtures import fake_stage02, tiny_cfg
-from lib.finetune import diffusion_model, dreambooth
+from lib.finetune import diffusion_model, dreambooth, trainer
 from lib.core import stages
 
 # quantile gating with a short window: within 4 batches the gate both trains and skips
@@ -67,7 +67,7 @@ def test_switched_off_it_writes_no_events_and_changes_no_key_or_weight(logged):
 def test_a_resumed_run_logs_each_step_once(logged):
     tmp, cfg, _ = logged
     cfg = tiny_cfg(tmp, **GATED, **{"finetune.checkpoint_every": 2})
-    with pytest.raises(dreambooth.Interrupted):
+    with pytest.raises(trainer.Interrupted):
         dreambooth.run(cfg, tmp / "resumed", tmp / "runs", progress=False, stop_after=3)   # checkpoint at 2
     dreambooth.run(cfg, tmp / "resumed", tmp / "runs", progress=False)
     ea = _events(tmp / "resumed/tb/model")

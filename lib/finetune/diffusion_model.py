@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import json
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np

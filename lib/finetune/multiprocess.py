@@ -1,16 +1,16 @@
 """Stage 03 on one process or several: notebook 03's entry and the command line.
 
 ``train(cfg, runs_root)`` is what notebook 03 calls. With finetune.num_processes = 1 it trains in the
-kernel; with more it hands off to ``accelerate launch --num_processes N -m lib.finetune.dreambooth`` (a subprocess
+kernel; with more it hands off to ``accelerate launch --num_processes N -m lib.finetune.multiprocess`` (a subprocess
 whose output streams into the cell) and returns the same stage folder. The command line,
 
-    python -m lib.finetune.dreambooth PARAMS [--set key=value ...] [--runs-root DIR]
-    accelerate launch --multi_gpu --num_processes 2 -m lib.finetune.dreambooth PARAMS ...   (add ACCELERATE_USE_CPU=1 on a CPU)
+    python -m lib.finetune.multiprocess PARAMS [--set key=value ...] [--runs-root DIR]
+    accelerate launch --multi_gpu --num_processes 2 -m lib.finetune.multiprocess PARAMS ...   (add ACCELERATE_USE_CPU=1 on a CPU)
 
 runs the same stage: every process computes the stage key from the same parameters, and rank 0 alone
 records and seals the stage (lib.core.stages) and writes its files, atomically.
 
-How N processes share the work (lib.finetune.dreambooth.Trainer), so that they take the decisions of one process:
+How N processes share the work (lib.finetune.trainer.Trainer), so that they take the decisions of one process:
 every process walks the same global batches (batch_indices of seed and step); rank 0 scores the gate on
 the whole batch and broadcasts its decision (gating.broadcast_decision); a trained batch is split across
 the processes (rank r takes rows r, r + N, ...) with its noise and timesteps drawn for the whole batch and
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import os
 import signal
 import socket
@@ -33,52 +32,16 @@ from pathlib import Path
 
 import yaml
 
-from ..core import atomic, config, paths, stages
+from ..core import config, overrides, paths, stages
+from ..data.nih import DataError
+from . import dreambooth
+from .processes import launched, state
 
 STAGE = "03_dreambooth"
 
 
 class LaunchFailed(RuntimeError):
     """The processes accelerate launched stopped with an error; the message ends with their last lines."""
-
-
-# ----------------------------------------------------------------------------------- processes
-def launched() -> bool:
-    """Whether this process is one of several that a launcher (accelerate launch, torchrun) started."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def state():
-    """accelerate's process state. Without CUDA, processes a launcher started join over gloo on the CPU
-    (accelerate's PartialState needs cpu=True for that; ACCELERATE_USE_CPU=1 asks for it anywhere)."""
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (launched() and not torch.cuda.is_available())
-    return PartialState(cpu=cpu)
-
-
-def weights_hash(trainer) -> str:
-    """SHA-256 of a trainer's trained tensors (names and bytes), to compare processes bit for bit."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(trainer._trainable_state().items()):
-        h.update(name.encode())
-        h.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def write_rank_report(trainer, directory) -> Path:
-    """rank<r>_<model>.json in ``directory``: this process's gate decisions, loss steps and weight hash.
-    A test and debugging aid, written by every rank (the one exception to rank 0 writing alone)."""
-    acc = trainer.acc
-    report = {"rank": acc.process_index, "num_processes": acc.num_processes, "model": trainer.name,
-              "decisions": [{"step": r["step"], "skipped": bool(r["skipped"]), "score": float(r["score"])}
-                            for r in trainer.gating_rows],
-              "loss_steps": [r["step"] for r in trainer.loss_rows], "weights_sha256": weights_hash(trainer)}
-    return atomic.write_json(Path(directory) / f"rank{acc.process_index}_{trainer.name}.json", report)
 
 
 # ------------------------------------------------------------------------------------- the stage
@@ -93,8 +56,6 @@ def train(cfg: config.Config, runs_root=None, progress: bool = True, rank_report
         return run_stage(cfg, root, progress, rank_report)
     out = stages.stage_dir(cfg, STAGE, root)
     if (out / "DONE.json").exists():          # checked and reused, as in one process
-        from . import dreambooth
-
         return stages.run_stage(cfg, STAGE, dreambooth.run, root)
     launch(cfg, root, n, rank_report)
     if not (out / "DONE.json").exists():
@@ -106,8 +67,6 @@ def train(cfg: config.Config, runs_root=None, progress: bool = True, rank_report
 def run_stage(cfg: config.Config, root: Path, progress: bool = True, rank_report=None) -> Path:
     """lib.core.stages.run_stage for stage 03 on every process: rank 0 records the inputs, trains its share and
     seals the stage; the others train their shares once rank 0 has recorded the inputs."""
-    from . import dreambooth
-
     st = state()
 
     def synced(cfg_, out, runs_root, **kw):
@@ -136,7 +95,7 @@ def launch_command(n: int, params_file, runs_root, rank_report=None) -> list[str
     which also starts CPU processes (with ACCELERATE_USE_CPU=1); --cpu would start a single one."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), "-m", "lib.finetune.dreambooth", str(params_file),
+           "--main_process_port", str(free_port()), "-m", "lib.finetune.multiprocess", str(params_file),
            "--runs-root", str(runs_root)]
     return cmd + (["--rank-report", str(rank_report)] if rank_report is not None else [])
 
@@ -169,7 +128,7 @@ def launch(cfg: config.Config, runs_root, n: int, rank_report=None) -> None:
         params = Path(tmp) / "params.yaml"
         params.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=True))
         cmd = launch_command(n, params, runs_root, rank_report)
-        print(f"stage 03 on {n} processes: accelerate launch ... -m lib.finetune.dreambooth", flush=True)
+        print(f"stage 03 on {n} processes: accelerate launch ... -m lib.finetune.multiprocess", flush=True)
         _stream(cmd, launch_env())
 
 
@@ -194,10 +153,7 @@ def _stream(cmd: list[str], env: dict) -> None:
 
 # --------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    from ..data.nih import DataError
-    from ..runs.runner import parse_sets
-
-    ap = argparse.ArgumentParser(prog="python -m lib.finetune.dreambooth",
+    ap = argparse.ArgumentParser(prog="python -m lib.finetune.multiprocess",
                                  description="Stage 03 (DreamBooth with active gating) as notebook 03 runs it, "
                                              "on this process or on each process accelerate launch starts.")
     ap.add_argument("params", help="parameter file, e.g. params/demo.yaml")
@@ -208,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
-        cfg = config.load(args.params, parse_sets(args.set))
+        cfg = config.load(args.params, overrides.parse_sets(args.set))
         out = train(cfg, args.runs_root, progress=not args.no_progress, rank_report=args.rank_report)
     except (config.ParamError, FileNotFoundError, DataError, LaunchFailed, stages.StageChanged) as exc:
         print(f"\nFAILED: {exc}", file=sys.stderr)
@@ -216,3 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if not launched() or state().is_main_process:
         print(f"stage 03: {stages.paths_rel(out)}")
     return 0
+
+
+if __name__ == "__main__":   # python -m lib.finetune.multiprocess PARAMS ... (alone or under accelerate launch)
+    sys.exit(main())
