@@ -13,7 +13,8 @@ import standins
 import yaml
 
 from lib.core import config
-from lib.runs import executors, sweeps
+from lib.runs import executors, points, sweep_spec, sweeps
+from lib.runs.executors import ray_cluster, slurm
 
 HERE = Path(__file__).resolve().parent
 THRESHOLDS = [0.2, 0.4, 0.6]
@@ -46,7 +47,7 @@ def ray_here():
     ``workers_import_standins``, so its workers import the stand-ins too."""
     ray = pytest.importorskip("ray")
     try:
-        executors.RayExecutor({"engine": "ray", "address": None})
+        ray_cluster.RayExecutor({"engine": "ray", "address": None})
     except executors.EngineUnavailable as exc:    # Ray's own 30 s start-up limit, missed on a loaded machine
         if "timed out during startup" not in str(exc):
             raise
@@ -112,7 +113,7 @@ def test_a_missing_package_names_the_pip_install(monkeypatch):
 
 
 @pytest.mark.parametrize("raw, match", [
-    ({"engine": "slurmm"}, "must be one of serial, local, slurm"),
+    ({"engine": "slurmm"}, "must be one of serial, local, ray, slurm, submitit-local"),
     ({"engine": "slurm", "gpus_per_tsk": 1}, r"did you mean .gpus_per_task.\?"),
     ({"engine": "slurm", "time_min": 0}, "at least 1"),
     ({"engine": "slurm", "array": "yes"}, "true or false"),
@@ -120,11 +121,11 @@ def test_a_missing_package_names_the_pip_install(monkeypatch):
 ])
 def test_bad_executor_settings_are_refused_when_the_sweep_is_read(tmp_path, raw, match):
     with pytest.raises(config.ParamError, match=match):
-        sweeps.load(_sweep_file(tmp_path, raw))
+        sweep_spec.load(_sweep_file(tmp_path, raw))
 
 
 def test_settings_become_submitit_parameters():
-    p = executors.submitit_parameters("slurm", {"partition": "gpu", "gpus_per_task": 1, "time_min": 90,
+    p = slurm.submitit_parameters("slurm", {"partition": "gpu", "gpus_per_task": 1, "time_min": 90,
                                                 "mem_gb": 32, "array": True, "max_parallel": 4,
                                                 "setup": ["module load cuda"], "sbatch": {"account": "lab"}}, "demo")
     assert p["slurm_partition"] == "gpu" and p["gpus_per_node"] == 1 and p["timeout_min"] == 90
@@ -188,3 +189,57 @@ def test_an_engine_reports_failed_and_dead_points_computes_shared_stages_once_an
         assert len(list((runs_root / ".submitit" / "sweep").glob("*/*_result.pkl"))) == 4
     last = sweeps.run(f, runs_root=runs_root, notebooks_dir=nb, engine=standins.exec_engine, analyse=False)
     assert "3 finished already; running 0" in capsys.readouterr().out and last["results"] == []
+
+
+# ------------------------------------------------------------------------ a new engine, in one file
+class LastFirstExecutor(executors.Executor):
+    """A toy engine (CONTRIBUTING.md, "A sweep executor"): points queue on submit and run in this process
+    at wait, the last submitted first; each summary names the engine's ``label`` setting and when it ran."""
+    slots = 1
+
+    def __init__(self, label: str, engine=None):
+        self.label, self.engine, self.queue, self.tracked, self.ran = label, engine, [], points.Tracked(), 0
+
+    def submit(self, task):
+        fut = self.tracked.new()
+        self.queue.append((task, fut))
+        return fut
+
+    def wait(self):
+        while self.queue:                   # a done-callback may submit more points: keep draining
+            task, fut = self.queue.pop()
+            fut.set_result({**points.run_task(task, self.engine, echo=False), "label": self.label, "ran": self.ran})
+            self.ran += 1
+        return self.tracked.collect()
+
+
+def make_last_first(settings: dict, ctx: executors.Context) -> executors.Executor:
+    return LastFirstExecutor(settings.get("label", "toy"), ctx.engine)
+
+
+@pytest.fixture
+def toy_engine():
+    """The toy registered as its own module would register it at import; removed again after the test."""
+    executors.register("last-first", settings={"label": executors.Setting("a string", lambda v: isinstance(v, str))})(
+        make_last_first)
+    yield
+    del executors.registry.ENGINES["last-first"]
+
+
+def test_an_engine_registered_in_one_place_runs_a_sweep(tmp_path, runs_root, toy_engine, capsys):
+    f = _sweep_file(tmp_path, {"engine": "last-first", "label": 3}, until="01_data_curation")
+    with pytest.raises(config.ParamError, match=r"executor setting label: 3 in sweep.yaml must be a string"):
+        sweep_spec.load(f)                  # its settings are checked when the sweep is read, as the built-ins'
+    with pytest.raises(config.ParamError, match=r"must be one of serial, .*last-first"):
+        sweep_spec.load(_sweep_file(tmp_path, {"engine": "last-frist"}))
+    # --executor offers it (argparse refuses a name not registered) ...
+    f = _sweep_file(tmp_path, {"engine": "serial", "label": "mine"}, until="01_data_curation")
+    assert sweeps.main([str(f), "--executor", "last-first", "--dry-run", "--runs-root", str(runs_root)]) == 0
+    # ... and runs every point through it
+    nb = standins.write_notebooks(tmp_path / "nb")
+    out = sweeps.run(f, runs_root=runs_root, notebooks_dir=nb, engine=standins.exec_engine, analyse=False,
+                     executor_name="last-first")
+    assert [r["ok"] for r in out["results"]] == [True] * 3 and {r["label"] for r in out["results"]} == {"mine"}
+    assert [_threshold(r) for r in out["results"]] == THRESHOLDS        # summaries in submission order
+    assert [r["ran"] for r in out["results"]] == [2, 1, 0]             # run last submitted first
+    assert standins.calls(runs_root).count("01_data_curation") == 1     # the shared stage computed once

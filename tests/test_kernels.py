@@ -11,7 +11,8 @@ import nbformat
 import pytest
 
 import standins
-from lib.runs import kernels, runner, sweeps
+from lib.runs import kernels, runner, sweep_spec, sweeps
+from lib.runs.executors import local
 
 
 def flaky_kernel(tmp_path: Path, monkeypatch, fails: int) -> Path:
@@ -122,7 +123,7 @@ def test_a_sweep_goes_on_past_a_kernel_start_failure_and_a_point_that_raises(tmp
     nb = standins.write_notebooks(tmp_path / "nb")
     f = _sweep_file(tmp_path, SWEEP)
     # the gated seed-0 point fails with an exception the runner does not know
-    ids = sweeps.plan(sweeps.load(f), runs_root, nb).run_ids
+    ids = sweeps.plan(sweep_spec.load(f), runs_root, nb).run_ids
     gated0 = next(i for i in ids if "spectral-clip" in i and "seed0" in i and "random-skip" not in i)
     engine = flaky_engine({"random_n12_seed1": "start", gated0: "raise"})
     out = sweeps.run(f, 1, runs_root, nb, engine=engine)
@@ -147,7 +148,7 @@ def test_a_sweep_goes_on_past_a_kernel_start_failure_and_a_point_that_raises(tmp
     assert len(retries) == 1 and retries[0].startswith("01_data_curation")  # the raising cell was not retried
 
 
-class _Recorder(sweeps.SerialExecutor):
+class _Recorder(local.SerialExecutor):
     def __init__(self, engine):
         super().__init__(engine)
         self.order = []
@@ -174,7 +175,7 @@ def test_a_random_skip_control_starts_right_after_its_own_gated_point(tmp_path, 
 def test_a_pool_worker_that_dies_fails_its_point_and_the_pool_goes_on(tmp_path, runs_root):
     nb = standins.write_notebooks(tmp_path / "nb")
     f = _sweep_file(tmp_path, {"grid": {"seed": [0, 1, 2]}})
-    ex = sweeps.LocalPoolExecutor(jobs=1, engine=_dying_engine)
+    ex = local.LocalPoolExecutor(jobs=1, engine=_dying_engine)
     out = sweeps.run(f, runs_root=runs_root, notebooks_dir=nb, executor=ex, analyse=False)
     ex.close()
     res = {r["overrides"]["seed"] if not r["ok"] else Path(r["run"]).name[-5:]: r for r in out["results"]}

@@ -17,7 +17,7 @@ from PIL import Image
 from lib.core import atomic, config, paths, stages
 from lib.data import curation
 from lib.generate import generation
-from lib.runs import runner, sweeps
+from lib.runs import runner, sweep_spec, sweeps
 from lib.data.nih import DataError
 
 RUN = "spectral-clip_n12_seed0"
@@ -260,18 +260,18 @@ def test_malformed_sweep_yaml_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: params/smoke.yaml\ngrid: {seed: [0, 1]\n")
     with pytest.raises(config.ParamError, match="bad.yaml is not valid YAML"):
-        sweeps.load(bad)
+        sweep_spec.load(bad)
     assert sweeps.main([str(bad), "--dry-run"]) == 1 and "not valid YAML" in capsys.readouterr().err
     bad.write_text("base: params/smoke.yaml\ngrid: [0, 1]\n")
     with pytest.raises(config.ParamError, match="`grid:` in bad.yaml must be a mapping"):
-        sweeps.load(bad)
+        sweep_spec.load(bad)
 
 
 def test_a_relative_path_not_found_says_it_is_resolved_from_the_project_root():
     with pytest.raises(config.ParamError, match="resolved from the project root"):
         config.load("no/such/params.yaml")
     with pytest.raises(config.ParamError, match="resolved from the project root"):
-        sweeps.load("no/such/sweep.yaml")
+        sweep_spec.load("no/such/sweep.yaml")
 
 
 @pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])

@@ -7,7 +7,8 @@ import standins
 import yaml
 
 from lib.core import config, stages
-from lib.runs import sweeps
+from lib.runs import sweep_spec, sweeps
+from lib.runs.executors import local
 
 
 def _sweep_file(tmp_path, body: dict):
@@ -17,7 +18,7 @@ def _sweep_file(tmp_path, body: dict):
 
 
 def test_grid_expands_to_the_cartesian_product_with_bundles_and_explicit_points(tmp_path):
-    s = sweeps.load(_sweep_file(tmp_path, {
+    s = sweep_spec.load(_sweep_file(tmp_path, {
         "fixed": {"classifier.epochs": 2},
         "grid": {"method": [{"finetune.method": "random"},
                             {"finetune.method": "spectral-clip", "gating.enabled": True}],
@@ -41,11 +42,11 @@ def test_grid_expands_to_the_cartesian_product_with_bundles_and_explicit_points(
 ])
 def test_bad_sweep_files_are_refused_before_anything_runs(tmp_path, body, match):
     with pytest.raises(config.ParamError, match=match):
-        sweeps.load(_sweep_file(tmp_path, body))
+        sweep_spec.load(_sweep_file(tmp_path, body))
 
 
 def test_shipped_sweeps_cover_the_thesis_grid_the_demo_and_a_threshold_sweep():
-    thesis = sweeps.load("params/sweeps/thesis.yaml")
+    thesis = sweep_spec.load("params/sweeps/thesis.yaml")
     cfgs = [config.load(thesis.base, p) for p in thesis.points]
     labels = {("active-gating" if c.gating.enabled else c.finetune.method) for c in cfgs
               if c.finetune.control == "none"}
@@ -54,10 +55,10 @@ def test_shipped_sweeps_cover_the_thesis_grid_the_demo_and_a_threshold_sweep():
     assert len([c for c in cfgs if c.finetune.control == "none"]) == 5 * 2 * 5
     # every point's tuning set is one that stage 02 writes
     assert all(c.finetune.method in c.selection.methods for c in cfgs)
-    demo = sweeps.load("params/sweeps/demo.yaml")
+    demo = sweep_spec.load("params/sweeps/demo.yaml")
     controls = {config.load(demo.base, p).finetune.control for p in demo.points}
     assert controls == {"none", "no-fine-tune", "random-skip"}
-    thr = sweeps.load("params/sweeps/threshold.yaml")
+    thr = sweep_spec.load("params/sweeps/threshold.yaml")
     absolute = [c for c in (config.load(thr.base, p) for p in thr.points) if c.gating.mode == "absolute"]
     assert len({c.gating.threshold for c in absolute}) >= 5
     # points that differ in a setting the gate uses have different stage keys
@@ -74,7 +75,7 @@ DEMO_LIKE = {"grid": {"method": [{"finetune.method": "random"},
 def test_a_sweep_runs_every_point_gated_first_and_skips_finished_points(tmp_path, runs_root, capsys):
     nb = standins.write_notebooks(tmp_path / "nb")
     f = _sweep_file(tmp_path, DEMO_LIKE)
-    p = sweeps.plan(sweeps.load(f), runs_root, nb)
+    p = sweeps.plan(sweep_spec.load(f), runs_root, nb)
     assert p.status == ["new", "new", "new", "waits for gated run"]
     assert p.tasks[-1].overrides["finetune.control"] == "random-skip"
 
@@ -113,7 +114,7 @@ def test_a_process_pool_runs_points_in_parallel_without_running_a_shared_stage_t
     nb = standins.write_notebooks(tmp_path / "nb")
     f = _sweep_file(tmp_path, {"fixed": {"gating.enabled": True, "gating.mode": "absolute"},
                                "grid": {"gating.threshold": [0.2, 0.4, 0.6]}})
-    ex = sweeps.LocalPoolExecutor(jobs=2, engine=standins.exec_engine)
+    ex = local.LocalPoolExecutor(jobs=2, engine=standins.exec_engine)
     out = sweeps.run(f, runs_root=runs_root, notebooks_dir=nb, executor=ex, analyse=False)
     assert all(r["ok"] for r in out["results"]), out["results"]
     calls = standins.calls(runs_root)
@@ -144,7 +145,7 @@ def test_the_progress_line_counts_points_and_estimates_the_time_left():
 
 
 def test_shared_models_lists_the_offline_clip_once_and_one_tiny_base_per_seed():
-    sw = sweeps.load("params/sweeps/demo.yaml")
+    sw = sweep_spec.load("params/sweeps/demo.yaml")
     specs = sweeps.shared_models(sw, sw.points)
     assert specs[0] == ("clip",) and specs.count(("clip",)) == 1
     tiny = [s for s in specs if s[0] == "tiny"]
@@ -159,7 +160,7 @@ def test_a_sweep_without_figures_dir_never_writes_into_the_suites_figures(tmp_pa
     nb = standins.write_notebooks(tmp_path / "nb")
     f = tmp_path / "scratch.yaml"
     f.write_text(yaml.safe_dump({"base": "params/smoke.yaml", "grid": {"seed": [0]}}))
-    sw = sweeps.load(f)
+    sw = sweep_spec.load(f)
     sweeps.run(f, 1, runs_root, nb, engine=standins.exec_engine, analyse=False)
     seen = {}
     sweeps.analyse_sweep(sw, runs_root, nb, engine=lambda nb_, out, params, kernel: seen.update(params))
