@@ -1,6 +1,4 @@
 """Reference generators of stage 04: each kind writes a stage-04 set whose right answer is known."""
-import typing
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +6,8 @@ from PIL import Image
 
 from lib.core import config, paths, stages
 from lib.data import curation, images, nih, phantoms
-from lib.generate import generation, references
+from lib.finetune.prompts import slug
+from lib.generate import generation, reference_sources, references
 from lib.core.config import ParamError
 from lib.data.nih import DataError
 
@@ -52,8 +51,8 @@ def nothing_written(out):
 
 
 def test_kinds_and_config():
-    kinds = typing.get_args(typing.get_type_hints(config.GenerationConfig)["kind"])
-    assert set(references.KINDS) == set(kinds) - {"diffusion"}
+    assert list(references.GENERATORS) == ["real-holdout", "label-shuffled", "collapsed", "findings-erased",
+                                           "exaggerated", "vae-roundtrip", "folder"]
     assert references.is_reference(cfg_for("real-holdout")) and not references.is_reference(cfg_for())
     for over, match in (({"generation.exaggerate": 1.0}, "exaggerate"),
                         ({"generation.kind": "folder"}, "generation.folder"),
@@ -156,7 +155,7 @@ def test_vae_roundtrip_of_an_untrained_tiny_base(runs, tmp_path):
 def make_folder(root, pool, names, per=3):
     for name in names:
         (root / name).mkdir(parents=True)
-        label = next(lab for lab in nih.LABELS if generation.slug(lab) == generation.slug(name))
+        label = next(lab for lab in nih.LABELS if slug(lab) == slug(name))
         for i, p in enumerate(pool[pool["label"] == label]["path"].head(per)):
             (root / name / f"g{i}.png").write_bytes(paths.resolve(p).read_bytes())
     return root
@@ -206,10 +205,10 @@ def test_folder_sub_folders_are_matched_to_the_runs_own_classes(tmp_path):
         Image.new("L", (8, 8)).save(src / name / "g0.png")
     cfg = cfg_for("folder", **{"data.source": "shapes", "generation.folder": str(src)})
     with pytest.raises(DataError, match=r"class\(es\) \['triangle'\].*'circle', 'square' and 'triangle'"):
-        references.scan_folder(cfg)
+        reference_sources.scan_folder(cfg)
     (src / "triangle").mkdir()
     Image.new("L", (8, 8)).save(src / "triangle" / "g0.png")
-    assert set(references.scan_folder(cfg)) == {"circle", "square", "triangle"}
+    assert set(reference_sources.scan_folder(cfg)) == {"circle", "square", "triangle"}
     (src / "No Finding").mkdir()                           # the thesis's classes are no class of this run
     with pytest.raises(DataError, match="'No Finding' names no class.*'circle'"):
-        references.scan_folder(cfg)
+        reference_sources.scan_folder(cfg)

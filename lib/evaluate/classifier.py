@@ -30,26 +30,19 @@ from ..core.progress import tqdm
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# The offline stand-in: the same DenseNet family (dense blocks, transitions, BN-ReLU-conv), small
-# enough to train in seconds on 2 CPU cores at 32 px. Real runs use torchvision's densenet121.
-MINI = dict(growth_rate=12, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=2)
 
 
 # ------------------------------------------------------------------------------------------- model
 class CheXNet(nn.Module):
     """Grayscale in [0, 1] -> 3 ImageNet-normalised channels -> a backbone -> one logit per class.
 
-    The backbone is torchvision's DenseNet-121 (CheXNet's), the mini stand-in, or any timm model
-    (lib.evaluate.backbones: the presets of seed 001, or a timm name)."""
+    The backbone is torchvision's DenseNet-121 (CheXNet's), the mini stand-in, or any registered or timm model
+    (lib.evaluate.backbones: the presets of seed 001, your own, or a timm name)."""
 
     def __init__(self, arch: str = "densenet121", weights: str = "none", n_classes: int = 2):
         super().__init__()
-        if arch in backbones.BUILTIN:
-            net = backbones.build_torchvision(arch, weights, MINI)
-            net.classifier = nn.Linear(net.classifier.in_features, n_classes)
-        else:
-            net = backbones.build_timm(arch, weights, n_classes)
-        self.net, self.arch, self.n_classes = net, arch, n_classes
+        self.spec = backbones.backbone(arch)
+        self.net, self.arch, self.n_classes = self.spec.build(weights, n_classes), arch, n_classes
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
@@ -61,13 +54,11 @@ class CheXNet(nn.Module):
         """The pooled features the head reads (its input), for any backbone: DenseNet's features, ReLU and
         global average pooling; a timm model's pre-logits."""
         x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
-        if self.arch in backbones.BUILTIN:
-            return nn.functional.adaptive_avg_pool2d(nn.functional.relu(self.net.features(x)), 1).flatten(1)
-        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+        return self.spec.features(self.net, x)
 
     def head(self) -> nn.Linear:
         """The final linear layer (one output per class)."""
-        return self.net.classifier if self.arch in backbones.BUILTIN else self.net.get_classifier()
+        return self.spec.head(self.net)
 
 
 def build(cfg: ClassifierConfig, n_classes: int = 2) -> CheXNet:

@@ -10,6 +10,9 @@ so one definition covers both, and chance is 0.5 either way.
 """
 from __future__ import annotations
 
+import re
+from typing import Callable
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -124,7 +127,30 @@ def summary(y_true, outputs, threshold: float = 0.5, classes=None) -> dict:
         for q in range(k):
             out[f"cm[{names[t]}->{names[q]}]"] = int(cm[t, q])
     out["collapsed"] = collapsed(pred)
+    p = probabilities(out2)
+    out.update({name: float(fn(y, p)) for name, fn in METRICS.items()})
     return out
+
+
+# ------------------------------------------------------------------------------ metrics of your own
+# A metric is a function of one cell's (class indices 0 .. k-1, N x k normalised outputs; for two classes column 1
+# is P(class 1), the score) returning one number. Registered, every cell of the matrix computes it: the results
+# record and results.csv get <cell>_<name> (a_<name>, b_<name>, trtr_<name>, tsts_<name>), stage 05's metric
+# table a row, and results.recompute_from_predictions recomputes it from the saved predictions.
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {}
+BUILT_IN = ("n", "auroc", "accuracy", "balanced_accuracy", "collapsed", "auroc_ci_low", "auroc_ci_high")
+
+
+def register(name: str):
+    """Decorator: ``fn(labels, probabilities) -> float`` becomes the metric ``name`` of every cell."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in BUILT_IN or name in METRICS:
+        raise ValueError(f"metric name {name!r} must be new (not {', '.join([*BUILT_IN, *METRICS])}) and written in "
+                         "lower-case letters, digits and '_', starting with a letter.")
+
+    def add(fn: Callable[[np.ndarray, np.ndarray], float]):
+        METRICS[name] = fn
+        return fn
+    return add
 
 
 def _outputs(outputs) -> np.ndarray:

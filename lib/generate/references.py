@@ -13,7 +13,7 @@ any synthetic set:
   ceiling of any latent generator built on that VAE;
 - ``folder``: any folder of images with one sub-folder per class (a GAN's output, another generator's),
   referenced in place; a near-copy of a real test image in it (re-encoded, resized) is refused before
-  the manifest is written (``check_folder``, lib.data.leakage).
+  the manifest is written (lib.generate.reference_sources.check_folder, lib.data.leakage).
 
 Every kind works for the run's classes (lib.data.domains.classes), two or more; ``findings-erased`` and
 ``exaggerated`` redraw phantoms and so need the phantom source. The held-out images are stage 01's
@@ -28,28 +28,30 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..core import atomic, compute, paths, provenance, stages
-from ..data import curation, domains, images, leakage, phantoms
+from ..core import atomic, compute, config, paths, provenance
+from ..data import domains, images, phantoms
 from . import generation
+from . import reference_sources as sources
+from ..finetune.prompts import slug
 from ..core.config import Config
-from ..data.images import IMAGE_SUFFIXES, is_image
 from ..data.nih import DataError
 from ..core.progress import tqdm
 
 log = logging.getLogger(__name__)
-KINDS = ("real-holdout", "label-shuffled", "collapsed", "findings-erased", "exaggerated", "vae-roundtrip", "folder")
-_SALT = 0x5EF  # keeps the references' random streams apart from the pipeline's other uses of the run seed
 
 
 def is_reference(cfg: Config) -> bool:
     """Whether stage 04 builds a reference set instead of sampling the diffusion model."""
-    return cfg.generation.kind in KINDS
+    return cfg.generation.kind in GENERATORS
+
 
 
 def manifest_columns() -> list[str]:
@@ -57,101 +59,211 @@ def manifest_columns() -> list[str]:
     return [*generation.MANIFEST_COLUMNS, "source_image_id"]
 
 
-# ------------------------------------------------------------------------------------ the sources
-def holdout(cfg: Config, runs_root="runs", need: int | None = None,
-            what: str = "generation.n_per_label") -> pd.DataFrame:
-    """``need`` (default n_per_label) held-out tuning-pool rows per class, chosen at random (seeded by the
-    run seed) and the same rows for every kind; a clear error when a class has fewer."""
-    need = cfg.generation.n_per_label if need is None else need
-    pool = curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))["tuning"]
-    parts = []
-    for li, label in enumerate(domains.classes(cfg)):
-        rows = pool[pool["label"] == label].sort_values("image_id").reset_index(drop=True)
-        if len(rows) < need:
-            raise DataError(
-                f"generation.kind = {cfg.generation.kind!r} needs {need} held-out '{label}' images per class "
-                f"({what} = {need}), but stage 01's tuning pool holds only {len(rows)}; lower {what} "
-                f"or raise pools.tuning (now {cfg.pools.tuning}).")
-        order = np.random.default_rng([cfg.seed, li, _SALT]).permutation(len(rows))[:need]
-        parts.append(rows.iloc[order].assign(source_label=label, index=range(need)))
-    out = pd.concat(parts, ignore_index=True)
-    out["source_path"] = [str(paths.resolve(p)) for p in out["path"]]
-    return out
+# ---------------------------------------------------------------------------------- the registry
+@dataclass
+class Request:
+    """What a generator's ``rows`` is given; ``params`` starts as kind, n_per_label and seed, and the generator
+    adds every other parameter its set depends on (the set's hash and generation_summary.json record them)."""
+    cfg: Config
+    runs_root: Path | str
+    params: dict
+    progress: bool = False
 
 
-def scan_folder(cfg: Config) -> dict[str, list[Path]]:
-    """label -> the image files of its sub-folder of generation.folder (sorted), one sub-folder for each of the
-    run's classes; every mistake is an error that says what to put where."""
-    g = cfg.generation
+@dataclass(frozen=True)
+class Generator:
+    """A reference kind (generation.kind). ``rows(request)`` plans the set and writes nothing: one row per image
+    with label, index, source_image_id, source_path, source_hash and file (the path under the stage folder it
+    will be written to, or, for a set kept where it is, the image's own path). ``write(todo, out_dir, request,
+    bar)`` writes the planned files not on disk yet (None: the images stay where they are). ``check(cfg)`` says
+    at load time what a run must change, or None; ``vet(cfg, rows, out_dir, runs_root)`` refuses a planned set
+    before anything is written; ``source(cfg)`` is what generation_summary.json names as the images' source."""
+    rows: Callable[[Request], pd.DataFrame]
+    write: Callable | None = None
+    check: Callable[[Config], str | None] | None = None
+    vet: Callable | None = None
+    source: Callable[[Config], str] = lambda cfg: "pools.tuning"
+
+
+GENERATORS: dict[str, Generator] = {}
+
+
+def register(kind: str, write: Callable | None = None, check: Callable[[Config], str | None] | None = None,
+             vet: Callable | None = None, source: Callable[[Config], str] | None = None):
+    """Decorator: ``rows(request) -> DataFrame`` becomes the reference generator ``kind`` (see Generator)."""
+    def add(rows: Callable[[Request], pd.DataFrame]):
+        if kind in GENERATORS or kind == "diffusion":
+            raise ValueError(f"generation.kind {kind!r} is registered twice (or is the diffusion model's).")
+        GENERATORS[kind] = Generator(rows, write, check, vet, source or Generator.source)
+        return rows
+    return add
+
+
+def generator(kind: str) -> Generator:
+    if kind not in GENERATORS:
+        raise ValueError(f"generation.kind = {kind!r} is not a reference kind; references are "
+                         f"{', '.join(GENERATORS)}.")
+    return GENERATORS[kind]
+
+
+@config.checks.register("generation")
+def problems(cfg: Config) -> list[str]:
+    """generation.kind against the registry, and the kind's own check: lib.core.config reports the first at load
+    time (a check registered there), and stage 04 again before it plans."""
+    kind = cfg.generation.kind
+    if kind == "diffusion":
+        return []
+    if kind not in GENERATORS:
+        return [f"generation.kind = {kind!r} is not allowed;{config.did_you_mean(kind, ['diffusion', *GENERATORS])} "
+                f"use 'diffusion' or a reference kind: {', '.join(GENERATORS)}."]
+    wrong = GENERATORS[kind].check(cfg) if GENERATORS[kind].check else None
+    return [wrong] if wrong else []
+
+
+@config.checks.register("transfer")
+def transfer_sets(cfg: Config) -> list[str]:
+    """transfer.sets: distinct names among real, synthetic and the reference kinds (lib.analyze.transfer)."""
+    sets, allowed = cfg.transfer.sets, ["real", "synthetic", *GENERATORS]
+    bad = [s for s in sets if s not in allowed]
+    if bad or not sets or len(set(sets)) != len(sets):
+        return [f"transfer.sets = {sets}: name distinct sets among {', '.join(allowed)}."
+                f"{config.did_you_mean(bad[0], allowed) if bad else ''}"]
+    return []
+
+
+def from_pool(rows: pd.DataFrame) -> pd.DataFrame:
+    """Held-out pool rows (``holdout``) as a set's rows, each image keeping its class."""
+    df = rows.rename(columns={"image_id": "source_image_id"})
+    df["label"] = df["source_label"]
+    return df
+
+
+def with_files(df: pd.DataFrame, keep_suffix: bool) -> pd.DataFrame:
+    """Each source's content hash, and the file each row becomes: images/<class>/<class>_<index>, with the
+    source's suffix (copies) or .png (images drawn here)."""
+    hashes = {p: provenance.file_hash(p) for p in df["source_path"].unique()}
+    df["source_hash"] = df["source_path"].map(hashes)
+    suffix = [Path(p).suffix.lower() or ".png" for p in df["source_path"]] if keep_suffix else [".png"] * len(df)
+    df["file"] = [f"images/{slug(lab)}/{slug(lab)}_{i:06d}{s}"
+                  for lab, i, s in zip(df["label"], df["index"], suffix)]
+    return df
+
+
+def pool_rows(req: Request, keep_suffix: bool) -> pd.DataFrame:
+    """generation.n_per_label held-out tuning-pool images per class, the same rows for every kind, as a set's
+    rows (files named for copies with ``keep_suffix``, else for PNGs drawn here)."""
+    return with_files(from_pool(sources.holdout(req.cfg, req.runs_root)), keep_suffix)
+
+
+def copies(todo: pd.DataFrame, out_dir: Path, req: Request, bar) -> None:
+    """Write each row as a byte copy of its source image."""
+    for _, row in todo.iterrows():
+        _copy(row["source_path"], out_dir / row["file"])
+        bar.update(1)
+
+
+def _needs_phantoms(cfg: Config) -> str | None:
+    if cfg.data.source != "phantom":
+        return (f"generation.kind = {cfg.generation.kind!r} redraws phantoms and needs data.source = 'phantom' "
+                f"(got {cfg.data.source!r}); real X-rays cannot be redrawn.")
+    return None
+
+
+def _redrawn(todo: pd.DataFrame, out_dir: Path, req: Request, bar) -> None:
+    scale = None if req.cfg.generation.kind == "findings-erased" else req.cfg.generation.exaggerate
+    for _, row in todo.iterrows():
+        _save(out_dir / row["file"], _redraw(row, req.cfg, scale))
+        bar.update(1)
+
+
+def _phantom_rows(req: Request) -> pd.DataFrame:
+    """The held-out rows, to be redrawn: the phantom generator's parameters are the set's too."""
+    if (wrong := _needs_phantoms(req.cfg)) is not None:
+        raise DataError(wrong)
+    df = pool_rows(req, keep_suffix=False)
+    d = req.cfg.data
+    req.params.update(phantom_version=phantoms.GENERATOR_VERSION, image_size=d.image_size,
+                      phantom_seed=d.phantom_seed, textbook=d.phantom_textbook)
+    return df
+
+
+@register("real-holdout", write=copies)
+def _real_holdout(req: Request) -> pd.DataFrame:
+    return pool_rows(req, keep_suffix=True)
+
+
+@register("label-shuffled", write=copies)
+def _label_shuffled(req: Request) -> pd.DataFrame:
+    cfg = req.cfg
+    df = from_pool(sources.holdout(cfg, req.runs_root))
     classes = domains.classes(cfg)
-    names = _listed([repr(x) for x in classes])
-    slugs = _listed([repr(generation.slug(x)) for x in classes])
-    how = (f"generation.folder needs one sub-folder per class, named after the class ({names}, case-insensitive, "
-           f"or {slugs}), each holding that class's images ({', '.join(IMAGE_SUFFIXES)}).")
-    if not g.folder:
-        raise DataError(f"generation.kind = 'folder' but generation.folder is not set. {how}")
-    root = paths.resolve(g.folder)
-    if not root.is_dir():
-        raise DataError(f"generation.folder {root} does not exist or is not a folder. {how}")
-    by_slug = {generation.slug(label): label for label in classes}
-    found: dict[str, Path] = {}
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        label = by_slug.get(generation.slug(sub.name))
-        if label is None:
-            raise DataError(f"generation.folder {root}: sub-folder '{sub.name}' names no class. {how}")
-        if label in found:
-            raise DataError(f"generation.folder {root}: sub-folders '{found[label].name}' and '{sub.name}' both "
-                            f"name class '{label}'; keep one. {how}")
-        found[label] = sub
-    if not found:
-        raise DataError(f"generation.folder {root} has no class sub-folder (it is empty, or its images are not "
-                        f"sorted by class). {how}")
-    missing = [label for label in classes if label not in found]
-    if missing:
-        raise DataError(f"generation.folder {root} has no sub-folder for class(es) {missing}; every class of the "
-                        f"run ({names}) is needed. {how}")
-    files = {}
-    for label, sub in found.items():
-        files[label] = sorted(p for p in sub.iterdir() if is_image(p))
-        if not files[label]:
-            raise DataError(f"generation.folder {root}: sub-folder '{sub.name}' (class '{label}') holds no image. "
-                            f"{how}")
-    return files
+    rng = np.random.default_rng([cfg.seed, len(classes), sources.SALT])
+    df["label"] = rng.permutation(df["source_label"].to_numpy())
+    df["index"] = df.groupby("label", sort=False).cumcount()
+    df = df.sort_values(["label", "index"], key=lambda s: s.map(classes.index) if s.name == "label" else s,
+                        ignore_index=True)
+    return with_files(df, keep_suffix=True)
 
 
-def _listed(items: list[str]) -> str:
-    """'a and b', 'a, b and c'."""
-    return " and ".join(items) if len(items) < 3 else f"{', '.join(items[:-1])} and {items[-1]}"
+def _unique_fits(cfg: Config) -> str | None:
+    g = cfg.generation
+    if g.unique_images > g.n_per_label:
+        return (f"generation.unique_images = {g.unique_images} is more than generation.n_per_label = "
+                f"{g.n_per_label}; a collapsed set repeats unique_images images per class to fill n_per_label, "
+                "so unique_images must be at most n_per_label.")
+    return None
 
 
-def _from_folder(cfg: Config) -> pd.DataFrame:
-    """min(n_per_label, available) images per class of generation.folder, seeded, hashed by content."""
-    rows = []
-    for li, (label, files) in enumerate(scan_folder(cfg).items()):
-        take = min(cfg.generation.n_per_label, len(files))
-        if take < cfg.generation.n_per_label:
-            log.warning("generation.folder: class '%s' has %d images, fewer than generation.n_per_label = %d; "
-                        "using all of them.", label, len(files), cfg.generation.n_per_label)
-        order = np.random.default_rng([cfg.seed, li, _SALT]).permutation(len(files))[:take]
-        for i, j in enumerate(order):
-            p = files[j].resolve()
-            h = images.check_and_hash(p)
-            if h is None:
-                raise DataError(f"generation.folder: {p} cannot be read as an image; remove or replace it.")
-            rows.append({"label": label, "index": i, "source_image_id": f"{p.parent.name}/{p.name}",
-                         "source_path": str(p), "source_hash": h, "file": str(p)})
-    return pd.DataFrame(rows)
+@register("collapsed", write=copies, check=_unique_fits)
+def _collapsed(req: Request) -> pd.DataFrame:
+    g, n = req.cfg.generation, req.cfg.generation.n_per_label
+    if not 1 <= g.unique_images <= n:
+        raise DataError(f"generation.unique_images = {g.unique_images} must be between 1 and "
+                        f"generation.n_per_label = {n}.")
+    src = sources.holdout(req.cfg, req.runs_root, g.unique_images, "generation.unique_images")
+    req.params["unique_images"] = g.unique_images
+    df = pd.concat([grp.iloc[[i % len(grp) for i in range(n)]].assign(index=range(n))
+                    for _, grp in src.groupby("source_label", sort=False)], ignore_index=True)
+    return with_files(from_pool(df), keep_suffix=True)
 
 
-def check_folder(cfg: Config, df: pd.DataFrame, out_dir: Path, runs_root="runs") -> pd.DataFrame:
-    """The imported images against the real test pool, by look (lib.data.leakage): a re-encoded or resized copy of a
-    test image is refused (data.near_duplicates: warn only warns), naming each file and its test twin in
-    near_duplicates.csv and .png, the only files a refused import leaves in its folder."""
-    pools = curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))
-    return leakage.check_near_duplicates(pools["test"], df.assign(path=df["file"]),
-                                         f"generation.folder ({paths.resolve(cfg.generation.folder)})",
-                                         Path(out_dir) / "near_duplicates.png", cfg.data.near_duplicates,
-                                         reference=pools["train"])
+@register("findings-erased", write=_redrawn, check=_needs_phantoms)
+def _findings_erased(req: Request) -> pd.DataFrame:
+    return _phantom_rows(req)
+
+
+@register("exaggerated", write=_redrawn, check=_needs_phantoms)
+def _exaggerated(req: Request) -> pd.DataFrame:
+    df = _phantom_rows(req)
+    req.params["exaggerate"] = req.cfg.generation.exaggerate
+    return df
+
+
+def _vae_write(todo: pd.DataFrame, out_dir: Path, req: Request, bar) -> None:
+    if len(todo):
+        with compute.cpu_threads(req.cfg.generation.cpu_threads):
+            _vae_roundtrip(todo, out_dir, req.cfg, req.params["base"], bar)
+
+
+@register("vae-roundtrip", write=_vae_write)
+def _vae_rows(req: Request) -> pd.DataFrame:
+    df = pool_rows(req, keep_suffix=False)
+    req.params["resolution"] = req.cfg.model.resolution
+    req.params["base"], req.params["vae_hash"] = _vae_source(req.cfg, req.progress)
+    return df
+
+
+def _folder_set(cfg: Config) -> str | None:
+    if not cfg.generation.folder:
+        return ("generation.kind = 'folder' needs generation.folder: a folder with one sub-folder of images per "
+                "class (e.g. 'No Finding/' and 'Unhealthy/').")
+    return None
+
+
+@register("folder", check=_folder_set, source=lambda cfg: str(paths.resolve(cfg.generation.folder)),
+          vet=lambda cfg, df, out_dir, runs_root: sources.check_folder(cfg, df, out_dir, runs_root))
+def _folder(req: Request) -> pd.DataFrame:
+    return sources.from_folder(req.cfg)
 
 
 # -------------------------------------------------------------------------------------- the plan
@@ -169,56 +281,13 @@ def plan(cfg: Config, runs_root="runs", progress: bool = True) -> tuple[pd.DataF
 
     Columns: label, index, image_id, file, seed, source_image_id, source_path, source_hash (+ the pool's
     patient, view and findings for the holdout kinds)."""
-    g, kind = cfg.generation, cfg.generation.kind
-    if kind not in KINDS:
-        raise ValueError(f"generation.kind = {kind!r} is not a reference kind; references are {', '.join(KINDS)}.")
-    n = g.n_per_label
-    params: dict = {"kind": kind, "n_per_label": n, "seed": cfg.seed}
-    if kind == "folder":
-        df = _from_folder(cfg)
-    else:
-        if kind in ("findings-erased", "exaggerated") and cfg.data.source != "phantom":
-            raise DataError(f"generation.kind = {kind!r} redraws phantoms and needs data.source = 'phantom' "
-                            f"(got {cfg.data.source!r}).")
-        if kind == "collapsed":
-            if not 1 <= g.unique_images <= n:
-                raise DataError(f"generation.unique_images = {g.unique_images} must be between 1 and "
-                                f"generation.n_per_label = {n}.")
-            src = holdout(cfg, runs_root, g.unique_images, "generation.unique_images")
-            params["unique_images"] = g.unique_images
-            df = pd.concat([grp.iloc[[i % len(grp) for i in range(n)]].assign(index=range(n))
-                            for _, grp in src.groupby("source_label", sort=False)], ignore_index=True)
-        else:
-            df = holdout(cfg, runs_root)
-        df = df.rename(columns={"image_id": "source_image_id"})
-        df["label"] = df["source_label"]
-        if kind == "label-shuffled":
-            classes = domains.classes(cfg)
-            rng = np.random.default_rng([cfg.seed, len(classes), _SALT])
-            df["label"] = rng.permutation(df["source_label"].to_numpy())
-            df["index"] = df.groupby("label", sort=False).cumcount()
-            df = df.sort_values(["label", "index"], key=lambda s: s.map(classes.index) if s.name == "label" else s,
-                                ignore_index=True)
-        hashes = {p: provenance.file_hash(p) for p in df["source_path"].unique()}
-        df["source_hash"] = df["source_path"].map(hashes)
-        if kind in ("findings-erased", "exaggerated"):
-            d = cfg.data
-            params.update(phantom_version=phantoms.GENERATOR_VERSION, image_size=d.image_size,
-                          phantom_seed=d.phantom_seed, textbook=d.phantom_textbook)
-            if kind == "exaggerated":
-                params["exaggerate"] = g.exaggerate
-        if kind == "vae-roundtrip":
-            params["resolution"] = cfg.model.resolution
-            params["base"], params["vae_hash"] = _vae_source(cfg, progress)
-        if kind in ("real-holdout", "label-shuffled", "collapsed"):
-            suffix = [Path(p).suffix.lower() or ".png" for p in df["source_path"]]
-        else:
-            suffix = [".png"] * len(df)
-        df["file"] = [f"images/{generation.slug(lab)}/{generation.slug(lab)}_{i:06d}{s}"
-                      for lab, i, s in zip(df["label"], df["index"], suffix)]
-    df["image_id"] = [f"ref-{kind}_{generation.slug(lab)}_{i:06d}" for lab, i in zip(df["label"], df["index"])]
+    kind = cfg.generation.kind
+    req = Request(cfg, runs_root, {"kind": kind, "n_per_label": cfg.generation.n_per_label, "seed": cfg.seed},
+                  progress)
+    df = generator(kind).rows(req)
+    df["image_id"] = [f"ref-{kind}_{slug(lab)}_{i:06d}" for lab, i in zip(df["label"], df["index"])]
     df["seed"] = [generation.image_seed(cfg.seed, lab, int(i)) for lab, i in zip(df["label"], df["index"])]
-    return df.reset_index(drop=True), params
+    return df.reset_index(drop=True), req.params
 
 
 def reference_hash(df: pd.DataFrame, params: dict) -> str:
@@ -299,25 +368,14 @@ def reconstruction_error(manifest: pd.DataFrame, size: int, classes: list[str] |
     return out
 
 
-def _write(df: pd.DataFrame, out_dir: Path, cfg: Config, params: dict, progress: bool) -> int:
+def _write(df: pd.DataFrame, out_dir: Path, cfg: Config, params: dict, runs_root, progress: bool) -> int:
     """Write every planned file not on disk yet; the number written."""
-    kind = cfg.generation.kind
-    if kind == "folder":
+    kind, write = cfg.generation.kind, generator(cfg.generation.kind).write
+    if write is None:
         return 0
     todo = df[[not (out_dir / f).exists() for f in df["file"]]]
     bar = tqdm(total=len(todo), desc=f"reference {kind}", disable=not progress, mininterval=2)
-    if kind == "vae-roundtrip":
-        if len(todo):
-            with compute.cpu_threads(cfg.generation.cpu_threads):
-                _vae_roundtrip(todo, out_dir, cfg, params["base"], bar)
-    else:
-        for _, row in todo.iterrows():
-            if kind in ("real-holdout", "label-shuffled", "collapsed"):
-                _copy(row["source_path"], out_dir / row["file"])
-            else:
-                scale = None if kind == "findings-erased" else cfg.generation.exaggerate
-                _save(out_dir / row["file"], _redraw(row, cfg, scale))
-            bar.update(1)
+    write(todo, out_dir, Request(cfg, runs_root, params, progress), bar)
     bar.close()
     return len(todo)
 
@@ -334,9 +392,13 @@ def build(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> dict
     and generation_summary.json. Returns the summary."""
     out_dir = Path(out_dir)
     kind = cfg.generation.kind
+    wrong = problems(cfg)
+    if wrong:
+        raise DataError(" ".join(wrong))
+    gen = generator(kind)
     df, params = plan(cfg, runs_root, progress)
-    if kind == "folder":
-        check_folder(cfg, df, out_dir, runs_root)
+    if gen.vet is not None:
+        gen.vet(cfg, df, out_dir, runs_root)
     ref_hash = reference_hash(df, params)
     # A resumed run must continue with the same sources (a folder's content may have changed).
     lock = out_dir / "reference_lock.json"
@@ -345,11 +407,11 @@ def build(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> dict
     atomic.write_json(lock, {"kind": kind, "model_hash": ref_hash})
     _clean_partial(out_dir)
     t0 = time.perf_counter()
-    written = _write(df, out_dir, cfg, params, progress)
+    written = _write(df, out_dir, cfg, params, runs_root, progress)
     seconds = time.perf_counter() - t0
 
     manifest = df.assign(
-        path=[str(f) if kind == "folder" else images.relpath(out_dir / f) for f in df["file"]],
+        path=[str(f) if gen.write is None else images.relpath(out_dir / f) for f in df["file"]],
         prompt="", model=kind, model_hash=ref_hash, scheduler="", steps="", guidance_scale="",
         hash=[images.content_hash((out_dir / f).read_bytes()) for f in df["file"]])
     # the source patient, where there is one, lets stage 05 hold out whole patients
@@ -361,7 +423,7 @@ def build(cfg: Config, out_dir, runs_root="runs", progress: bool = True) -> dict
                "kind": kind, "reference": True, "n_images": len(manifest),
                "n_per_label": {label: int(c) for label, c in counts.items()},
                "unique_images": int(manifest["hash"].nunique()),
-               "source": str(paths.resolve(cfg.generation.folder)) if kind == "folder" else "pools.tuning",
+               "source": gen.source(cfg),
                "params": {k: v for k, v in params.items() if k != "base"},
                "base_model": params.get("base"),
                "generated_this_call": written, "seconds_this_call": round(seconds, 2),

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from ..core import atomic, stages
+from ..core import atomic, config, stages
 from . import clustering, embeddings
 from ..data import curation
 from ..core.config import Config
@@ -31,18 +33,6 @@ QUALITY_COLUMNS = ["method", "label", "n", "k", "smallest", "largest", "silhouet
 
 class SelectionError(ValueError):
     """A selection request that cannot be met; the message says what to change."""
-
-
-def parse_method(method: str) -> tuple[str | None, str | None]:
-    """'random', 'textbook' and 'external' -> (None, None); 'spectral-clip' -> ('spectral', 'clip')."""
-    if method in ("random", "textbook", "external"):
-        return None, None
-    algo, _, kind = method.partition("-")
-    if algo not in ALGORITHMS or kind not in embeddings.KINDS:
-        raise SelectionError(f"unknown selection method {method!r}; use 'random', 'textbook', 'external' or "
-                             "<algorithm>-<embedding> "
-                             f"with algorithm in {ALGORITHMS} and embedding in {embeddings.KINDS}.")
-    return algo, kind
 
 
 def take(rows: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -128,19 +118,160 @@ def summarise(method: str, pool: pd.DataFrame, clusters: np.ndarray | None, sele
     return out.assign(method=method)[SUMMARY_COLUMNS].reset_index(drop=True)
 
 
+# ------------------------------------------------------------------------------------ the registry
+@dataclass(frozen=True)
+class Request:
+    """What a selection method is given: the run's parameters, the stage-01 tuning pool, the stage folder."""
+    cfg: Config
+    method: str
+    pool: pd.DataFrame
+    out_dir: Path
+    runs_root: Path | str
+    progress: bool = False
+
+    @property
+    def target(self) -> Path:
+        return self.out_dir / f"tuning_{self.method}.csv"
+
+    def once(self, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """The tuning set an earlier call wrote (a resumed stage), else ``make()``, written now."""
+        if self.target.exists():
+            return read_tuning_set(self.target)
+        chosen = make()
+        atomic.write_csv(self.target, chosen)
+        return chosen
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A method's answer: the tuning set (pool rows + ``cluster``, ``duplicate``), the rows it was chosen
+    from (selection_summary.csv counts group sizes over them), and its clusters and their quality, if any."""
+    chosen: pd.DataFrame
+    source: pd.DataFrame
+    clusters: np.ndarray | None = None
+    quality: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    choose: Callable[[Request], Selection]
+    embedding: str | None = None                    # the embedding it reads (embeddings.json, notebook 02's maps)
+    check: Callable[[Config], str | None] | None = None   # load-time check: what is wrong with cfg, or None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, embedding: str | None = None, check: Callable[[Config], str | None] | None = None):
+    """Decorator: ``choose(request) -> Selection`` becomes the selection method ``name`` (selection.methods,
+    finetune.method). ``check(cfg)`` returns what a run naming it must change, or None."""
+    def add(choose: Callable[[Request], Selection]):
+        if name in METHODS:
+            raise ValueError(f"selection method {name!r} is registered twice.")
+        METHODS[name] = Method(choose, embedding, check)
+        return choose
+    return add
+
+
+def method(name: str) -> Method:
+    if name not in METHODS:
+        raise SelectionError(f"unknown selection method {name!r}; registered: {', '.join(METHODS)}.")
+    return METHODS[name]
+
+
+@config.checks.register("selection")
+def problems(cfg: Config) -> list[str]:
+    """What is wrong with the selection section against the registry: lib.core.config reports the first at load
+    time (a check registered there), and stage 02 again before it selects anything."""
+    s = cfg.selection
+    bad = [m for m in s.methods if m not in METHODS]
+    if bad or not s.methods:
+        return [f"selection.methods = {s.methods}: use one or more of {', '.join(METHODS)}."
+                f"{config.did_you_mean(bad[0], list(METHODS)) if bad else ''}"]
+    return [p for m in dict.fromkeys(s.methods) if METHODS[m].check for p in [METHODS[m].check(cfg)] if p]
+
+
+@register("random")
+def _random(req: Request) -> Selection:
+    cfg = req.cfg
+    return Selection(req.once(lambda: select(req.pool, None, cfg.selection.per_label, cfg.seed)), req.pool)
+
+
+def _typical_domain(cfg: Config) -> str | None:
+    if cfg.data.source not in ("phantom", "nih"):
+        return (f"selection method 'textbook' picks typical X-ray cases (PA view, at most one finding) and needs "
+                f"data.source phantom or nih (got {cfg.data.source!r}); for another domain use random, "
+                "spectral-*/kmeans-* or external.")
+    return None
+
+
+@register("textbook", check=_typical_domain)
+def _textbook(req: Request) -> Selection:
+    cfg = req.cfg
+    return Selection(req.once(lambda: select(typical_cases(req.pool), None, cfg.selection.per_label, cfg.seed)),
+                     req.pool)
+
+
+def _external_dir(cfg: Config) -> str | None:
+    if not cfg.selection.external_dir:
+        return ("selection.methods lists 'external' but selection.external_dir is not set: give the folder of "
+                "unlabelled images (e.g. textbook cases) to pseudo-label.")
+    return None
+
+
+@register("external", check=_external_dir)
+def _external(req: Request) -> Selection:
+    """The confident pseudo-labelled images of selection.external_dir (lib.tuningset.external), and the tuning
+    set drawn from them; both written once and then read back."""
+    from . import external
+
+    labels = req.out_dir / "external_labels.csv"
+    if req.target.exists() and labels.exists():
+        kept = pd.read_csv(labels, dtype={"patient": str})
+        return Selection(read_tuning_set(req.target), kept[kept["kept"]].reset_index(drop=True))
+    candidates = external.candidates(req.cfg, req.out_dir, req.runs_root, req.progress)
+    chosen = select(candidates, None, req.cfg.selection.per_label, req.cfg.seed)
+    atomic.write_csv(req.target, chosen)
+    return Selection(chosen, candidates)
+
+
+def _quota_per_cluster(cfg: Config) -> str | None:
+    s, k = cfg.selection, cfg.cluster.k
+    if s.quota == "equal" and s.per_label < k:
+        return (f"selection.per_label = {s.per_label} < cluster.k = {k} gives a quota of 0 per cluster; raise "
+                "selection.per_label to at least cluster.k or lower cluster.k.")
+    return None
+
+
+def _clustered(algo: str, kind: str) -> Callable[[Request], Selection]:
+    """``<algo>-<kind>``: the thesis's method, an equal (or proportional) quota per cluster of each label."""
+    def choose(req: Request) -> Selection:
+        cfg = req.cfg
+        ids, q = method_clusters(cfg, req.pool, req.method, req.out_dir, req.progress, algo, kind)
+        chosen = req.once(lambda: select(req.pool, ids, cfg.selection.per_label, cfg.seed, cfg.selection.quota))
+        return Selection(chosen, req.pool, ids, q)
+    return choose
+
+
+for _algo in ALGORITHMS:
+    for _kind in embeddings.KINDS:
+        register(f"{_algo}-{_kind}", embedding=_kind, check=_quota_per_cluster)(_clustered(_algo, _kind))
+
+
 # ------------------------------------------------------------------------------------------- stage 02
 def tuning_pool(cfg: Config, runs_root="runs") -> pd.DataFrame:
     return curation.read_manifest(stages.require(cfg, "01_data_curation", runs_root) / "tuning.csv")
 
 
-def method_clusters(cfg: Config, pool: pd.DataFrame, method: str, out_dir: Path, progress: bool = True):
-    """Cluster ids of the pool for a clustering method (written once to clusters_<method>.csv), and quality."""
+def method_clusters(cfg: Config, pool: pd.DataFrame, method: str, out_dir: Path, progress: bool, algo: str,
+                    kind: str):
+    """Cluster ids of the pool by ``algo`` on ``kind`` embeddings (written once to clusters_<method>.csv), and
+    their quality."""
     target, qfile = out_dir / f"clusters_{method}.csv", out_dir / f"quality_{method}.csv"
     if target.exists() and qfile.exists():   # resume
         saved = pd.read_csv(target)
         if saved["image_id"].tolist() == pool["image_id"].tolist():
             return saved["cluster"].to_numpy(), pd.read_csv(qfile)
-    algo, kind = parse_method(method)
     X = embeddings.embed_manifest(pool, kind, cfg.embedding, cfg.data.image_size, progress)
     ids = clustering.per_label(X, pool["label"].to_numpy(), algo, cfg.cluster.k, cfg.seed, cfg.cluster)
     q = clustering.quality(X, pool["label"].to_numpy(), ids, cfg.seed, cfg.cluster.silhouette_sample)
@@ -161,45 +292,23 @@ def run(cfg: Config, out_dir, runs_root=None, progress: bool = True) -> dict:
         runs_root = out_dir.parents[2]       # <runs_root>/<experiment>/stages/<stage>-<key>
         if stages.stage_dir(cfg, "02_clustering", runs_root) != out_dir:
             runs_root = "runs"
+    wrong = problems(cfg)
+    if wrong:
+        raise SelectionError(" ".join(wrong))
     pool = tuning_pool(cfg, runs_root)
-    sel, summaries, quality = cfg.selection, [], []
-    for method in sel.methods:
-        algo, kind = parse_method(method)
-        ids = None
-        if algo is not None:
-            ids, q = method_clusters(cfg, pool, method, out_dir, progress)
-            quality.append(q)
-        target = out_dir / f"tuning_{method}.csv"
-        if method == "external":          # its own pool: the confident pseudo-labelled images
-            candidates, chosen = _external(cfg, out_dir, target, runs_root, progress)
-            summaries.append(summarise(method, candidates, None, chosen))
-            continue
-        if target.exists():
-            chosen = read_tuning_set(target)
-        else:
-            source = typical_cases(pool) if method == "textbook" else pool
-            chosen = select(source, ids, sel.per_label, cfg.seed, sel.quota if algo else "equal")
-            atomic.write_csv(target, chosen)
-        summaries.append(summarise(method, pool, ids, chosen))
+    summaries, quality = [], []
+    for name in cfg.selection.methods:
+        got = method(name).choose(Request(cfg, name, pool, out_dir, runs_root, progress))
+        if got.quality is not None:
+            quality.append(got.quality)
+        summaries.append(summarise(name, got.source, got.clusters, got.chosen))
     summary = pd.concat(summaries, ignore_index=True)
     atomic.write_csv(out_dir / "selection_summary.csv", summary)
     quality_df = pd.concat(quality, ignore_index=True) if quality else pd.DataFrame(columns=QUALITY_COLUMNS)
     atomic.write_csv(out_dir / "cluster_quality.csv", quality_df)
-    kinds = sorted({parse_method(m)[1] for m in sel.methods} - {None})
+    kinds = sorted({method(m).embedding for m in cfg.selection.methods} - {None})
     atomic.write_json(out_dir / "embeddings.json", {k: embeddings.describe(k, cfg.embedding) for k in kinds})
     return {"pool": pool, "summary": summary, "quality": quality_df}
-
-
-def _external(cfg: Config, out_dir: Path, target: Path, runs_root, progress: bool):
-    """(the confident external images, the external tuning set), written once and then read back."""
-    from . import external
-
-    if target.exists() and (out_dir / "external_labels.csv").exists():
-        labels = pd.read_csv(out_dir / "external_labels.csv", dtype={"patient": str})
-        return labels[labels["kept"]].reset_index(drop=True), read_tuning_set(target)
-    candidates, chosen = external.tuning_set(cfg, out_dir, runs_root, progress)
-    atomic.write_csv(target, chosen)
-    return candidates, chosen
 
 
 def read_tuning_set(path) -> pd.DataFrame:
@@ -223,5 +332,5 @@ def load(out_dir) -> dict:
 
 def method_vectors(cfg: Config, pool: pd.DataFrame, methods: list[str]) -> dict[str, np.ndarray]:
     """The (cached) embeddings each clustering method used, for maps and checks."""
-    return {m: embeddings.embed_manifest(pool, parse_method(m)[1], cfg.embedding, cfg.data.image_size,
-                                         progress=False) for m in methods if m != "random"}
+    return {m: embeddings.embed_manifest(pool, method(m).embedding, cfg.embedding, cfg.data.image_size,
+                                         progress=False) for m in methods if method(m).embedding}
