@@ -1,4 +1,4 @@
-"""The fidelity metric suite (lib/evaluate/fidelity.py, lib/evaluate/memorization.py) on 2 x 10,000 demo-size feature vectors.
+"""The fidelity metric suite (lib/evaluate/fidelity_metrics.py, fidelity.py, memorization.py) on 2 x 10,000 demo-size feature vectors.
 
 Features: 512-d, L2-normalised, like the demo's CLIP (ViT-B-32), two classes of 5,000 in each set, the
 synthetic set slightly shifted and wider. Images for diversity: 10,000 per set at the demo's
@@ -57,18 +57,18 @@ def _peak_mb() -> float:
 
 
 def _job(args, q) -> None:
-    from lib.evaluate import fidelity, memorization
+    from lib.evaluate import fidelity, fidelity_metrics, memorization
     from lib.core.config import FidelityConfig
 
     f = dataclasses.replace(FidelityConfig(), bootstrap=args.bootstrap)
     real, fake, labels = features(args.n, args.dims)
     tuning = features(args.tuning, args.dims, seed=1)[0]
     ims = {k: smooth_images(args.n, 32, s) for s, k in enumerate(("real", "synthetic"))}
-    fidelity.pair_scores(ims["real"][:4], ["a", "a", "b", "b"], 2)   # warm-up: torchmetrics imported
+    fidelity_metrics.pair_scores(ims["real"][:4], ["a", "a", "b", "b"], 2)   # warm-up: torchmetrics imported
     base = _peak_mb()           # imports (torch, torchmetrics) and data loaded; not timed
     times = {}
     t = time.perf_counter()
-    pairs = {k: fidelity.pair_scores(ims[k], labels, f.diversity_pairs) for k in ims}
+    pairs = {k: fidelity_metrics.pair_scores(ims[k], labels, f.diversity_pairs) for k in ims}
     times["diversity: (MS-)SSIM of the pairs"] = time.perf_counter() - t
     parts = {}
     table = fidelity.evaluate(real, fake, labels, labels, f, 0, pairs["real"], pairs["synthetic"], timings=parts)
@@ -81,7 +81,7 @@ def _job(args, q) -> None:
     times["memorization (+CI)"] = time.perf_counter() - t
     big = smooth_images(2 * f.diversity_pairs, 224, 7)
     t = time.perf_counter()
-    fidelity.pair_scores(big, labels[np.linspace(0, args.n - 1, len(big)).astype(int)], f.diversity_pairs)
+    fidelity_metrics.pair_scores(big, labels[np.linspace(0, args.n - 1, len(big)).astype(int)], f.diversity_pairs)
     ms_ssim_s = time.perf_counter() - t
     q.put({"times": times, "total": sum(times.values()), "ms_ssim": ms_ssim_s, "peak": _peak_mb(), "base": base,
            "rows": len(table), "fid": float(table.query("metric == 'fid' and group == 'all'")["value"].iloc[0]),

@@ -5,7 +5,7 @@ stage 01 in a scratch runs root, then builds
 - a clean folder: 300 real tuning-pool images per class (never in the test pool, other patients), and
 - a planted folder: the same plus 5 real test images re-encoded (JPEG quality 85, resized by +3 or -3 px),
 and prints, for the folder path (generation.kind folder: lib.generate.references.check_folder, what stage 04 runs)
-and the external path (selection.external_dir: the same call lib.tuningset.external.tuning_set makes on the folder's
+and the external path (selection.external_dir: the same call lib.tuningset.external.candidates makes on the folder's
 images, read unlabelled by external.scan), the flagged pairs, how many planted copies are flagged, and each side's margin:
 the closest clean pair and the farthest planted copy in units of the threshold. The old 8x8 dHash check
 (at most 6 differing bits) is counted beside it on the clean folder. For the data source's own split (a
@@ -30,7 +30,7 @@ from lib.core import config, paths, stages
 from lib.data import curation, leakage
 from lib.tuningset import external
 from lib.generate import generation, references
-from lib.data.curation import LeakageError
+from lib.data.leakage import LeakageError
 
 PER_CLASS, PLANTED, QUALITY, SHIFT = 300, 5, 85, 3
 CSV_COPIES = 30             # the csv case: listed before the split, only some copies land across test and another pool

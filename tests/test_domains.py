@@ -12,7 +12,7 @@ from lib.core import config, stages
 from lib.data import curation, domains, shapes
 from lib.finetune import dreambooth
 from lib.evaluate import evaluation, metrics, results
-from lib.generate import generation
+from lib.generate import generation, manifest
 from lib.tuningset import selection
 from lib.core.config import ParamError
 from lib.data.nih import DataError
@@ -137,7 +137,7 @@ def test_bad_domain_input_gets_clear_errors(tmp_path):
     syn = pd.DataFrame({"image_id": ["s1", "s2", "s3"], "path": ["x"] * 3, "label": ["circle", "square", "star"]})
     syn.to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(DataError, match=r"label\(s\) \['star'\] that the real data do not have"):
-        evaluation.read_synthetic(tmp_path / "manifest.csv", ["circle", "square"])
+        manifest.read_synthetic(tmp_path / "manifest.csv", ["circle", "square"])
 
 
 # ------------------------------------------------------------------- three classes, end to end

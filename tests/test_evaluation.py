@@ -14,8 +14,8 @@ import pytest
 from lib.core import atomic, config, stages
 from lib.data import curation, leakage
 from lib.evaluate import evaluation, results
-from lib.generate import generation
-from lib.data.curation import LeakageError
+from lib.generate import generation, manifest
+from lib.data.leakage import LeakageError
 from lib.data.nih import DataError
 
 
@@ -216,7 +216,7 @@ def test_missing_class_and_empty_manifest_stop_the_run(smoke_cfg, runs_root, tmp
         evaluation.run(smoke_cfg, tmp_path / "s05", runs_root, progress=False)
     (tmp_path / "empty.csv").write_text("image_id,path,label\n")
     with pytest.raises(DataError, match="empty"):
-        evaluation.read_synthetic(tmp_path / "empty.csv")
+        manifest.read_synthetic(tmp_path / "empty.csv")
 
 
 def test_short_class_names_the_knob():

@@ -16,7 +16,7 @@ from lib.core import compute, config, stages
 from lib.data import curation, leakage
 from lib.tuningset import external, selection
 from lib.core.config import ParamError
-from lib.data.curation import LeakageError
+from lib.data.leakage import LeakageError
 from lib.data.nih import DataError
 
 import textbook_phantoms

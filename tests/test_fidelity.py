@@ -1,4 +1,4 @@
-"""Fidelity metrics (lib/evaluate/fidelity.py) and feature extractors (lib/evaluate/features.py), checked against independent
+"""Fidelity metrics (lib/evaluate/fidelity_metrics.py, the table of lib/evaluate/fidelity.py) and feature extractors (lib/evaluate/features.py), checked against independent
 computations: scipy's sqrtm, torchmetrics' MMD, brute-force k-NN balls, known distributions."""
 import json
 
@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from fidelity_fixtures import fidelity_cfg, phantom_set
-from lib.evaluate import features, fidelity
+from lib.evaluate import features, fidelity, fidelity_metrics
 from lib.data import images
 from lib.core.config import FidelityConfig
-from lib.evaluate.fidelity import TooFewImages
+from lib.evaluate.fidelity_metrics import TooFewImages
 
 
 def gaussian(n, d, seed, shift=0.0, scale=1.0):
@@ -23,9 +23,9 @@ def gaussian(n, d, seed, shift=0.0, scale=1.0):
 # ----------------------------------------------------------------------------------------------- FID
 def test_fid_of_a_set_against_itself_is_zero_and_grows_with_noise():
     x = gaussian(600, 12, 0)
-    assert fidelity.fid(x, x) < 1e-8
+    assert fidelity_metrics.fid(x, x) < 1e-8
     noise = gaussian(600, 12, 1)
-    values = [fidelity.fid(x, x + s * noise) for s in (0.05, 0.2, 0.5, 1.0, 2.0)]
+    values = [fidelity_metrics.fid(x, x + s * noise) for s in (0.05, 0.2, 0.5, 1.0, 2.0)]
     assert all(a < b for a, b in zip(values, values[1:])), values
     assert values[0] < 0.05 < values[-1]
 
@@ -35,17 +35,17 @@ def test_fid_equals_the_scipy_sqrtm_formula_and_the_gaussian_closed_form():
     mu1, c1 = np.mean(a, 0, dtype=np.float64), np.cov(a.astype(np.float64), rowvar=False)
     mu2, c2 = np.mean(b, 0, dtype=np.float64), np.cov(b.astype(np.float64), rowvar=False)
     direct = ((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(scipy.linalg.sqrtm(c1 @ c2)).real
-    assert fidelity.fid(a, b) == pytest.approx(direct, rel=1e-6)
+    assert fidelity_metrics.fid(a, b) == pytest.approx(direct, rel=1e-6)
     # N(0, I) against N(0.3, 1.5^2 I) in 10 dims: 10 * 0.09 + 10 * (1.5 - 1)^2 = 3.4, up to sampling error
-    big = fidelity.fid(gaussian(20000, 10, 2), gaussian(20000, 10, 3, shift=0.3, scale=1.5))
+    big = fidelity_metrics.fid(gaussian(20000, 10, 2), gaussian(20000, 10, 3, shift=0.3, scale=1.5))
     assert big == pytest.approx(3.4, abs=0.1)
 
 
 def test_fid_on_principal_components_needs_fewer_images():
     real, fake = gaussian(40, 64, 0), gaussian(40, 64, 1, shift=0.5)
     with pytest.raises(TooFewImages, match="fid_dims"):
-        fidelity.fid(real, fake)
-    assert fidelity.fid(real, fake, dims=8) > fidelity.fid(real, gaussian(40, 64, 2), dims=8)
+        fidelity_metrics.fid(real, fake)
+    assert fidelity_metrics.fid(real, fake, dims=8) > fidelity_metrics.fid(real, gaussian(40, 64, 2), dims=8)
 
 
 # ----------------------------------------------------------------------------------------------- KID
@@ -71,22 +71,22 @@ def test_kid_matches_a_direct_slow_computation_and_torchmetrics():
     from torchmetrics.image.kid import poly_mmd
 
     x, y = gaussian(14, 5, 0), gaussian(14, 5, 1, shift=0.4)
-    full = fidelity.mmd2_rows(x, y, np.ones((1, 14)), np.ones((1, 14)))[0]
+    full = fidelity_metrics.mmd2_rows(x, y, np.ones((1, 14)), np.ones((1, 14)))[0]
     assert full == pytest.approx(slow_mmd2(x, y), rel=1e-5)
     assert full == pytest.approx(float(poly_mmd(torch.from_numpy(x).double(), torch.from_numpy(y).double())), rel=1e-5)
     # the subset estimator with one subset of every image is the full-set statistic
-    assert fidelity.kid(x, y, subset_size=14, n_subsets=1)[0] == pytest.approx(full, rel=1e-6)
+    assert fidelity_metrics.kid(x, y, subset_size=14, n_subsets=1)[0] == pytest.approx(full, rel=1e-6)
     # rows of a resample (duplicates) against the explicit multiset; unequal sizes too
     rng = np.random.default_rng(0)
     wx, wy = rng.multinomial(14, np.full(14, 1 / 14), 2), rng.multinomial(10, np.full(14, 1 / 14), 2)
-    got = fidelity.mmd2_rows(x, y, wx, wy)
+    got = fidelity_metrics.mmd2_rows(x, y, wx, wy)
     assert got == pytest.approx([slow_mmd2(x, y, wx[i], wy[i]) for i in range(2)], rel=1e-5)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_grows_with_the_shift():
     base = gaussian(400, 8, 0)
-    same = fidelity.kid(base, gaussian(400, 8, 1), 100, 20)[0]
-    shifted = [fidelity.kid(base, gaussian(400, 8, 1, shift=s), 100, 20)[0] for s in (0.3, 1.0)]
+    same = fidelity_metrics.kid(base, gaussian(400, 8, 1), 100, 20)[0]
+    shifted = [fidelity_metrics.kid(base, gaussian(400, 8, 1, shift=s), 100, 20)[0] for s in (0.3, 1.0)]
     assert abs(same) < 0.05 and same < shifted[0] < shifted[1]
 
 
@@ -104,7 +104,7 @@ def brute_prdc(real, fake, k):
 
 def test_prdc_matches_the_brute_force_definitions():
     real, fake = gaussian(300, 4, 0), gaussian(250, 4, 1, shift=0.5, scale=1.2)
-    got, want = fidelity.prdc(real, fake, 5), brute_prdc(real, fake, 5)
+    got, want = fidelity_metrics.prdc(real, fake, 5), brute_prdc(real, fake, 5)
     assert got == pytest.approx(want, abs=1e-9)
 
 
@@ -112,32 +112,32 @@ def test_precision_and_recall_on_known_distributions():
     rng = np.random.default_rng(0)
     box = lambda n, x0, x1: np.column_stack([rng.uniform(x0, x1, n), rng.uniform(0, 1, n)])  # noqa: E731
     # a subset: fakes fill half of the real support (mode dropping) -> precision 1, recall and coverage 1/2
-    sub = fidelity.prdc(box(3000, 0, 2), box(1500, 0, 1), 5)
+    sub = fidelity_metrics.prdc(box(3000, 0, 2), box(1500, 0, 1), 5)
     assert sub["precision"] > 0.97 and sub["recall"] == pytest.approx(0.5, abs=0.05)
     assert sub["coverage"] == pytest.approx(0.5, abs=0.05)
     # half overlap: both 1/2
-    half = fidelity.prdc(box(2000, 0, 1), box(2000, 0.5, 1.5), 5)
+    half = fidelity_metrics.prdc(box(2000, 0, 1), box(2000, 0.5, 1.5), 5)
     assert half["precision"] == pytest.approx(0.5, abs=0.05) and half["recall"] == pytest.approx(0.5, abs=0.05)
     # one Gaussian: density about 1, coverage about 1 - 2^-k (Naeem et al.); disjoint: all zero
-    same = fidelity.prdc(gaussian(3000, 2, 1), gaussian(3000, 2, 2), 5)
+    same = fidelity_metrics.prdc(gaussian(3000, 2, 1), gaussian(3000, 2, 2), 5)
     assert same["density"] == pytest.approx(1.0, abs=0.1) and same["coverage"] == pytest.approx(1 - 2 ** -5, abs=0.02)
-    apart = fidelity.prdc(gaussian(500, 2, 1), gaussian(500, 2, 2, shift=20.0), 5)
+    apart = fidelity_metrics.prdc(gaussian(500, 2, 1), gaussian(500, 2, 2, shift=20.0), 5)
     assert apart == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
 
 
 # ------------------------------------------------------------------------------------------ diversity
 def test_diversity_uses_ssim_below_the_ms_ssim_size_and_ranks_sets():
-    assert fidelity.ssim_measure(175) == "ssim" and fidelity.ssim_measure(176) == "ms-ssim"
+    assert fidelity_metrics.ssim_measure(175) == "ssim" and fidelity_metrics.ssim_measure(176) == "ms-ssim"
     with pytest.raises(TooFewImages, match="11 px"):
-        fidelity.ssim_measure(8)
+        fidelity_metrics.ssim_measure(8)
     rng = np.random.default_rng(0)
     noise = rng.random((20, 32, 32)).astype(np.float32)
     labels = ["a"] * 10 + ["b"] * 10
     collapsed = np.repeat(noise[:1], 20, axis=0)
-    assert fidelity.pair_scores(collapsed, labels, 20)["score"].to_numpy() == pytest.approx(1.0)
-    varied = fidelity.pair_scores(noise, labels, 20)
+    assert fidelity_metrics.pair_scores(collapsed, labels, 20)["score"].to_numpy() == pytest.approx(1.0)
+    varied = fidelity_metrics.pair_scores(noise, labels, 20)
     assert (varied["i"] != varied["j"]).all() and varied["score"].mean() < 0.2 and set(varied["measure"]) == {"ssim"}
-    big = fidelity.pair_scores(rng.random((4, 176, 176)).astype(np.float32), ["a"] * 4, 3)
+    big = fidelity_metrics.pair_scores(rng.random((4, 176, 176)).astype(np.float32), ["a"] * 4, 3)
     assert set(big["measure"]) == {"ms-ssim"} and np.isfinite(big["score"]).all()
 
 
@@ -163,13 +163,13 @@ def test_too_few_images_raise_clear_errors_never_nan():
     with pytest.raises(TooFewImages, match="kid_subset_size"):            # subset larger than a class
         fidelity.evaluate(gaussian(40, 3, 0), gaussian(40, 3, 1), labels, labels, f)
     with pytest.raises(TooFewImages, match="more than the 8 feature dimensions"):
-        fidelity.fid(gaussian(8, 8, 0), gaussian(30, 8, 1))
+        fidelity_metrics.fid(gaussian(8, 8, 0), gaussian(30, 8, 1))
     with pytest.raises(TooFewImages, match="prdc_k"):
-        fidelity.prdc(gaussian(5, 2, 0), gaussian(30, 2, 1), k=5)
+        fidelity_metrics.prdc(gaussian(5, 2, 0), gaussian(30, 2, 1), k=5)
     with pytest.raises(TooFewImages, match="kid_subset_size"):
-        fidelity.kid(gaussian(10, 2, 0), gaussian(30, 2, 1), subset_size=20)
+        fidelity_metrics.kid(gaussian(10, 2, 0), gaussian(30, 2, 1), subset_size=20)
     with pytest.raises(TooFewImages, match="class 'b'"):
-        fidelity.pair_scores(np.zeros((3, 16, 16)), ["a", "a", "b"], 4)
+        fidelity_metrics.pair_scores(np.zeros((3, 16, 16)), ["a", "a", "b"], 4)
 
 
 # ---------------------------------------------------------------------------------------- extractors

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from lib.data import images, leakage
-from lib.data.curation import LeakageError
+from lib.data.leakage import LeakageError
 from lib.data.nih import DataError
 
 OLD = 1_600_000_000  # an mtime well in the past, so cache entries are kept

@@ -5,7 +5,7 @@ import pytest
 from fidelity_fixtures import fidelity_cfg, phantom_set
 from lib.evaluate import features, memorization
 from lib.data import images
-from lib.evaluate.fidelity import TooFewImages
+from lib.evaluate.fidelity_metrics import TooFewImages
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from lib.tuningset import external
 from lib.generate import generation, references
 from lib.runs import runner
 from lib.core.config import ParamError
-from lib.data.curation import LeakageError
+from lib.data.leakage import LeakageError
 from lib.data.nih import DataError
 
 import textbook_phantoms
@@ -117,11 +117,11 @@ def test_an_external_folder_holding_a_reencoded_test_image_is_refused_before_the
     cfg = config.load("params/smoke.yaml", {"selection.methods": ["random", "external"], "finetune.method": "external",
                                             "selection.external_dir": str(folder)})
     with pytest.raises(Reached):                       # clean: the check passes, the labeller is next
-        external.tuning_set(cfg, tmp_path / "02", runs_root, progress=False)
+        external.candidates(cfg, tmp_path / "02", runs_root, progress=False)
     reencode(pools["test"]["path"].iloc[3], folder / "scan.jpg")
     with pytest.raises(LeakageError, match=r"external tuning folder.*scan\.jpg ~ test \S*"
                        + re.escape(Path(pools["test"]["path"].iloc[3]).name)):
-        external.tuning_set(cfg, tmp_path / "02", runs_root, progress=False)
+        external.candidates(cfg, tmp_path / "02", runs_root, progress=False)
     assert (tmp_path / "02" / "near_duplicates.png").exists()
 
 

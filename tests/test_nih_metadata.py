@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from lib.data import curation, nih
+from lib.data import curation, leakage, nih
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_same_seed_same_pools_other_seed_other_pools(table):
 def test_leakage_check_catches_shared_patient(table):
     pools = curation.split_pools(table, {"tuning": 50, "train": 50, "test": 50}, 0)
     pools["train"] = pd.concat([pools["train"], pools["test"].head(1)])
-    with pytest.raises(curation.LeakageError, match="patient"):
+    with pytest.raises(leakage.LeakageError, match="patient"):
         curation.check_leakage(pools)
 
 

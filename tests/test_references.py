@@ -7,7 +7,7 @@ from PIL import Image
 from lib.core import config, paths, stages
 from lib.data import curation, images, nih, phantoms
 from lib.finetune.prompts import slug
-from lib.generate import generation, reference_sources, references
+from lib.generate import manifest, reference_sources, references
 from lib.core.config import ParamError
 from lib.data.nih import DataError
 
@@ -76,10 +76,10 @@ def test_real_holdout_is_a_byte_copy_of_unseen_images_and_resumes(runs, pool, tm
         assert r["label"] == src["label"]
         assert paths.resolve(r["path"]).read_bytes() == paths.resolve(src["path"]).read_bytes()
         assert r["hash"] == images.content_hash(paths.resolve(r["path"]).read_bytes())
-        assert r["seed"] == generation.image_seed(0, r["label"], r["index"])
+        assert r["seed"] == manifest.image_seed(0, r["label"], r["index"])
     assert summary["reference"] and summary["kind"] == summary["model"] == "real-holdout"
     assert summary["n_images"] == 2 * N and summary["generated_this_call"] == 2 * N
-    assert set(generation.MANIFEST_COLUMNS) <= set(m.columns)  # what stage 05 reads of any synthetic set
+    assert set(manifest.MANIFEST_COLUMNS) <= set(m.columns)  # what stage 05 reads of any synthetic set
     (out / m["file"][0]).unlink()
     again, m2 = build("real-holdout", runs, out)
     assert again["generated_this_call"] == 1 and again["model_hash"] == summary["model_hash"]

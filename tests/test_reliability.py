@@ -16,7 +16,7 @@ from PIL import Image
 
 from lib.core import atomic, config, paths, stages
 from lib.data import curation
-from lib.generate import generation
+from lib.generate import manifest
 from lib.runs import runner, sweep_spec, sweeps
 from lib.data.nih import DataError
 
@@ -247,12 +247,12 @@ def test_identical_runs_give_identical_generator_hashes(tmp_path):
     weights = np.random.default_rng(0).bytes(4096)
     a = _model_folder(tmp_path / "run1" / "model", weights, 12.3)
     b = _model_folder(tmp_path / "run2" / "model", weights, 45.6)
-    assert generation.model_hash(str(a)) == generation.model_hash(str(b))
+    assert manifest.model_hash(str(a)) == manifest.model_hash(str(b))
     (b / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(weights[:-1] + b"\x00")
-    assert generation.model_hash(str(a)) != generation.model_hash(str(b))          # weights count
+    assert manifest.model_hash(str(a)) != manifest.model_hash(str(b))          # weights count
     c = _model_folder(tmp_path / "run3" / "model", weights, 1.0)
     (c / "unet" / "config.json").write_text(json.dumps({"_name_or_path": "elsewhere", "layers": 3}))
-    assert generation.model_hash(str(a)) != generation.model_hash(str(c))          # configs count
+    assert manifest.model_hash(str(a)) != manifest.model_hash(str(c))          # configs count
 
 
 # ---------------------------------------------------------------------------------- smaller edges

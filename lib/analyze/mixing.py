@@ -39,6 +39,7 @@ from ..evaluate import classifier, evaluation, metrics, results
 from ..data import curation, domains, leakage
 from ..core.config import Config
 from ..data.nih import DataError
+from ..generate.manifest import read_synthetic
 
 log = logging.getLogger(__name__)
 EXPERIMENTS = {"brackets": "07_brackets", "oversampling": "07_oversampling", "ratios": "07_ratios"}
@@ -162,7 +163,7 @@ def inputs(cfg: Config, runs_root="runs", experiments=("brackets", "ratios"), bu
             raw = pd.read_csv(d04 / "manifest.csv")
             if "label" in raw:
                 check_labels(out["pool"], raw, where)
-        synthetic = evaluation.read_synthetic(d04 / "manifest.csv")
+        synthetic = read_synthetic(d04 / "manifest.csv")
         have, need_b = min(_counts(synthetic, classes).values()), max(m.brackets) if "brackets" in experiments else 0
         if need_b > have:
             raise DataError(f"mixing.brackets = {m.brackets}: the largest bracket adds {need_b} synthetic images per "

@@ -37,6 +37,7 @@ from ..core import atomic, compute, config, paths, stages, stats
 from ..evaluate import classifier, evaluation, metrics, results
 from ..data import curation, domains, leakage
 from ..generate import generation, references
+from ..generate.manifest import read_synthetic
 from ..core.config import Config
 from ..data.nih import DataError
 
@@ -112,7 +113,7 @@ def split(ds: DataSet, runs_root="runs", progress: bool = False) -> tuple[pd.Dat
         return (evaluation.per_class(pools["train"], n, cfg.seed, "the real training pool"),
                 evaluation.test_sample(pools["test"], n_test, cfg.seed, "the real test pool"))
     manifest = _stage04(ds, runs_root, progress) / "manifest.csv"
-    evaluation.read_synthetic(manifest)                               # checked: columns, both classes
+    read_synthetic(manifest)                                          # checked: columns, both classes
     synthetic = pd.read_csv(manifest, dtype={"patient": str})         # patient ids stay text (leading zeros)
     try:
         return evaluation.split_synthetic(synthetic, n, n_test, cfg.seed)

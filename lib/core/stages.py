@@ -2,9 +2,9 @@
 
 Each stage's folder is keyed by a hash of exactly the parameter sections it (and the stages before
 it) depends on. Changing the gating threshold therefore changes the keys of stages 03-05 only, and
-curation, embeddings and clustering are found already done. For data.source nih the keys also hold a
-fingerprint of the data on disk (lib.data.curation.data_fingerprint), so changed images or a changed CSV
-are new data. A finished stage records a fingerprint of what it read and wrote (see the end of this
+curation, embeddings and clustering are found already done. For data.source nih, folder and csv the keys
+also hold a fingerprint of the data on disk, so changed images or a changed CSV are new data; the steps
+register how their inputs are fingerprinted in lib.core.fingerprints. A finished stage records a fingerprint of what it read and wrote (see the end of this
 module); one whose files or inputs changed since is refused, never reused.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from . import atomic, paths, provenance
+from . import atomic, fingerprints, paths, provenance
 from .config import Config, FidelityConfig, GatingConfig
 
 ORDER = ["01_data_curation", "02_clustering", "03_dreambooth", "04_generation", "05_classifier",
@@ -72,32 +72,23 @@ def sections(stage: str, reference: bool = False) -> list[str]:
 
 
 def key(cfg: Config, stage: str, data: str | None = None) -> str:
-    """``data``: the data fingerprint when the caller has it (curation.data_fingerprint), else computed."""
-    from ..data.phantoms import GENERATOR_VERSION
-
-    from ..generate.references import is_reference
-
-    secs = sections(stage, is_reference(cfg))
+    """``data``: the data fingerprint when the caller has it (fingerprints.data), else computed."""
+    secs = sections(stage, fingerprints.is_reference(cfg))
     if "fidelity" in secs and "embedding" not in secs and cfg.fidelity.extractor in _EMBEDDING_EXTRACTORS:
         secs.append("embedding")        # the features of a reference's fidelity metrics depend on it
-    external = "selection" in secs and "external" in cfg.selection.methods
-    if external and "classifier" not in secs:
-        secs.append("classifier")       # the external set's pseudo-labeller is trained in stage 02
+    # A selection method that reads files of its own (the external set, whose pseudo-labeller is trained in
+    # stage 02 too) adds the sections it depends on, and its files are data: changed files make a new stage.
+    methods = fingerprints.selection_inputs(cfg.selection.methods) if "selection" in secs else []
+    secs += [s for s in dict.fromkeys(s for _, m in methods for s in m.sections) if s not in secs]
     base = _keyed(cfg).section_hash(*secs)
-    if external:                        # and its images are data: changed files make a new stage
-        from ..tuningset.external import folder_fingerprint
-
-        base = hashlib.sha256(f"{base}|{folder_fingerprint(cfg.selection.external_dir)}".encode()).hexdigest()[:10]
+    for _, method in methods:
+        base = hashlib.sha256(f"{base}|{method.fingerprint(cfg)}".encode()).hexdigest()[:10]
     # Real data that changed on disk (images, CSV) under the same parameters is new data too.
     data = data or _data_fingerprint(cfg)
     if data:
         base = hashlib.sha256(f"{base}|{data}".encode()).hexdigest()[:10]
     # A new phantom (or shapes) generator is new data: it must not reuse stages built on the old one.
-    if cfg.data.source == "shapes":
-        from ..data.shapes import GENERATOR_VERSION as SHAPES_VERSION
-
-        return f"{base}s{SHAPES_VERSION}"
-    return base if cfg.data.source != "phantom" else f"{base}p{GENERATOR_VERSION}"
+    return base + fingerprints.source_suffix(cfg.data.source)
 
 
 def unused_gating(cfg: Config) -> set[str]:
@@ -196,7 +187,8 @@ def paths_rel(p: Path) -> str:
 # the content of its own CSV/JSON files; INPUTS.json records what it read when it started. A stage whose
 # record no longer matches is refused, never reused. Artefacts in sub-folders are not fingerprinted, except
 # the files a stage's manifest.csv lists with a content hash (stage 04's images): their bytes are compared
-# with the hash (lib.data.leakage.file_hashes, cached by size and times), so a replaced image is a changed stage.
+# with the hash (fingerprints.listed_hashes: lib.data.leakage's, cached by size and times), so a replaced image is
+# a changed stage.
 RECORDS = ("DONE.json", "INPUTS.json")
 LISTING = "manifest.csv"
 SHOW = 5
@@ -207,9 +199,7 @@ class StageChanged(RuntimeError):
 
 
 def _data_fingerprint(cfg: Config) -> str | None:
-    from ..data.curation import data_fingerprint
-
-    return data_fingerprint(cfg)
+    return fingerprints.data(cfg)
 
 
 def files_fingerprint(directory: Path) -> dict[str, str]:
@@ -223,9 +213,7 @@ def files_fingerprint(directory: Path) -> dict[str, str]:
 
 def upstream(cfg: Config, stage: str) -> list[str]:
     """The stages a stage reads: those whose parameter sections are all among its own."""
-    from ..generate.references import is_reference
-
-    ref = is_reference(cfg)
+    ref = fingerprints.is_reference(cfg)
     mine = set(sections(stage, ref))
     pool = [*ORDER[:4], *_SIDE] if stage in _MIXING or stage in _TRANSFER else [*ORDER[:-1], *_SIDE]   # 07/08: not 05
     return [u for u in pool if u != stage and set(sections(u, ref)) <= mine]
@@ -253,8 +241,6 @@ def listed_changes(directory: Path) -> list[str]:
     disk are no longer that hash, or that are gone; the manifest itself is fingerprinted like any CSV."""
     import pandas as pd
 
-    from ..data.leakage import file_hashes
-
     m = Path(directory) / LISTING
     if not m.exists():
         return []
@@ -265,7 +251,7 @@ def listed_changes(directory: Path) -> list[str]:
     here = [paths.resolve(p).exists() for p in df["path"]]
     gone = [f"{p} (listed in {Path(directory).name}/{LISTING}) was removed" for p in df.loc[[not h for h in here], "path"]]
     kept = df[here]
-    now = file_hashes(kept["path"].tolist())
+    now = fingerprints.listed_hashes(kept["path"].tolist())
     moved = [f"{p} (listed in {Path(directory).name}/{LISTING}) changed" for p, h, n in
              zip(kept["path"], kept["hash"], now) if h != n]
     return gone + moved
@@ -354,9 +340,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def differences(a: Config, b: Config, stage: str) -> dict[str, tuple]:
     """The dotted keys a ``stage`` folder is keyed by in which two configurations differ: {key: (a, b)}.
     Settings no stage key holds (unused gating fields, fidelity.trace) do not count."""
-    from ..generate.references import is_reference
-
-    secs = sections(stage, is_reference(a) or is_reference(b))
+    secs = sections(stage, fingerprints.is_reference(a) or fingerprints.is_reference(b))
     fa, fb = _flat(_keyed(a).to_dict()), _flat(_keyed(b).to_dict())
     keys = [k for k in sorted(set(fa) | set(fb)) if k.split(".")[0] in secs]
     return {k: (fa.get(k), fb.get(k)) for k in keys if fa.get(k) != fb.get(k)}

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import atomic, paths
+from ..core import atomic, fingerprints, paths
 from . import domains, images, nih, phantoms
+from .leakage import LeakageError
 from ..core.config import Config
 from .nih import DataError
 from ..core.progress import tqdm
@@ -21,10 +22,6 @@ from ..core.progress import tqdm
 log = logging.getLogger(__name__)
 POOLS = ["tuning", "train", "test"]
 MANIFEST_COLUMNS = ["image_id", "path", "label", "patient", "view", "findings", "hash"]
-
-
-class LeakageError(RuntimeError):
-    """The same patient or image sits in two pools that must be disjoint."""
 
 
 @dataclass
@@ -70,6 +67,9 @@ def data_fingerprint(cfg: Config) -> str | None:
         return "no-root"            # curation itself reports the missing setting
     root = paths.resolve(d.nih_root)
     return nih.fingerprint(root, metadata_file(root, paths.resolve(d.csv) if d.csv else None))
+
+
+fingerprints.register_data(data_fingerprint)         # every stage key holds it (lib.core.stages)
 
 
 def metadata_file(root: Path, csv: Path | None) -> Path | None:

@@ -40,9 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core import atomic, provenance
+from ..core import atomic, fingerprints, provenance
 from ..core.paths import DATA, resolve
-from .curation import LeakageError
 from .nih import DataError
 
 log = logging.getLogger(__name__)
@@ -58,6 +57,10 @@ INTENSITY_FACTOR = 0.5      # below this x the L2 floor (the two circles of two 
 MEDIAN_GUARD = 0.15         # the floor is at least this x the median nearest different-patient distance
 DESCRIPTION = (f"cosine and L2 distances of the {DESCRIPTOR_FREQS}x{DESCRIPTOR_FREQS} lowest DCT frequencies "
                f"of the grayscale at {DESCRIPTOR_SIZE} px")
+
+
+class LeakageError(RuntimeError):
+    """The same patient, image or (near-)copy of an image sits in two sets that must be disjoint."""
 
 
 # ---------------------------------------------------------------------------------- content hashes
@@ -105,6 +108,9 @@ def file_hashes(paths: list[str | Path], cache_path: Path | None = None) -> list
     if new:
         _write_cache(cache_path, new)
     return out
+
+
+fingerprints.register_listed_hashes(file_hashes)     # how a sealed stage checks the files its manifest lists
 
 
 # ---------------------------------------------------------------------------------- the check

@@ -17,11 +17,12 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from ..core import atomic, paths
+from ..core import atomic, fingerprints, paths
 from . import nih
 from ..core.progress import tqdm
 
 GENERATOR_VERSION = 4
+fingerprints.register_source("phantom", f"p{GENERATOR_VERSION}")   # redrawn phantoms are new data
 FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
             "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..core import atomic, paths
+from ..core import atomic, fingerprints, paths
 from ..core import config
 from ..core.progress import tqdm
 
@@ -25,6 +25,7 @@ SHAPES = ["circle", "square", "triangle"]          # the default classes
 # (lib.finetune.diffusion_model._SHAPES): a domain it has to be fine-tuned into, as the thesis's X-rays are for SD
 AVAILABLE = SHAPES + ["cross", "ring", "star", "hexagon", "crescent"]
 GENERATOR_VERSION = 4
+fingerprints.register_source("shapes", f"s{GENERATOR_VERSION}")     # redrawn shapes are new data
 PER_GROUP = 4                                      # images per object family and class
 
 

@@ -42,6 +42,7 @@ from . import classifier, metrics, results
 from ..data import curation, domains, leakage
 from ..core.config import Config
 from ..data.nih import DataError
+from ..generate import manifest
 
 log = logging.getLogger(__name__)
 DIRECTIONS = {"a": "train synthetic, test real", "b": "train real, test synthetic", "trtr": "train real, test real",
@@ -52,29 +53,6 @@ SOURCES = ["real", "synthetic"]             # the detector's two classes
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def read_synthetic(path: str | Path, classes: list[str] | None = None) -> pd.DataFrame:
-    """The stage-04 manifest, checked: not empty, the needed columns, every class present and no other."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"synthetic manifest {path} not found; run notebooks/04_generation.ipynb first.")
-    df = pd.read_csv(path)
-    if df.empty:
-        raise DataError(f"synthetic manifest {path} is empty; stage 04 generated no image.")
-    missing = [c for c in ("image_id", "path", "label") if c not in df.columns]
-    if missing:
-        raise DataError(f"synthetic manifest {path} lacks column(s) {missing}.")
-    classes = classes or domains.order(df["label"])
-    absent = [lab for lab in classes if not (df["label"] == lab).any()]
-    if absent:
-        raise DataError(f"the synthetic set {path} has no image of class {absent}; every class is needed. "
-                        "Check generation.n_per_label and the prompts (finetune.label_words).")
-    other = sorted(set(df["label"].astype(str)) - set(classes))
-    if other:
-        raise DataError(f"the synthetic set {path} has label(s) {other} that the real data do not have "
-                        f"(classes {classes}); name the synthetic classes as the real ones.")
-    return df
-
-
 def per_class(df: pd.DataFrame, n: int, seed: int, what: str, classes: list[str] | None = None) -> pd.DataFrame:
     """Exactly n random images of each class from df (an error when a class has fewer)."""
     parts = []
@@ -246,7 +224,7 @@ def _samples(cfg: Config, runs_root, progress: bool) -> dict:
     d01, d04 = stages.require(cfg, "01_data_curation", runs_root), stages.require(cfg, "04_generation", runs_root)
     pools = curation.load_pools(d01)
     classes = domains.classes(cfg)
-    synthetic = read_synthetic(d04 / "manifest.csv", classes)
+    synthetic = manifest.read_synthetic(d04 / "manifest.csv", classes)
     tuning, tuning_src = tuning_set(cfg, runs_root)
     dr = real_baseline(cfg, runs_root, progress)
     s = {"train_b": pd.read_csv(dr / "train_real.csv", dtype={"patient": str}),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .fidelity import ALL, COLUMNS, TooFewImages, _ci, _sq_dists, resample_counts
+from .fidelity_metrics import ALL, COLUMNS, TooFewImages, ci, resample_counts, sq_dists
 
 _SALT = 0x3E3
 _BLOCK = 2048
@@ -33,7 +33,7 @@ def nearest(query: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     dist, idx = np.empty(len(query)), np.empty(len(query), np.int64)
     for s in range(0, len(query), _BLOCK):
         q = query[s:s + _BLOCK]
-        idx[s:s + _BLOCK] = _sq_dists(q, ref).argmin(1)
+        idx[s:s + _BLOCK] = sq_dists(q, ref).argmin(1)
         dist[s:s + _BLOCK] = np.linalg.norm(q - ref[idx[s:s + _BLOCK]], axis=1)   # exact: a copy is at 0
     return dist, idx
 
@@ -81,7 +81,7 @@ def summary(table: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> pd.DataFra
         t = table.loc[idx]
         for name, fn in stats.items():
             reps = [fn(t, c[idx]) for c in counts if c[idx].sum() > 0]
-            lo, hi = _ci(reps)
+            lo, hi = ci(reps)
             rows.append({"group": group, "metric": name, "value": float(fn(t, None)), "ci_low": lo, "ci_high": hi,
                          "n_real": 0, "n_fake": len(t), "note": f"{int(t['copy'].sum())} flagged"})
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -8,7 +8,6 @@ duplicates, no gaps. The manifest is written last, from the plan.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -26,10 +25,11 @@ from ..core.config import Config
 from ..data.nih import DataError
 from ..core.progress import tqdm
 from ..finetune.prompts import prompt_for, slug
+from . import manifest
 
 log = logging.getLogger(__name__)
-MANIFEST_COLUMNS = ["image_id", "path", "file", "label", "prompt", "seed", "index", "model", "model_hash",
-                    "scheduler", "steps", "guidance_scale", "hash"]
+
+
 class Interrupted(RuntimeError):
     """A run stopped before every planned image was drawn (on purpose, or by a kill); it resumes."""
 
@@ -39,12 +39,6 @@ SCHEDULERS = {"dpm": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "dd
 
 
 # -------------------------------------------------------------------------------------- the plan
-def image_seed(run_seed: int, label: str, index: int) -> int:
-    """A per-image seed, stable across runs, batch sizes and devices."""
-    digest = hashlib.sha256(f"{run_seed}|{label}|{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
 def plan(cfg: Config) -> pd.DataFrame:
     """Every image this stage will produce, fixed up front."""
     rows = []
@@ -53,42 +47,11 @@ def plan(cfg: Config) -> pd.DataFrame:
         for i in range(cfg.generation.n_per_label):
             file = f"images/{slug(label)}/{slug(label)}_{i:06d}.png"
             rows.append({"image_id": f"syn_{slug(label)}_{i:06d}", "file": file, "label": label,
-                         "prompt": prompt, "seed": image_seed(cfg.seed, label, i), "index": i})
+                         "prompt": prompt, "seed": manifest.image_seed(cfg.seed, label, i), "index": i})
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------- models
-MODEL_FILES = (".safetensors", ".bin", ".json", ".txt", ".model")
-NOT_MODEL = {"train_summary.json"}              # run records (timings, paths), not part of the model
-PATH_KEYS = ("_name_or_path", "name_or_path", "_commit_hash")   # where a config says it was loaded from
-
-
-def model_hash(path_or_id: str, revision: str | None = None) -> str:
-    """Content hash of a local pipeline folder's weights and configs; id@revision for a hub model.
-
-    Run records (train_summary.json) and the paths configs note they were loaded from are left out,
-    so two runs that produce the same weights and configs give the same hash."""
-    p = Path(path_or_id)
-    if not p.is_dir():
-        return f"{path_or_id}@{revision or 'main'}"
-    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in MODEL_FILES and f.name not in NOT_MODEL
-                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
-    return provenance.hash_strings(f"{f.relative_to(p).as_posix()}:{_model_file_hash(f)}" for f in files)
-
-
-def _model_file_hash(f: Path) -> str:
-    """A weights file's bytes; a JSON config's content without the paths it records."""
-    if f.suffix == ".json":
-        try:
-            obj = json.loads(f.read_text())
-        except (ValueError, UnicodeDecodeError):
-            return provenance.file_hash(f)
-        if isinstance(obj, dict):
-            obj = {k: v for k, v in obj.items() if k not in PATH_KEYS}
-        return images.content_hash(json.dumps(obj, sort_keys=True).encode())
-    return provenance.file_hash(f)
-
-
 def models_for(cfg: Config, runs_root="runs") -> dict[str, str]:
     """Which pipeline draws each label: the models stage 03 recorded in train_summary.json (the base model
     for the no-fine-tune control), else its model/ or model_<label>/ folders."""
@@ -214,8 +177,8 @@ def write_manifest(cfg: Config, out_dir: Path, models: dict[str, str], hashes: d
                    model_hash=[hashes[lab] for lab in df["label"]],
                    scheduler=g.scheduler, steps=g.steps, guidance_scale=g.guidance_scale,
                    hash=[images.content_hash((out_dir / f).read_bytes()) for f in df["file"]])
-    atomic.write_csv(out_dir / "manifest.csv", df[MANIFEST_COLUMNS])
-    return df[MANIFEST_COLUMNS]
+    atomic.write_csv(out_dir / "manifest.csv", df[manifest.MANIFEST_COLUMNS])
+    return df[manifest.MANIFEST_COLUMNS]
 
 
 def run(cfg: Config, out_dir, runs_root="runs", progress: bool = True, max_batches: int | None = None) -> dict:
@@ -229,7 +192,7 @@ def run(cfg: Config, out_dir, runs_root="runs", progress: bool = True, max_batch
     models = models_for(cfg, runs_root)
     # A resumed run must continue with the same model, or its two halves would differ.
     revision = cfg.model.revision if cfg.finetune.control == "no-fine-tune" else None   # as load() does
-    ident = {label: model_hash(m, revision) for label, m in models.items()}
+    ident = {label: manifest.model_hash(m, revision) for label, m in models.items()}
     lock = out_dir / "model_lock.json"
     if lock.exists() and json.loads(lock.read_text()) != ident:
         raise DataError(f"{out_dir} was started with another model ({lock}); delete the folder to start over.")
@@ -238,11 +201,11 @@ def run(cfg: Config, out_dir, runs_root="runs", progress: bool = True, max_batch
         stats = generate(cfg, out_dir, models, progress, max_batches)
     if max_batches is not None and not all((out_dir / f).exists() for f in plan(cfg)["file"]):
         raise Interrupted(f"stopped after {max_batches} batch(es) as asked; run again to resume.")
-    manifest = write_manifest(cfg, out_dir, models, ident)
+    listed = write_manifest(cfg, out_dir, models, ident)
     label0 = domains.classes(cfg)[0]
     summary = {"model": images.relpath(models[label0]), "models": {k: images.relpath(v) for k, v in models.items()},
                "model_hash": provenance.hash_strings(ident.values()), "train_summary": train_summary(models[label0]),
-               "n_images": len(manifest), "generated_this_call": stats["generated"],
+               "n_images": len(listed), "generated_this_call": stats["generated"],
                "seconds_this_call": round(stats["seconds"], 2),
                "images_per_second": round(stats["generated"] / stats["seconds"], 2) if stats["seconds"] else None,
                "prompts": {lab: prompt_for(cfg, lab) for lab in domains.classes(cfg)}}
@@ -270,9 +233,7 @@ def write_summary(out_dir, summary: dict) -> dict:
 
 
 def read_manifest(stage_dir) -> pd.DataFrame:
-    from ..evaluate.evaluation import read_synthetic
-
-    return read_synthetic(Path(stage_dir) / "manifest.csv")
+    return manifest.read_synthetic(Path(stage_dir) / "manifest.csv")
 
 
 def regenerate(row: pd.Series | dict, cfg: Config, runs_root="runs", pipe=None) -> np.ndarray:

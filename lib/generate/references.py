@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..core import atomic, compute, config, paths, provenance
+from ..core import atomic, compute, config, fingerprints, paths, provenance
 from ..data import domains, images, phantoms
-from . import generation
+from . import manifest
 from . import reference_sources as sources
 from ..finetune.prompts import slug
 from ..core.config import Config
@@ -53,10 +53,12 @@ def is_reference(cfg: Config) -> bool:
     return cfg.generation.kind in GENERATORS
 
 
+fingerprints.register_reference(is_reference)       # a reference's stage keys skip stages 02-03 (lib.core.stages)
+
 
 def manifest_columns() -> list[str]:
     """The stage-04 manifest's columns plus the source each image came from."""
-    return [*generation.MANIFEST_COLUMNS, "source_image_id"]
+    return [*manifest.MANIFEST_COLUMNS, "source_image_id"]
 
 
 # ---------------------------------------------------------------------------------- the registry
@@ -273,7 +275,7 @@ def _vae_source(cfg: Config, progress: bool) -> tuple[str, str]:
 
     base = diffusion_model.base_for(cfg.model, seed=cfg.seed, progress=progress)
     vae = Path(base) / "vae"
-    return base, generation.model_hash(str(vae)) if vae.is_dir() else f"{base}@{cfg.model.revision or 'main'}"
+    return base, manifest.model_hash(str(vae)) if vae.is_dir() else f"{base}@{cfg.model.revision or 'main'}"
 
 
 def plan(cfg: Config, runs_root="runs", progress: bool = True) -> tuple[pd.DataFrame, dict]:
@@ -286,7 +288,7 @@ def plan(cfg: Config, runs_root="runs", progress: bool = True) -> tuple[pd.DataF
                   progress)
     df = generator(kind).rows(req)
     df["image_id"] = [f"ref-{kind}_{slug(lab)}_{i:06d}" for lab, i in zip(df["label"], df["index"])]
-    df["seed"] = [generation.image_seed(cfg.seed, lab, int(i)) for lab, i in zip(df["label"], df["index"])]
+    df["seed"] = [manifest.image_seed(cfg.seed, lab, int(i)) for lab, i in zip(df["label"], df["index"])]
     return df.reset_index(drop=True), req.params
 
 

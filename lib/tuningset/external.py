@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..core import atomic, compute, paths, stages
+from ..core import atomic, compute, fingerprints, paths, stages
 from ..evaluate import classifier, metrics
 from ..data import curation, domains, images, leakage
 from ..core.config import Config
@@ -64,6 +64,14 @@ def folder_fingerprint(folder: str | None) -> str:
         st = p.stat()
         h.update(f"{p.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def key_fingerprint(cfg: Config) -> str:
+    return folder_fingerprint(cfg.selection.external_dir)
+
+
+# Stage 02's key holds the folder's fingerprint, and the classifier section: the pseudo-labeller trains there.
+fingerprints.register_selection("external", key_fingerprint, ("classifier",))
 
 
 def scan(folder: str | None) -> pd.DataFrame:
@@ -147,10 +155,9 @@ def check_classes(labelled: pd.DataFrame, threshold: float, folder, classes: lis
     return kept.reset_index(drop=True)
 
 
-def tuning_set(cfg: Config, out_dir, runs_root, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the confident external images, the tuning set drawn from them); writes external_labels.csv."""
-    from .selection import select
-
+def candidates(cfg: Config, out_dir, runs_root, progress: bool = True) -> pd.DataFrame:
+    """The confident external images, pseudo-labelled (stage 02 draws the tuning set from them, lib.tuningset.selection);
+    writes external_labels.csv."""
     out_dir, s, classes = Path(out_dir), cfg.selection, domains.classes(cfg)
     ext = scan(s.external_dir)
     pools = curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))
@@ -167,7 +174,7 @@ def tuning_set(cfg: Config, out_dir, runs_root, progress: bool = True) -> tuple[
     kept = check_classes(labelled, s.pseudo_label_threshold, s.external_dir, classes)
     log.info("external set: %d of %d images kept at confidence >= %.2f (%s)", len(kept), len(labelled),
              s.pseudo_label_threshold, kept["label"].value_counts().to_dict())
-    return kept, select(kept, None, s.per_label, cfg.seed)
+    return kept
 
 
 def read_labels(out_dir) -> pd.DataFrame:

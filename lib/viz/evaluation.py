@@ -119,7 +119,7 @@ def fidelity(stage_dir, figures_dir, name: str = "05_memorization") -> pd.DataFr
     import shutil
     from pathlib import Path
 
-    from ..evaluate import fidelity as fid
+    from ..evaluate import fidelity_metrics as fid
     from ..core import paths
 
     d = Path(stage_dir)
