@@ -32,13 +32,13 @@ test: $(STAMP)
 # A failed point fails the target, but only after the table over the finished points is printed.
 demo: $(STAMP)
 	$(PY) -m lib.runs.sweeps params/sweeps/demo.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s)); rc=$$?; \
-	$(PY) -m lib.analyze.analysis --root runs/demo --sweep params/sweeps/demo.yaml $(foreach s,$(SET),--set $(s)); \
+	$(PY) -m lib.runs.report --root runs/demo --sweep params/sweeps/demo.yaml $(foreach s,$(SET),--set $(s)); \
 	exit $$(( rc || $$? ))
 
 # The demo grid over seeds 0-2 (about 1.5x the demo's time); figures in figures/study/.
 study: $(STAMP)
 	$(PY) -m lib.runs.sweeps params/sweeps/study.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s)); rc=$$?; \
-	$(PY) -m lib.analyze.analysis --root runs/demo --sweep params/sweeps/study.yaml $(foreach s,$(SET),--set $(s)); \
+	$(PY) -m lib.runs.report --root runs/demo --sweep params/sweeps/study.yaml $(foreach s,$(SET),--set $(s)); \
 	exit $$(( rc || $$? ))
 
 # One pipeline run, notebooks 01-06: make run PARAMS=params/demo.yaml SET="gating.threshold=0.5 seed=1"

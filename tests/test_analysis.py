@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import standins
 
-from lib.analyze import analysis
+from lib.analyze import aggregate, agreement, collection, matrix, recompute, tables, upstream
 from lib.core import atomic, config, stages
 
 
@@ -26,19 +26,19 @@ def records(runs_root):
 
 
 def test_collect_finds_every_record_with_grouping_keys(records):
-    df = analysis.collect(records)
+    df = collection.collect(records)
     assert len(df) == 7
     assert list(df["method"].unique()) == ["no-fine-tune", "random", "active-gating"]
     assert set(df.loc[df["method"] == "active-gating", "setting"]) == {"thr0.3"}
     assert set(df.loc[df["method"] == "random", "setting"]) == {""}
-    long = analysis.tidy(df)
+    long = collection.tidy(df)
     assert set(long["direction"]) == {"a", "b", "trtr", "tsts", "det", "a/b", "a/trtr"}
     assert {"overall", "Unhealthy"} <= set(long["class"])
 
 
 def test_reported_numbers_equal_those_recomputed_from_raw_predictions(records):
-    df = analysis.collect(records)
-    report = analysis.check(df)
+    df = collection.collect(records)
+    report = recompute.check(df)
     assert {"auroc_a", "auroc_b", "auroc_trtr", "auroc_tsts", "acc_a", "fter", "cc_fter", "tr", "auroc_det",
             "auroc_det_Unhealthy", "auroc_b_No Finding", "acc_a_Unhealthy"} <= set(report["metric"])
     assert report["checked"].min() == 7
@@ -47,18 +47,18 @@ def test_reported_numbers_equal_those_recomputed_from_raw_predictions(records):
     rec = pd.read_csv(f"{victim}/results.csv")
     rec.loc[0, "a_auroc"] += 0.01
     rec.to_csv(f"{victim}/results.csv", index=False)
-    with pytest.raises(analysis.AnalysisMismatch, match="auroc_a"):
-        analysis.check(analysis.collect(records))
+    with pytest.raises(recompute.AnalysisMismatch, match="auroc_a"):
+        recompute.check(collection.collect(records))
 
 
 def test_summary_means_stds_and_ci_match_a_direct_computation(records):
-    df = analysis.collect(records)
-    s = analysis.summary(df, n_boot=100)
+    df = collection.collect(records)
+    s = aggregate.summary(df, n_boot=100)
     row = s[s["method"] == "random"].iloc[0]
     vals = df.loc[df["method"] == "random", "fter"]
     assert row["n_seeds"] == 3
     assert row["fter_mean"] == pytest.approx(vals.mean()) and row["fter_std"] == pytest.approx(vals.std(ddof=1))
-    again = analysis.recompute(df[df["method"] == "random"])
+    again = recompute.recompute(df[df["method"] == "random"])
     assert row["auroc_b_mean"] == pytest.approx(again["auroc_b"].mean(), abs=1e-12)
     # the pooled ratios are ratios of the seed-mean AUROCs, inside their two-level intervals
     assert row["fter_pooled"] == pytest.approx(again["auroc_a"].mean() / again["auroc_b"].mean(), abs=1e-12)
@@ -67,8 +67,8 @@ def test_summary_means_stds_and_ci_match_a_direct_computation(records):
     # a single seed has no std, but still a bootstrap interval
     nft = s[s["method"] == "no-fine-tune"].iloc[0]
     assert np.isnan(nft["fter_std"]) and nft["fter_ci_low"] < nft["fter_ci_high"]
-    table = analysis.fter_table(s)
-    assert list(table.columns[4:]) == list(analysis.MATRIX_COLUMNS.values()) and table["TR"].str.contains(r"\[").all()
+    table = tables.fter_table(s)
+    assert list(table.columns[4:]) == list(tables.MATRIX_COLUMNS.values()) and table["TR"].str.contains(r"\[").all()
 
 
 def test_two_level_interval_holds_the_spread_between_seeds(runs_root):
@@ -82,9 +82,9 @@ def test_two_level_interval_holds_the_spread_between_seeds(runs_root):
         pa["p[No Finding]"] = 1 - pa["p[Unhealthy]"]
         pa["score"] = pa["p[Unhealthy]"]
         pa.to_csv(out / "predictions_a.csv", index=False)
-    dirs = list(analysis.collect(runs_root)["results_dir"])
-    both = analysis.bootstrap_ci(dirs, n_boot=300)
-    one = analysis.bootstrap_ci(dirs[1:2], n_boot=300)
+    dirs = list(collection.collect(runs_root)["results_dir"])
+    both = aggregate.bootstrap_ci(dirs, n_boot=300)
+    one = aggregate.bootstrap_ci(dirs[1:2], n_boot=300)
     assert both["auroc_a_ci_high"] - both["auroc_a_ci_low"] > 2 * (one["auroc_a_ci_high"] - one["auroc_a_ci_low"])
 
 
@@ -93,40 +93,40 @@ def test_fast_auroc_equals_sklearn():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
     s = np.round(rng.random(300), 2)           # with ties
-    assert analysis._auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert aggregate._auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
 
 def test_thesis_tables_have_the_thesis_layout(records, tmp_path):
-    tables = analysis.thesis_tables(analysis.summary(analysis.collect(records), n_boot=20))
-    names = list(tables)
+    thesis = tables.thesis_tables(aggregate.summary(collection.collect(records), n_boot=20))
+    names = list(thesis)
     assert names[0].startswith("Table 4.4: random") and names[1].startswith("Table 4.5: random")
     assert names[2].startswith("Table 4.12: active-gating") and names[3].startswith("Table 4.13")
-    a, b = tables[names[0]], tables[names[1]]
+    a, b = thesis[names[0]], thesis[names[1]]
     assert list(a.columns.get_level_values(0).unique()) == ["Accuracy", "AUROC"]
     assert list(a.columns)[:3] == [("Accuracy", "Overall"), ("Accuracy", "Unhealthy"), ("Accuracy", "No Finding")]
     assert list(a.index) == ["12 (no fine-tune)", "12"]              # Table 4.4's "No Fine tune" row first
     assert ("FTER", "mean ± std") in b.columns and "±" in b.loc["12", ("FTER", "mean ± std")]
     assert a.loc["12", ("AUROC", "95% CI")].startswith("[") and ("AUROC", "95% CI") in b.columns
-    written = analysis.save_tables(tables, tmp_path)
+    written = tables.save_tables(thesis, tmp_path)
     assert len(written) == 8 and r"\toprule" in written[1].read_text()
     tex = written[1].read_text()        # multi-column headers, not "Accuracy & Accuracy & Accuracy"
     assert r"\multicolumn{3}{c}{Accuracy}" in tex and "Accuracy & Accuracy" not in tex
 
 
 def test_no_records_gives_empty_tables_not_an_error(runs_root):
-    df = analysis.collect(runs_root)
-    assert df.empty and analysis.summary(df).empty and analysis.fter_table(analysis.summary(df)).empty
+    df = collection.collect(runs_root)
+    assert df.empty and aggregate.summary(df).empty and tables.fter_table(aggregate.summary(df)).empty
 
 
 def test_analysis_figures_are_written_and_reproducible(runs_root, tmp_path):
     from lib.viz import analysis as viz
 
     standins.fake_study(runs_root, seeds=(0,))
-    df = analysis.collect(runs_root)
-    s = analysis.summary(df, n_boot=30)
-    logs = analysis.gating_logs(df)
+    df = collection.collect(runs_root)
+    s = aggregate.summary(df, n_boot=30)
+    logs = upstream.gating_logs(df)
     assert set(logs) == {"active-gating", "random-skip"} and {"step", "skipped"} <= set(logs["random-skip"])
-    samples = analysis.sample_paths(df, per_label=2)
+    samples = upstream.sample_paths(df, per_label=2)
     assert set(samples) == {"random", "spectral-clip", "active-gating", "random-skip"}
     for out in ("one", "two"):
         viz.tgap_plane(s, tmp_path / out)
@@ -146,10 +146,10 @@ def test_a_ratio_whose_denominator_is_at_chance_is_undefined(runs_root):
     pb["p[Unhealthy]"], pb["p[No Finding]"] = rng.random(len(pb)), rng.random(len(pb))   # (b) at chance
     pb["score"] = pb["p[Unhealthy]"] / (pb["p[Unhealthy]"] + pb["p[No Finding]"])
     pb.to_csv(out / "predictions_b.csv", index=False)
-    s = analysis.summary(analysis.collect(runs_root), n_boot=100)
+    s = aggregate.summary(collection.collect(runs_root), n_boot=100)
     r = s.iloc[0]
     assert r["cc_fter_defined"] is False or r["cc_fter_defined"] == False  # noqa: E712
-    assert np.isnan(r["cc_fter_pooled"]) and analysis.fter_table(s).loc[0, "FTER (chance-corr.)"] == "undefined"
+    assert np.isnan(r["cc_fter_pooled"]) and tables.fter_table(s).loc[0, "FTER (chance-corr.)"] == "undefined"
     assert r["tr_defined"] and np.isfinite(r["tr_pooled"])              # TRTR is far from chance
 
 
@@ -157,7 +157,7 @@ def test_comparisons_pair_methods_on_shared_seeds_and_correct_for_multiplicity(r
     from lib.analyze import comparisons
     from lib.core import stats
 
-    df = analysis.collect(records)
+    df = collection.collect(records)
     c = comparisons.compare(df, n_boot=200)
     assert set(c["comparison"]) == {"no-fine-tune − random", "active-gating thr0.3 − random"}
     g = c.set_index("comparison").loc["active-gating thr0.3 − random"]
@@ -183,7 +183,7 @@ def _fidelity_writer(fid_of):
     def writer(cfg, out):
         standins.write_fake_results(cfg, out)
         rec = pd.read_csv(out / "results.csv")
-        values = {k: 0.5 for k in analysis.FIDELITY}
+        values = {k: 0.5 for k in aggregate.FIDELITY}
         values.update({"fidelity.fid": fid_of(rec.iloc[0]), "memorization.copy_fraction": 0.0})
         fields = {}
         for k, v in values.items():
@@ -199,12 +199,12 @@ def _fidelity_study(runs_root, fid_of, seeds=(0, 1, 2)):
                        {"finetune.method": "spectral-clip", "gating.enabled": True}):
             _record(runs_root, method, seed, _fidelity_writer(fid_of))
     _record(runs_root, {"generation.kind": "label-shuffled"}, 0, _fidelity_writer(lambda r: 0.5))
-    return analysis.summary(analysis.collect(runs_root), n_boot=400)
+    return aggregate.summary(collection.collect(runs_root), n_boot=400)
 
 
 def test_fidelity_metrics_are_summarised_over_seeds_with_two_level_cis(runs_root, tmp_path):
     s = _fidelity_study(runs_root, lambda r: 20 * (1 - r["tr"]))
-    df = analysis.collect(runs_root)
+    df = collection.collect(runs_root)
     for method, r in s.set_index("method").iterrows():
         fid = df.loc[df["method"] == method, "fidelity.fid"]
         assert r["fidelity.fid_pooled"] == pytest.approx(fid.mean()) == pytest.approx(r["fidelity.fid_mean"])
@@ -217,14 +217,14 @@ def test_fidelity_metrics_are_summarised_over_seeds_with_two_level_cis(runs_root
     assert one["fidelity.fid_ci_low"] == pytest.approx(0.5 - 0.06, abs=0.02)
     assert one["fidelity.fid_ci_high"] == pytest.approx(0.5 + 0.11, abs=0.02)
     assert one["memorization.copy_fraction_ci_low"] == 0.0            # clipped to the metric's range
-    table = analysis.fidelity_table(s)
-    assert list(table.columns[4:]) == [f"{h}: {c}" for h, c in analysis.FIDELITY.values()]
+    table = tables.fidelity_table(s)
+    assert list(table.columns[4:]) == [f"{h}: {c}" for h, c in aggregate.FIDELITY.values()]
     assert table["Fidelity: FID"].str.match(r"^[\d.]+ \[[\d.]+, [\d.]+\]$").all()
-    csv, tex = analysis.save_fidelity_table(table, tmp_path)
+    csv, tex = tables.save_fidelity_table(table, tmp_path)
     assert csv.name == "06_fidelity.csv" and pd.read_csv(csv).shape == table.shape
     assert r"\multicolumn{4}{c}{Fidelity}" in tex.read_text() and "label-shuffled" in tex.read_text()
     # records written before stage 05 measured fidelity: dashes, not an error
-    old = analysis.fidelity_table(analysis.summary(analysis.collect(runs_root).drop(
+    old = tables.fidelity_table(aggregate.summary(collection.collect(runs_root).drop(
         columns=[c for c in df.columns if c.startswith(("fidelity.", "memorization."))]), n_boot=20))
     assert (old["Fidelity: FID"] == "–").all()
 
@@ -235,12 +235,12 @@ def test_the_agreement_sentence_follows_the_rank_correlation(runs_root, tmp_path
     from lib.viz import analysis as viz
 
     s = _fidelity_study(runs_root / "agree", lambda r: 20 * (1 - r["tr"]))     # lower FID, higher TR
-    c = analysis.fidelity_trainability(s).set_index(["methods", "trainability"])
+    c = agreement.fidelity_trainability(s).set_index(["methods", "trainability"])
     gen = s[s["method"] != "label-shuffled"]
     assert c.loc[("generators", "tr"), "n"] == 4 and c.loc[("all", "tr"), "n"] == 5
     assert c.loc[("generators", "tr"), "rho"] == pytest.approx(
         spearmanr(gen["fidelity.fid_pooled"], gen["tr_pooled"])[0]) == pytest.approx(-1.0, abs=0.21)
-    text = analysis.fidelity_agreement(s)
+    text = agreement.fidelity_agreement(s)
     assert "generators (diffusion methods and controls), fidelity and trainability agree" in text
     assert "With the reference generators" in text and "ρ(FID, TR) = " in text
     for out in ("one", "two"):
@@ -250,10 +250,10 @@ def test_the_agreement_sentence_follows_the_rank_correlation(runs_root, tmp_path
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
     s = _fidelity_study(runs_root / "disagree", lambda r: 5 + 20 * r["tr"])     # lower FID, lower TR
-    text = analysis.fidelity_agreement(s)
+    text = agreement.fidelity_agreement(s)
     assert "fidelity and trainability do not agree" in text and "agree: methods" not in text
-    viz.fidelity_vs_trainability(analysis.summary(analysis.collect(runs_root / "none")), tmp_path / "empty")
-    assert "cannot be compared" in analysis.fidelity_agreement(analysis.summary(analysis.collect(runs_root / "none")))
+    viz.fidelity_vs_trainability(aggregate.summary(collection.collect(runs_root / "none")), tmp_path / "empty")
+    assert "cannot be compared" in agreement.fidelity_agreement(aggregate.summary(collection.collect(runs_root / "none")))
 
 
 def test_parameters_come_back_from_a_column_that_is_null_in_other_records():
@@ -263,7 +263,7 @@ def test_parameters_come_back_from_a_column_that_is_null_in_other_records():
     cfg = config.load("params/smoke.yaml")
     row = pd.Series({**results.flatten(cfg.to_dict(), "param."), "param.fidelity.fid_dims": 12.0,
                      "param.classifier.learning_rate": 1.0, "param.gating.skip_rate": np.nan})
-    back = config.from_dict(analysis.params_of(row))
+    back = config.from_dict(collection.params_of(row))
     assert back.fidelity.fid_dims == 12 and isinstance(back.fidelity.fid_dims, int)
     assert back.classifier.learning_rate == 1.0 and isinstance(back.classifier.learning_rate, float)
     assert back.gating.skip_rate is None
@@ -311,21 +311,21 @@ def test_a_three_class_record_is_collected_checked_and_tabled_per_class(runs_roo
     for seed in (0, 1):
         _record(runs_root, {"data.source": "shapes", "data.classes": SHAPES, "finetune.method": "random"}, seed,
                 _write_k_class_results)
-    df = analysis.collect(runs_root)
-    cols = analysis.metric_columns(df)
+    df = collection.collect(runs_root)
+    cols = collection.metric_columns(df)
     assert {"auroc_a_circle", "acc_b_triangle", "auroc_det_square", "auroc_tsts", "tr"} <= set(cols)
     assert not [c for c in cols if "ci_" in c]                   # the record's intervals are no metric
-    report = analysis.check(df)                                   # scikit-learn's macro OvR and argmax agree
+    report = recompute.check(df)                                   # scikit-learn's macro OvR and argmax agree
     assert {"auroc_a", "acc_a", "acc_a_square", "auroc_det_circle", "tr"} <= set(report["metric"])
-    y, _, o = analysis.read_predictions(df.loc[0, "results_dir"], "a")
-    assert analysis.recompute(df).loc[0, "auroc_a"] == pytest.approx(
+    y, _, o = matrix.read_predictions(df.loc[0, "results_dir"], "a")
+    assert recompute.recompute(df).loc[0, "auroc_a"] == pytest.approx(
         roc_auc_score(y, o / o.sum(1, keepdims=True), multi_class="ovr", average="macro"), abs=1e-12)
-    s = analysis.summary(df, n_boot=20)
+    s = aggregate.summary(df, n_boot=20)
     assert s.loc[0, "auroc_a_pooled"] == pytest.approx(df["auroc_a"].mean(), abs=1e-12)   # macro AUROC too
-    t = analysis.direction_table(s, "a")
+    t = tables.direction_table(s, "a")
     assert list(t.columns)[:4] == [("Accuracy", c) for c in ["Overall", *SHAPES]]
-    samples = analysis.sample_paths(df, per_label=2)
-    assert list(samples[analysis.REAL_ROW]) == SHAPES and all(len(v) == 2 for v in samples[analysis.REAL_ROW].values())
+    samples = upstream.sample_paths(df, per_label=2)
+    assert list(samples[upstream.REAL_ROW]) == SHAPES and all(len(v) == 2 for v in samples[upstream.REAL_ROW].values())
 
 
 def test_a_verdict_needs_three_shared_seeds():
@@ -339,3 +339,32 @@ def test_a_verdict_needs_three_shared_seeds():
     assert comparisons._verdict(three, 0.05) == "x > random"
     three["d_auroc_a_ci_low"] = -0.01
     assert comparisons._verdict(three, 0.05) == "not separated"
+
+
+# ------------------------------------------------------------------------------------------ the report
+def test_the_report_cli_reads_a_sweeps_finished_runs_and_lists_the_others(tmp_path, runs_root, capsys):
+    # `make demo` prints this report (python -m lib.runs.report); it moved out of the analysis step so that no
+    # step imports the run machinery (tests/test_layout.py): the sweep-aware CLI lives beside the sweeps.
+    import yaml
+
+    from lib.runs import report, sweeps
+
+    nb = standins.write_notebooks(tmp_path / "nb")
+    body = {"base": "params/smoke.yaml", "figures_dir": str(tmp_path / "fig"), "grid": {"seed": [0, 1]}}
+    (tmp_path / "ran.yaml").write_text(yaml.safe_dump(body))
+    sweeps.run(tmp_path / "ran.yaml", 1, runs_root, nb, engine=standins.exec_engine, analyse=False)
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump({**body, "grid": {"seed": [0, 1, 7]}}))
+    (tmp_path / "fig").mkdir()
+    (tmp_path / "fig" / "06_tgap_plane.png").write_bytes(b"")
+    capsys.readouterr()
+    assert report.main(["--root", str(runs_root), "--sweep", str(tmp_path / "more.yaml"),
+                        "--runs-root", str(runs_root)]) == 0
+    out, err = capsys.readouterr()
+    assert "The trainability matrix (2 runs;" in out and "Paired comparisons" in out
+    assert "all 60 reported metric values match their recomputation" in out
+    assert "figures:" in out and "06_tgap_plane.png" in out
+    assert "1 of 3 points of" in err and "seed7" in err          # the unfinished point is named, and left out
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump({**body, "grid": {"seed": [8]}}))
+    assert report.main(["--root", str(runs_root), "--sweep", str(tmp_path / "none.yaml"),
+                        "--runs-root", str(runs_root)]) == 1      # never every record under --root instead
+    assert "has finished stage 05" in capsys.readouterr().err

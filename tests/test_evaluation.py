@@ -238,7 +238,7 @@ CALIBRATION = {"classifier.epochs": 60, "classifier.patience": 30, "classifier.l
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """The real-holdout and label-shuffled references over three seeds, each seed sharing one real baseline."""
-    from lib.analyze import analysis
+    from lib.analyze import aggregate, collection
 
     runs_root = tmp_path_factory.mktemp("runs")
     for seed in range(3):
@@ -247,8 +247,8 @@ def calibrated(tmp_path_factory):
             stages.run_stage(cfg, "01_data_curation", curation.run, runs_root, progress=False)
             stages.run_stage(cfg, "04_generation", generation.run, runs_root, progress=False)
             stages.run_stage(cfg, "05_classifier", evaluation.run, runs_root, progress=False)
-    records = analysis.collect(runs_root)
-    return records, analysis.summary(records, n_boot=300).set_index("method")
+    records = collection.collect(runs_root)
+    return records, aggregate.summary(records, n_boot=300).set_index("method")
 
 
 def test_references_calibrate_the_metrics_as_their_construction_says(calibrated):

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ..core import stats
-from .analysis import read_predictions
 from ..evaluate.metrics import auroc as binary_auroc
 from ..evaluate.metrics import macro_auroc
+from .matrix import read_predictions
 
 GATED, CONTROL = "active-gating", "random-skip"
 REFERENCES = ("real-holdout", "label-shuffled", "collapsed", "findings-erased", "exaggerated", "vae-roundtrip",
@@ -89,7 +89,7 @@ def _one(x: str, b: str, gx, gb, n_boot: int, seed: int) -> dict:
 
 def compare(df: pd.DataFrame, baseline: str = "random", n_boot: int = 1000, seed: int = 0,
             alpha: float = 0.05) -> pd.DataFrame:
-    """The comparison table of a collected results frame (lib.analyze.analysis.collect), per tuning size."""
+    """The comparison table of a collected results frame (lib.analyze.collection.collect), per tuning size."""
     rows = []
     for size, part in df.groupby("tuning_size", sort=True):
         key = part["method"] + np.where(part["setting"] != "", " " + part["setting"], "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..analyze import analysis
+from ..analyze import agreement, tables, upstream
 from ..data import images
 from ..core import montage, style
 
@@ -103,8 +103,8 @@ def sample_montage(samples: dict[str, dict[str, list[str]]], size: int, figures_
                    name: str = "06_samples_by_method"):
     """Real images first, then one row per method (the no-fine-tune control is the base model), with each
     class's images in a labelled column group (the thesis's: No Finding, then Unhealthy)."""
-    order = ([analysis.REAL_ROW] if analysis.REAL_ROW in samples else []) + style.method_order(
-        [m for m in samples if m != analysis.REAL_ROW])
+    order = ([upstream.REAL_ROW] if upstream.REAL_ROW in samples else []) + style.method_order(
+        [m for m in samples if m != upstream.REAL_ROW])
     classes = list(dict.fromkeys(lab for s in samples.values() for lab in s))    # first-seen = label order
     rows, ncols = {}, max((len(v) for s in samples.values() for v in s.values()), default=0)
     width = len(classes) * (ncols + 1) - 1
@@ -156,7 +156,7 @@ def explorer(s: pd.DataFrame, enabled: bool = True):
         keep = s["method"].isin(methods.value) & s["tuning_size"].isin(sizes.value) & s["setting"].isin(settings.value)
         with out:
             out.clear_output(wait=True)
-            display(analysis.fter_table(s[keep]))
+            display(tables.fter_table(s[keep]))
             fig = tgap_plane(s[keep])
             display(fig)
             plt.close(fig)
@@ -218,7 +218,7 @@ def fidelity_vs_trainability(s: pd.DataFrame, figures_dir=None, name: str = "06_
     from ..core.style import REFERENCES
 
     fig, axes = style.figure(1.0, 0.4, ncols=2)
-    corr = analysis.fidelity_trainability(s).set_index(["methods", "trainability"])
+    corr = agreement.fidelity_trainability(s).set_index(["methods", "trainability"])
     markers = _sizes(s) if len(s) else {}
     for ax, (key, label, line) in zip(axes, (("tr", "TR = (a − .5) / (TRTR − .5)", 1.0),
                                              ("fter", "FTER = AUROC(a) / AUROC(b)", 1.0))):

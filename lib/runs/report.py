@@ -1,0 +1,89 @@
+"""The FTER report on the command line: `python -m lib.runs.report --root runs/demo [--sweep <sweep file>]`.
+
+Prints the trainability matrix with FTER, the chance-corrected FTER and TR, why the plain FTER can mislead,
+the paired comparisons, the calibration checks on reference generators, the fidelity table and its
+agreement with trainability, the recomputation check of every reported number and the figures written.
+With ``--sweep`` only that sweep's finished runs are read, and the points not finished are listed; it lives
+in lib.runs because it asks the sweep machinery which runs those are (the analysis steps never do).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+from ..analyze import aggregate, agreement, calibration, collection, comparisons, recompute, tables
+from ..core import overrides, paths, stages
+from . import sweep_spec, sweeps
+
+
+def sweep_runs(sweep_file, sets: list[str] | None, runs_root) -> tuple[list | None, str | None]:
+    """(run folders of the sweep's finished points, its figures folder); (None, None) when none finished.
+    The points not finished are listed on stderr: the tables leave them out."""
+    sw = sweep_spec.load(sweep_file, overrides.parse_sets(sets))
+    finished, missing = sweeps.finished_runs(sw, runs_root)
+    if missing:
+        print(f"{len(missing)} of {len(sw.points)} points of {sweep_file} have not finished; the tables leave "
+              f"them out: {', '.join(missing)}", file=sys.stderr)
+    if not finished:        # never fall back to every record under --root: they may be other parameters'
+        print(f"no run of {sweep_file} has finished stage 05 under {paths.resolve(runs_root)}; run "
+              f"python -m lib.runs.sweeps {sweep_file} first.", file=sys.stderr)
+        return None, None
+    return [r.directory for r in finished], sw.figures_dir
+
+
+def print_tables(df: pd.DataFrame) -> None:
+    """The matrix, the ratios explained, the comparisons, the calibration checks and the fidelity table."""
+    s = aggregate.summary(df)
+    print(f"\nThe trainability matrix ({len(df)} runs; seed means with two-level 95% CIs over seeds and test "
+          "images; a = train synthetic, test real; b = train real, test synthetic)")
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 200):
+        print(tables.fter_table(s).to_string(index=False))
+        print("\n" + tables.explain_ratios(s))
+        print("\nPaired comparisons (shared seeds and test sets; Holm across the table):")
+        print(comparisons.table(comparisons.compare(df)).to_string(index=False))
+        checks = calibration.checks(s)
+        if not checks.empty:
+            print("\nCalibration on reference generators (must hold by construction):")
+            print(checks.drop(columns="why").to_string(index=False))
+            print(calibration.orderings(s).to_string(index=False))
+        fid = tables.fidelity_table(s)
+        if len(fid) and (fid.iloc[:, 4:] != "–").any().any():
+            print("\nFidelity, diversity and memorization (seed means with two-level 95% CIs; stage 05, "
+                  "lib/evaluate/fidelity.py):")
+            print(fid.to_string(index=False))
+            print("\n" + agreement.fidelity_agreement(s))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.runs.report", description="Print the FTER table.")
+    ap.add_argument("--root", default="runs", help="runs root (or one experiment's folder) to collect from")
+    ap.add_argument("--sweep", help="only the runs of this sweep file")
+    ap.add_argument("--runs-root", default="runs", help="with --sweep: the runs root it ran in")
+    ap.add_argument("--figures", default=None, help="list the figures in this folder")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --sweep: the overrides it ran with")
+    args = ap.parse_args(argv)
+    runs, figures = None, args.figures
+    if args.sweep:
+        runs, sweep_figures = sweep_runs(args.sweep, args.set, args.runs_root)
+        if runs is None:
+            return 1
+        figures = figures or sweep_figures
+    df = collection.collect(args.root, runs)
+    if df.empty:
+        print(f"no results records found under {paths.resolve(args.root)}", file=sys.stderr)
+        return 1
+    print_tables(df)
+    checked = recompute.check(df)
+    print(f"\nall {int(checked['checked'].sum())} reported metric values match their recomputation "
+          "from the saved predictions")
+    if figures:
+        print("\nfigures:")
+        for f in sorted(paths.resolve(figures).glob("06_*.p*")):
+            print(f"  {stages.paths_rel(f)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
