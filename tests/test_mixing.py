@@ -3,7 +3,7 @@ same totals, fixed-size real:synthetic ratios, tested on real, paired with the r
 stages that resume and are reused; bad input refused before anything trains.
 
 Stage 04 is stood in for by real phantoms of the tuning pool relabelled as a synthetic set (as in
-tests/test_evaluation.py), so these tests exercise lib.analyze.mixing alone."""
+tests/test_evaluation.py), so these tests exercise lib.analyze.mixing (and its arms and tables) alone."""
 import json
 
 import numpy as np
@@ -13,7 +13,7 @@ import pytest
 from lib.core import atomic, config, stages
 from lib.evaluate import classifier, evaluation
 from lib.data import curation
-from lib.analyze import mixing
+from lib.analyze import mixing, mixing_arms, mixing_tables
 from lib.core.config import ParamError
 from lib.data.nih import DataError
 
@@ -54,7 +54,7 @@ def _real(n_per_class=10):
 @pytest.mark.parametrize("brackets", [[1], [7, 30], [250]])
 def test_oversampling_gives_exactly_the_requested_totals_from_real_images_of_the_same_class(brackets):
     real = _real(10)
-    sets = mixing.oversampled_sets(real, brackets, seed=3)
+    sets = mixing_arms.oversampled_sets(real, brackets, seed=3)
     for n in brackets:
         df = sets[f"oversampled+{n}"]
         counts = df["label"].value_counts().to_dict()
@@ -62,17 +62,17 @@ def test_oversampling_gives_exactly_the_requested_totals_from_real_images_of_the
         src = real.set_index("image_id")["label"]
         assert (df["label"].to_numpy() == src.loc[df["group"]].to_numpy()).all()   # copies keep their class
         assert set(df["image_id"]) <= set(real["image_id"])                       # real images only
-    assert mixing.oversampled_sets(real, brackets, seed=3)[f"oversampled+{brackets[0]}"].equals(
+    assert mixing_arms.oversampled_sets(real, brackets, seed=3)[f"oversampled+{brackets[0]}"].equals(
         sets[f"oversampled+{brackets[0]}"])                                         # seeded
 
 
 def test_brackets_are_nested_and_ratios_keep_the_size_fixed():
     real, syn = _real(10), _real(30).assign(image_id=lambda d: "s" + d["image_id"])
-    order = mixing.ordered_synthetic(syn, seed=0)
-    b = mixing.bracket_sets(real, order, [5, 15])
+    order = mixing_arms.ordered_synthetic(syn, seed=0)
+    b = mixing_arms.bracket_sets(real, order, [5, 15])
     assert set(b["synthetic+5"]["image_id"]) < set(b["synthetic+15"]["image_id"])
     assert (b["synthetic+15"].groupby(["label", "source"]).size() == [10, 15, 10, 15]).all()
-    r = mixing.ratio_sets(mixing.ordered_real(real.iloc[:8], real, 0), order, [[0.7, 0.3], [0.0, 1.0]], 10)
+    r = mixing_arms.ratio_sets(mixing_arms.ordered_real(real.iloc[:8], real, 0), order, [[0.7, 0.3], [0.0, 1.0]], 10)
     for df, n_real in ((r["ratio 70:30"], 7), (r["ratio 0:100"], 0)):
         per = df.groupby(["label", "source"]).size().to_dict()
         assert sum(v for (lab, _), v in per.items() if lab == "Unhealthy") == 10
@@ -85,17 +85,17 @@ def test_sets_counts_and_paired_statistics_take_any_number_of_classes():
     shapes = ["circle", "square", "triangle"]
     real = pd.DataFrame({"image_id": [f"r{i}" for i in range(30)], "path": [f"r{i}.png" for i in range(30)],
                          "label": [shapes[i % 3] for i in range(30)]})
-    over = mixing.oversampled_sets(real, [4], seed=0, classes=shapes)["oversampled+4"]
+    over = mixing_arms.oversampled_sets(real, [4], seed=0, classes=shapes)["oversampled+4"]
     assert over["label"].value_counts().to_dict() == {c: 14 for c in shapes}
     syn = real.assign(image_id="s" + real["image_id"])
-    b = mixing.bracket_sets(real, mixing.ordered_synthetic(syn, 0, shapes), [3], shapes)["synthetic+3"]
+    b = mixing_arms.bracket_sets(real, mixing_arms.ordered_synthetic(syn, 0, shapes), [3], shapes)["synthetic+3"]
     assert (b.groupby(["label", "source"]).size() == [10, 3] * 3).all()
-    assert mixing._counts(real[real["label"] != "square"], shapes)["square"] == 0    # an absent class counts 0
+    assert mixing_arms.class_counts(real[real["label"] != "square"], shapes)["square"] == 0    # an absent class counts 0
     y = np.array([0, 1, 2, 0, 1, 2])
     p = metrics.probabilities(np.eye(3)[[0, 1, 2, 1, 1, 2]] * 0.8 + 0.1)            # one circle taken for a square
-    assert mixing._stat("accuracy", 0.5)(y, p) == pytest.approx(5 / 6)
-    assert mixing._stat("balanced_accuracy", 0.5)(y, p) == pytest.approx((0.5 + 1 + 1) / 3)
-    assert mixing._stat("auroc", 0.5)(y, p) == metrics.macro_auroc(y, p)
+    assert mixing_tables._stat("accuracy", 0.5)(y, p) == pytest.approx(5 / 6)
+    assert mixing_tables._stat("balanced_accuracy", 0.5)(y, p) == pytest.approx((0.5 + 1 + 1) / 3)
+    assert mixing_tables._stat("auroc", 0.5)(y, p) == metrics.macro_auroc(y, p)
 
 
 def test_validation_groups_never_straddle_the_split():
@@ -117,7 +117,7 @@ def test_every_arm_trains_and_is_paired_with_the_real_baseline(measured):
         d = rec[exp]
         assert d.name.startswith(mixing.EXPERIMENTS[exp])
         assert (d / "DONE.json").exists() and not (d / "results.csv").exists()
-        t = pd.read_csv(d / mixing.TABLE)
+        t = pd.read_csv(d / mixing_arms.TABLE)
         assert list(t["arm"]) == arms
         assert {"accuracy", "balanced_accuracy", "auroc", "precision[Unhealthy]", "recall[No Finding]",
                 "f1[Unhealthy]"} <= set(t.columns)
@@ -138,22 +138,22 @@ def test_tables_report_changes_in_percentage_points_with_paired_statistics(measu
     from lib.viz import mixing as viz
 
     cfg, runs_root, out = measured
-    records = mixing.collect(out)
-    assert set(records["generator"]) == {"spectral-clip", mixing.OVERSAMPLING}
-    d = mixing.compare(records, mixing.BRACKETS, "accuracy", n_boot=50)
+    records = mixing_tables.collect(out)
+    assert set(records["generator"]) == {"spectral-clip", mixing_arms.OVERSAMPLING}
+    d = mixing_tables.compare(records, mixing_tables.BRACKETS, "accuracy", n_boot=50)
     row = d[(d["generator"] == "spectral-clip") & (d["arm"] == "synthetic+12")].iloc[0]
     t = records[records["stage_dir"] == str(out[0]["brackets"])].set_index("arm")
     assert row["diff_pp"] == pytest.approx(100 * (t.loc["synthetic+12", "accuracy"] - t.loc["real", "accuracy"]))
     assert row["ci_low_pp"] <= row["diff_pp"] <= row["ci_high_pp"] and 0 < row["p_holm"] <= 1
-    table = mixing.bracket_table(records, n_boot=50)
+    table = mixing_tables.bracket_table(records, n_boot=50)
     assert list(table["generator"][:3]) == ["real", "oversampling", "oversampling"]
     assert {"accuracy (%)", "Δ acc. (pp)", "Δ acc. (pp) CI", "Δ bal. acc. (pp)"} <= set(table.columns)
-    assert len(mixing.per_class_table(records)) == 3
-    assert len(mixing.versus_oversampling(records, n_boot=50)) == 2
-    rt = mixing.ratio_table(records, n_boot=50)
+    assert len(mixing_tables.per_class_table(records)) == 3
+    assert len(mixing_tables.versus_oversampling(records, n_boot=50)) == 2
+    rt = mixing_tables.ratio_table(records, n_boot=50)
     assert list(rt.loc[rt["generator"] == "spectral-clip", "real:synthetic"]) == ["100:0", "50:50", "0:100"]
     viz.brackets(d, records, tmp_path)
-    viz.ratios(mixing.seed_table(records, "ratios"), tmp_path)
+    viz.ratios(mixing_tables.seed_table(records, "ratios"), tmp_path)
     assert {p.name for p in tmp_path.iterdir()} >= {"07_brackets.pdf", "07_brackets.png", "07_ratios.png"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..analyze import mixing
+from ..analyze import mixing_arms
 from ..core import style
 
 
@@ -15,13 +15,13 @@ def _empty(ax, text="no mixing results yet: run notebooks 01-05 for a point firs
 
 def _color(gen: str):
     gen = gen.split(" · ")[0]                # 'random · resnet50': the generator's colour
-    return (0.45, 0.45, 0.45) if gen == mixing.OVERSAMPLING else style.color(gen)
+    return (0.45, 0.45, 0.45) if gen == mixing_arms.OVERSAMPLING else style.color(gen)
 
 
 def _order(gens) -> list[str]:
     gens = list(dict.fromkeys(gens))
-    return style.method_order([g for g in gens if g != mixing.OVERSAMPLING]) + \
-        ([mixing.OVERSAMPLING] if mixing.OVERSAMPLING in gens else [])
+    return style.method_order([g for g in gens if g != mixing_arms.OVERSAMPLING]) + \
+        ([mixing_arms.OVERSAMPLING] if mixing_arms.OVERSAMPLING in gens else [])
 
 
 def brackets(diffs: pd.DataFrame, records: pd.DataFrame, figures_dir, name: str = "07_brackets",
@@ -43,8 +43,8 @@ def brackets(diffs: pd.DataFrame, records: pd.DataFrame, figures_dir, name: str 
             x = g["added"].to_numpy(float) * 10 ** offsets[gen]          # a small dodge on the log axis
             err = [g["diff_pp"] - g["ci_low_pp"], g["ci_high_pp"] - g["diff_pp"]]
             ax.errorbar(x, g["diff_pp"], yerr=err, marker="o", ms=3, lw=1.0, capsize=1.5, color=_color(gen),
-                        ls="--" if gen.startswith(mixing.OVERSAMPLING) else "-",
-                        label=gen.replace(mixing.OVERSAMPLING, "random oversampling (real)", 1))
+                        ls="--" if gen.startswith(mixing_arms.OVERSAMPLING) else "-",
+                        label=gen.replace(mixing_arms.OVERSAMPLING, "random oversampling (real)", 1))
         ticks = sorted(d["added"].unique())
         ax.set_xscale("log")
         ax.set_xticks(ticks, [f"+{t:,}" for t in ticks], fontsize=6)
@@ -67,13 +67,13 @@ def ratios(table: pd.DataFrame, figures_dir, name: str = "07_ratios", metrics=("
             _empty(ax)
             continue
         k = 100 if m != "auroc" else 1
-        base = table[table["generator"] == mixing.BASELINE]
+        base = table[table["generator"] == mixing_arms.BASELINE]
         if not base.empty:
             b = base.iloc[0]
             ax.axhspan(k * (b[f"{m}_mean"] - np.nan_to_num(b[f"{m}_sd"])), k * (b[f"{m}_mean"] +
                        np.nan_to_num(b[f"{m}_sd"])), color="0.85", lw=0, zorder=0)
             ax.axhline(k * b[f"{m}_mean"], color="0.5", lw=0.8, label="real only (baseline)")
-        rest = table[table["generator"] != mixing.BASELINE]
+        rest = table[table["generator"] != mixing_arms.BASELINE]
         for gen in _order(rest["generator"]):
             g = rest[rest["generator"] == gen].sort_values("synthetic_share")
             ax.errorbar(100 * g["synthetic_share"], k * g[f"{m}_mean"], yerr=k * g[f"{m}_sd"].fillna(0), marker="o",
