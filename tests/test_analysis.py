@@ -67,8 +67,13 @@ def test_summary_means_stds_and_ci_match_a_direct_computation(records):
     # a single seed has no std, but still a bootstrap interval
     nft = s[s["method"] == "no-fine-tune"].iloc[0]
     assert np.isnan(nft["fter_std"]) and nft["fter_ci_low"] < nft["fter_ci_high"]
-    table = tables.fter_table(s)
-    assert list(table.columns[4:]) == list(tables.MATRIX_COLUMNS.values()) and table["TR"].str.contains(r"\[").all()
+    table = tables.fter_table(s).set_index("method")
+    assert list(table.columns[3:]) == list(tables.MATRIX_COLUMNS.values())
+    # the table states the t-interval over seeds, and none for a group of one seed
+    from scipy import stats as sps
+    lo, hi = sps.t.interval(0.95, 2, loc=vals.mean(), scale=vals.std(ddof=1) / np.sqrt(3))
+    assert table.loc["random", "FTER"] == f"{vals.mean():.3f} [{lo:.2f}, {hi:.2f}]"
+    assert table.loc["no-fine-tune", "TR"].endswith("(n<3)")
 
 
 def test_two_level_interval_holds_the_spread_between_seeds(runs_root):
@@ -158,11 +163,11 @@ def test_comparisons_pair_methods_on_shared_seeds_and_correct_for_multiplicity(r
     from lib.core import stats
 
     df = collection.collect(records)
-    c = comparisons.compare(df, n_boot=200)
+    c = comparisons.compare(df)
     assert set(c["comparison"]) == {"no-fine-tune − random", "active-gating thr0.3 − random"}
     g = c.set_index("comparison").loc["active-gating thr0.3 − random"]
     assert g["seeds"] == "0,1,2" and g["d_auroc_a"] > 0        # the stand-in gives gating the better (a)
-    np.testing.assert_allclose(c["p_boot_holm"], stats.holm(c["p_boot"].to_numpy()))
+    np.testing.assert_allclose(c["p_t_holm"], stats.holm(c["p_t"].to_numpy()))
     # the paired difference recomputed by hand from the prediction files, with scikit-learn
     from sklearn.metrics import roc_auc_score
     diffs = []
@@ -173,7 +178,34 @@ def test_comparisons_pair_methods_on_shared_seeds_and_correct_for_multiplicity(r
         diffs.append(roc_auc_score(px["label"] == "Unhealthy", px["score"]) -
                      roc_auc_score(pb["label"] == "Unhealthy", pb["score"]))
     assert g["d_auroc_a"] == pytest.approx(np.mean(diffs), abs=1e-12)
-    assert "verdict" in comparisons.table(c)
+    # the seed-level test recomputed with scipy from those differences: p, t-interval, and the MDE by simulation
+    from scipy import stats as sps
+    ref = sps.ttest_1samp(diffs, 0.0)
+    assert g["p_t"] == pytest.approx(ref.pvalue, rel=1e-9)
+    lo, hi = ref.confidence_interval(0.95)
+    assert (g["d_auroc_a_t_low"], g["d_auroc_a_t_high"]) == pytest.approx((lo, hi), abs=1e-12)
+    sd = np.std(diffs, ddof=1)
+    sim = np.random.default_rng(0).normal(g["mde_auroc_a"], sd, (20000, 3))
+    t = sim.mean(axis=1) / (sim.std(axis=1, ddof=1) / np.sqrt(3))
+    assert np.mean(np.abs(t) > sps.t.ppf(0.975, 2)) == pytest.approx(0.80, abs=0.012)
+    printed = comparisons.table(c)
+    assert {"verdict", "MDE ΔAUROC(a)", "DeLong p (within seed)"} <= set(printed.columns)
+
+
+def test_comparisons_below_three_seeds_give_no_interval_and_pair_tuning_sizes(tmp_path):
+    """Two seeds: no seed-level interval or verdict; a method at two tuning sizes is paired with itself."""
+    from lib.analyze import comparisons
+
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        for per_label in (5, 12):
+            _record(root, {"finetune.method": "random", "selection.per_label": per_label}, seed)
+    df = collection.collect(root)
+    c = comparisons.compare(df).set_index("comparison")
+    row = c.loc["random n5 − random n12"]
+    assert row["tuning size"] == "5 vs 12" and row["seeds"] == "0,1"
+    assert np.isnan(row["d_auroc_a_t_low"]) and row["verdict"] == "not called: 2 seed(s), 3 needed"
+    assert "n<3: no interval" in comparisons.table(c.reset_index()).iloc[0]["ΔAUROC(a) [t-CI over seeds]"]
 
 
 # ------------------------------------------------------------------------------ fidelity vs trainability
@@ -331,14 +363,14 @@ def test_a_three_class_record_is_collected_checked_and_tabled_per_class(runs_roo
 def test_a_verdict_needs_three_shared_seeds():
     from lib.analyze import comparisons
 
-    row = pd.Series({"comparison": "x − random", "seeds": "0,1", "p_boot_holm": 0.001, "d_auroc_a": 0.03,
-                     "d_auroc_a_ci_low": 0.01, "d_auroc_a_ci_high": 0.05})
+    row = pd.Series({"comparison": "x − random", "seeds": "0,1", "n_seeds": 2, "p_t_holm": 0.001,
+                     "d_auroc_a": 0.03, "mde_auroc_a": 0.02})
     assert comparisons._verdict(row, 0.05) == "not called: 2 seed(s), 3 needed"
     three = row.copy()
-    three["seeds"] = "0,1,2"
+    three["n_seeds"] = 3
     assert comparisons._verdict(three, 0.05) == "x > random"
-    three["d_auroc_a_ci_low"] = -0.01
-    assert comparisons._verdict(three, 0.05) == "not separated"
+    three["p_t_holm"] = 0.2
+    assert comparisons._verdict(three, 0.05) == "not separated (MDE 0.020)"
 
 
 # ------------------------------------------------------------------------------------------ the report

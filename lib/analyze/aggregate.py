@@ -16,6 +16,7 @@ from scipy.stats import norm, rankdata
 
 from ..core import stats
 from ..evaluate import metrics
+from . import power
 from .collection import GROUP, metric_columns
 from .matrix import CELLS, RATIOS, cells_of, read_predictions
 
@@ -108,7 +109,8 @@ def bootstrap_ci(results_dirs: list, n_boot: int = 200, seed: int = 0, level: fl
 
 def summary(df: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """Per method, tuning size and gating setting: seeds, mean and std of every metric over seeds, the
-    t-interval over seeds, and two-level bootstrap CIs (seeds, then test images)."""
+    t-interval over seeds (the primary statement; NaN below 3 seeds), and two-level bootstrap CIs (seeds, then
+    test images), kept for the figures and for within-seed statements."""
     cols = metric_columns(df)
     if df.empty:
         return pd.DataFrame(columns=GROUP + ["n_seeds"] + [f"{c}_{s}" for c in cols for s in ("mean", "std")])
@@ -116,8 +118,9 @@ def summary(df: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     for key, g in df.groupby(GROUP, sort=False):
         row = dict(zip(GROUP, key), n_seeds=len(g), seeds=",".join(map(str, sorted(g["seed"]))))
         for c in cols:
-            t = stats.seed_summary(g[c].astype(float).to_numpy())
-            row.update({f"{c}_mean": t["mean"], f"{c}_std": t["sd"], f"{c}_t_low": t["t_low"], f"{c}_t_high": t["t_high"]})
+            t = power.seed_interval(g[c].astype(float).to_numpy())     # no interval below 3 seeds
+            row.update({f"{c}_mean": t["mean"], f"{c}_std": t["sd"], f"{c}_t_low": t["low"], f"{c}_t_high": t["high"],
+                        f"{c}_n": t["n"]})
         row.update(bootstrap_ci(list(g["results_dir"]), n_boot, seed))
         row.update(fidelity_summary(g, n_boot, seed))
         rows.append(row)

@@ -1,14 +1,17 @@
-"""Paired comparisons of methods that share seeds and test sets, with multiplicity control.
+"""Paired comparisons of methods that share seeds and test sets, judged over seeds.
 
 Runs of one experiment with the same seed share the real test set (stage 05's real baseline), so a
-method and its baseline answer the same images. Each comparison reports:
-  - the paired difference of AUROC(a) and of TR over the shared seeds, with a two-level bootstrap CI
-    (seeds, then the same test rows for both) and the t-interval over seeds beside it;
-  - DeLong's test of the AUROC(a) difference within each seed, on the shared real test set (two classes; with
-    k > 2 the AUROC is the macro one-vs-rest average, the bootstrap compares it and DeLong is left out);
-  - Holm-adjusted p-values across every comparison of the table.
-A method is called better only when its Holm-adjusted p is below alpha, the CI excludes 0, and at least
-MIN_SEEDS seeds are shared (fewer: "not called", whatever the interval says).
+method and its baseline answer the same images. The seed is the unit of replication: each shared seed gives
+one difference of AUROC(a) and of TR, and each comparison reports, over those per-seed differences,
+  - their mean, the t-interval (lib.analyze.power: none below MIN_SEEDS seeds), the paired t-test's p and the
+    minimum detectable effect (the difference this many seeds would find with 80% power, at their s.d.);
+  - Holm-adjusted p-values across every comparison of the table;
+  - DeLong's test within each seed, labelled as such: it is conditional on that seed's trained models
+    (test-image noise only), so it says whether some seed's two classifiers differ, not whether the methods do.
+A method is called better only from the seed-level test: Holm-adjusted p below alpha with at least MIN_SEEDS
+seeds ("not called" below that, whatever a within-seed test says). Pairs: each method against the baseline at
+each tuning size, active gating against its random-skip control, and each method at a smaller tuning size
+against the same method at its largest (e.g. random n5 against random n100).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import stats
+from . import power
 from ..evaluate.metrics import auroc as binary_auroc
 from ..evaluate.metrics import macro_auroc
 from .matrix import read_predictions
@@ -69,70 +73,101 @@ def _paired_groups(gx: pd.DataFrame, gb: pd.DataFrame) -> tuple[list, list, list
     return xs, bs, seeds, "" if seeds else "no shared seed"
 
 
-def _one(x: str, b: str, gx, gb, n_boot: int, seed: int) -> dict:
+def per_seed(xs: list, bs: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per shared seed, the AUROC(a) and TR differences of the two methods on that seed's test rows."""
+    d_a = [auroc(x[0], x[1]) - auroc(b[0], b[1]) for x, b in zip(xs, bs)]
+    d_tr = [tr(*x) - tr(*b) for x, b in zip(xs, bs)]
+    return np.asarray(d_a, float), np.asarray(d_tr, float)
+
+
+def _one(x: str, b: str, gx, gb) -> dict:
     xs, bs, seeds, note = _paired_groups(gx, gb)
-    row = {"comparison": f"{x} − {b}", "seeds": ",".join(map(str, seeds)), "note": note}
+    row = {"comparison": f"{x} − {b}", "seeds": ",".join(map(str, seeds)), "n_seeds": len(seeds), "note": note}
     if not seeds:
         return row
-    d_a = stats.paired_difference([g[:2] for g in xs], [g[:2] for g in bs], auroc, n_boot, seed, shared_rows=True)
-    d_tr = stats.paired_difference(xs, bs, tr, n_boot, seed + 1, shared_rows=True)
-    binary = np.ndim(xs[0][1]) == 1        # DeLong's variance is for one score; k > 2: the bootstrap alone
+    d_a, d_tr = per_seed(xs, bs)
+    ta, tt = power.paired_test(d_a), power.paired_test(d_tr)
+    binary = np.ndim(xs[0][1]) == 1        # DeLong's variance is for one score; k > 2: left out
     delong = [stats.delong(gx_[0], gx_[1], gb_[1]) if binary else {"z": np.nan, "p": np.nan}
               for gx_, gb_ in zip(xs, bs)]
-    row.update({"d_auroc_a": d_a["diff"], "d_auroc_a_ci_low": d_a["ci_low"], "d_auroc_a_ci_high": d_a["ci_high"],
-                "d_auroc_a_t_low": d_a["t_low"], "d_auroc_a_t_high": d_a["t_high"], "p_boot": d_a["p_boot"],
-                "delong_z": ";".join(f"{d['z']:.2f}" for d in delong),
-                "delong_p": min(1.0, min(d["p"] for d in delong) * len(delong)) if binary else np.nan,  # Bonferroni
-                "d_tr": d_tr["diff"], "d_tr_ci_low": d_tr["ci_low"], "d_tr_ci_high": d_tr["ci_high"]})
+    row.update({"d_auroc_a": ta["mean"], "d_auroc_a_t_low": ta["low"], "d_auroc_a_t_high": ta["high"],
+                "sd_d_auroc_a": ta["sd"], "p_t": ta["p"], "mde_auroc_a": ta["mde"],
+                "d_auroc_a_seeds": ";".join(f"{v:+.4f}" for v in d_a),
+                "d_tr": tt["mean"], "d_tr_t_low": tt["low"], "d_tr_t_high": tt["high"], "mde_tr": tt["mde"],
+                "delong_z_within_seed": ";".join(f"{d['z']:.2f}" for d in delong),
+                # Bonferroni over seeds: whether some seed's two trained classifiers differ on its test images
+                "delong_p_within_seed": min(1.0, min(d["p"] for d in delong) * len(delong)) if binary else np.nan})
     return row
 
 
-def compare(df: pd.DataFrame, baseline: str = "random", n_boot: int = 1000, seed: int = 0,
-            alpha: float = 0.05) -> pd.DataFrame:
-    """The comparison table of a collected results frame (lib.analyze.collection.collect), per tuning size."""
+def _label(part: pd.DataFrame) -> pd.Series:
+    return part["method"] + np.where(part["setting"] != "", " " + part["setting"], "")
+
+
+def _rows(df: pd.DataFrame, baseline: str) -> list[dict]:
     rows = []
     for size, part in df.groupby("tuning_size", sort=True):
-        key = part["method"] + np.where(part["setting"] != "", " " + part["setting"], "")
+        key = _label(part)
         groups = {m: part[key == m] for m in dict.fromkeys(key)}
         plain = {k.split(" ")[0]: k for k in groups}       # method -> its (first) group
         for x, b in pairs(list(plain), baseline):
-            rows.append({"tuning size": size, **_one(plain[x], plain[b], groups[plain[x]], groups[plain[b]],
-                                                     n_boot, seed)})
-    out = pd.DataFrame(rows)
-    if out.empty or "p_boot" not in out:
+            rows.append({"tuning size": size, **_one(plain[x], plain[b], groups[plain[x]], groups[plain[b]])})
+    key = _label(df)
+    for m in dict.fromkeys(key):                           # one method, a smaller tuning set against its largest
+        part = df[key == m]
+        sizes = sorted(part["tuning_size"].unique())
+        for size in sizes[:-1]:
+            rows.append({"tuning size": f"{size} vs {sizes[-1]}",
+                         **_one(f"{m} n{size}", f"{m} n{sizes[-1]}", part[part["tuning_size"] == size],
+                                part[part["tuning_size"] == sizes[-1]])})
+    return rows
+
+
+def compare(df: pd.DataFrame, baseline: str = "random", alpha: float = 0.05) -> pd.DataFrame:
+    """The comparison table of a collected results frame (lib.analyze.collection.collect)."""
+    out = pd.DataFrame(_rows(df, baseline))
+    if out.empty or "p_t" not in out:
         return out
-    out["p_boot_holm"] = stats.holm(out["p_boot"].to_numpy(float))
-    out["delong_p_holm"] = stats.holm(out["delong_p"].to_numpy(float))
+    out["p_t_holm"] = stats.holm(out["p_t"].to_numpy(float))
     out["verdict"] = [_verdict(r, alpha) for _, r in out.iterrows()]
     return out
 
 
-MIN_SEEDS = 3     # a bootstrap over two seeds sees half their variance: eight label-shuffled permutations of
-                  # the shapes demo spread AUROC(a) with s.d. 0.06, twice a one-run image bootstrap's 0.03
+MIN_SEEDS = power.MIN_SEEDS     # a t-interval over two seeds is too wide to mean anything, and a bootstrap over
+                                # them sees half their variance (two-level intervals covered 82% at 2 seeds)
 
 
 def _verdict(r: pd.Series, alpha: float) -> str:
-    if pd.isna(r.get("p_boot_holm")):
+    n = int(r.get("n_seeds") or 0)
+    if n == 0:
         return r.get("note") or "not compared"
-    separated = r["p_boot_holm"] < alpha and (r["d_auroc_a_ci_low"] > 0 or r["d_auroc_a_ci_high"] < 0)
-    if not separated:
-        return "not separated"
-    n = len(str(r["seeds"]).split(","))
     if n < MIN_SEEDS:
         return f"not called: {n} seed(s), {MIN_SEEDS} needed"
+    if not r["p_t_holm"] < alpha:
+        return f"not separated (MDE {r['mde_auroc_a']:.3f})"
     x, b = r["comparison"].split(" − ")
     return f"{x} {'>' if r['d_auroc_a'] > 0 else '<'} {b}"
 
 
+def _interval(r, k: str) -> str:
+    if not np.isfinite(r.get(k, np.nan)):
+        return "–"
+    lo, hi = r.get(f"{k}_t_low", np.nan), r.get(f"{k}_t_high", np.nan)
+    return f"{r[k]:+.3f} [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else f"{r[k]:+.3f} (n<{MIN_SEEDS}: no interval)"
+
+
 def table(c: pd.DataFrame) -> pd.DataFrame:
-    """The printed form: differences with their CIs and the Holm-adjusted p-values."""
+    """The printed form (and 06_comparisons.csv): seed-level differences with their t-intervals, the minimum
+    detectable effect, the Holm-adjusted seed-level p, DeLong within seed, the verdict."""
     if c.empty or "d_auroc_a" not in c:
         return c
-    f = lambda r, k: f"{r[k]:+.3f} [{r[k + '_ci_low']:+.2f}, {r[k + '_ci_high']:+.2f}]"  # noqa: E731
+    num = lambda v, f: "–" if not np.isfinite(v) else format(v, f)   # noqa: E731
     return pd.DataFrame({
         "comparison": c["comparison"], "size": c["tuning size"], "seeds": c["seeds"],
-        "ΔAUROC(a) [2-level CI]": [f(r, "d_auroc_a") for _, r in c.iterrows()],
-        "p (Holm)": [f"{p:.3f}" for p in c["p_boot_holm"]],
-        "DeLong p (Holm)": [f"{p:.3f}" for p in c["delong_p_holm"]],
-        "ΔTR [2-level CI]": [f(r, "d_tr") for _, r in c.iterrows()],
+        "ΔAUROC(a) [t-CI over seeds]": [_interval(r, "d_auroc_a") for _, r in c.iterrows()],
+        "MDE ΔAUROC(a)": [num(v, ".3f") for v in c["mde_auroc_a"]],
+        "p (seeds, Holm)": [num(v, ".3f") for v in c["p_t_holm"]],
+        "DeLong p (within seed)": [num(v, ".3f") for v in c["delong_p_within_seed"]],
+        "ΔTR [t-CI over seeds]": [_interval(r, "d_tr") for _, r in c.iterrows()],
+        "MDE ΔTR": [num(v, ".3f") for v in c["mde_tr"]],
         "verdict": c["verdict"]}).reset_index(drop=True)

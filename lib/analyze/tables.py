@@ -84,19 +84,20 @@ MATRIX_COLUMNS = {"auroc_trtr": "TRTR", "auroc_a": "TSTR (a)", "auroc_b": "TRTS 
                   "fter": "FTER", "cc_fter": "FTER (chance-corr.)", "tr": "TR", "auroc_det": "detection"}
 
 
-def _with_ci(r, key: str) -> str:
-    v, lo, hi = r.get(f"{key}_pooled"), r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high")
+def with_seed_interval(r, key: str) -> str:
+    """The seed mean with its t-interval over seeds, "(n<3)" where there are too few seeds for one."""
+    v, lo, hi = r.get(f"{key}_mean"), r.get(f"{key}_t_low"), r.get(f"{key}_t_high")
     if r.get(f"{key}_defined") is False or (key in RATIOS and pd.isna(v)):
         return "undefined"
     if v is None or pd.isna(v):
         return "–"
-    return f"{v:.3f} [{lo:.2f}, {hi:.2f}]"
+    return f"{v:.3f} [{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else f"{v:.3f} (n<3)"
 
 
 def fter_table(s: pd.DataFrame) -> pd.DataFrame:
     """The table `make demo` prints: every cell of the trainability matrix, FTER, the chance-corrected
-    FTER, TR and detection AUROC, each the seed mean with its two-level 95% CI ("undefined" when a
-    ratio's denominator is indistinguishable from chance)."""
+    FTER, TR and detection AUROC, each the seed mean with its 95% t-interval over seeds ("(n<3)": too few
+    seeds for one; "undefined" when a ratio's denominator is indistinguishable from chance)."""
     head = ["method", "tuning size", "setting", "seeds"]
     if s.empty:
         return pd.DataFrame(columns=head + list(MATRIX_COLUMNS.values()))
@@ -104,7 +105,7 @@ def fter_table(s: pd.DataFrame) -> pd.DataFrame:
                         "setting": s["setting"],
                         "seeds": s["n_seeds"]})
     for key, name in MATRIX_COLUMNS.items():
-        out[name] = [_with_ci(r, key) for _, r in s.iterrows()]
+        out[name] = [with_seed_interval(r, key) for _, r in s.iterrows()]
     return out.reset_index(drop=True)
 
 

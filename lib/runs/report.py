@@ -36,17 +36,20 @@ def sweep_runs(sweep_file, sets: list[str] | None, runs_root) -> tuple[list | No
 def print_tables(df: pd.DataFrame) -> None:
     """The matrix, the ratios explained, the comparisons, the calibration checks and the fidelity table."""
     s = aggregate.summary(df)
-    print(f"\nThe trainability matrix ({len(df)} runs; seed means with two-level 95% CIs over seeds and test "
-          "images; a = train synthetic, test real; b = train real, test synthetic)")
+    print(f"\nThe trainability matrix ({len(df)} runs; seed means with 95% t-intervals over seeds, none below 3 "
+          "seeds; a = train synthetic, test real; b = train real, test synthetic)")
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 200):
         print(tables.fter_table(s).to_string(index=False))
         print("\n" + tables.explain_ratios(s))
-        print("\nPaired comparisons (shared seeds and test sets; Holm across the table):")
+        print("\nPaired comparisons (per-seed differences on shared test sets; t-interval, minimum detectable "
+              "effect at 80% power and paired t-test over seeds, Holm across the table; DeLong within seed):")
         print(comparisons.table(comparisons.compare(df)).to_string(index=False))
         checks = calibration.checks(s)
         if not checks.empty:
             print("\nCalibration on reference generators (must hold by construction):")
             print(checks.drop(columns="why").to_string(index=False))
+            for why in checks.loc[checks["holds"].isna(), "why"]:
+                print(f"  {why}")
             print(calibration.orderings(s).to_string(index=False))
         fid = tables.fidelity_table(s)
         if len(fid) and (fid.iloc[:, 4:] != "–").any().any():
