@@ -156,6 +156,8 @@ class GenerationConfig:
     unique_images: int = 5                  # collapsed: unique images per class, repeated to fill n_per_label
     exaggerate: float = 2.0                 # exaggerated: finding strength factor (> 1)
     folder: Optional[str] = None            # folder kind: one sub-folder of images per class
+    shuffled_fraction: Optional[float] = None  # partly-shuffled kind: share of each class's images whose labels are
+    #                                       permuted (0 = real-holdout's set, 1 = label-shuffled's); null otherwise
 
 
 @dataclass
@@ -258,6 +260,8 @@ class Config:
             for name in ("external_dir", "pseudo_label_threshold"):
                 d["selection"].pop(name)
         d["data"].pop("near_duplicates")     # what a leak check does on a find, not what a stage computes
+        if d["generation"]["shuffled_fraction"] is None:   # unset (every kind but partly-shuffled): keys as before
+            d["generation"].pop("shuffled_fraction")
         for name in ("num_processes", "tensorboard"):   # how stage 03 runs and logs, not what it computes
             d["finetune"].pop(name)
 
