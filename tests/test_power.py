@@ -55,3 +55,25 @@ def test_the_planned_design_reaches_its_power_in_a_nested_simulation(delta, sd_g
     reached = float(np.mean(np.abs(t) > sps.t.ppf(0.975, n - 1)))
     assert 0.75 <= reached <= 0.85, (r, n, reached)
     assert design["seconds"] == n * (200 + r * 30)
+
+
+def test_ratio_replicates_follow_the_rule_of_the_point_estimate():
+    """A replicate whose TRTR falls below chance has no finite TR: it belongs in the tail its numerator's sign
+    gives (here AUROC(a) below chance: the low tail), not at +50 where plain division puts it (issue 22, item 9)."""
+    import pandas as pd
+
+    from lib.analyze import aggregate
+
+    rng = np.random.default_rng(3)
+    n, bad = 200, 4
+    a = np.r_[rng.normal(0.62, 0.02, n - bad), np.full(bad, 0.45)]
+    trtr = np.r_[rng.normal(0.90, 0.02, n - bad), np.full(bad, 0.499)]
+    reps = pd.DataFrame({"a": a, "b": rng.normal(0.8, 0.02, n), "trtr": trtr})
+    point = {"a": 0.62, "b": 0.8, "trtr": 0.9}
+    out = aggregate.ratio_intervals(point, reps)
+    by_hand = np.where(trtr > 0.5, (a - 0.5) / (trtr - 0.5), -np.inf)      # the rule, written out
+    assert out["tr_defined"] and out["tr_pooled"] == pytest.approx(0.12 / 0.4)
+    assert out["tr_ci_high"] == pytest.approx(np.percentile(by_hand, 97.5))
+    assert out["tr_ci_low"] == pytest.approx(np.percentile(by_hand, 2.5))
+    naive = (a - 0.5) / (trtr - 0.5)                   # before: +50 each, pushing the upper bound up
+    assert out["tr_ci_high"] < np.percentile(naive, 97.5) and out["tr_ci_low"] < np.percentile(naive, 2.5)

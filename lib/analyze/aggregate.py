@@ -93,17 +93,28 @@ def bootstrap_ci(results_dirs: list, n_boot: int = 200, seed: int = 0, level: fl
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     out = {}
     for name in reps.columns:
+        if name in RATIOS:
+            continue
         v = reps[name].to_numpy(float)
         v = v[np.isfinite(v)]
         key = f"auroc_{name}" if name in CELLS or name == "det" else name
         out[f"{key}_pooled"] = point.get(name, np.nan)
         out[f"{key}_ci_low"], out[f"{key}_ci_high"] = np.percentile(v, [lo, hi]) if len(v) else (np.nan, np.nan)
-    for name, (_, den, chance) in RATIOS.items():
-        if f"auroc_{den}_ci_low" in out:
-            ok = bool(out[f"auroc_{den}_ci_low"] > chance)
-            out[f"{name}_defined"] = ok
-            if not ok:
-                out[f"{name}_pooled"] = out[f"{name}_ci_low"] = out[f"{name}_ci_high"] = np.nan
+    out.update(ratio_intervals(point, reps, level))
+    return out
+
+
+def ratio_intervals(point: dict, reps: pd.DataFrame, level: float = 0.95) -> dict:
+    """Each ratio of seed-mean AUROCs with its interval, under the one rule lib.core.stats applies to point
+    estimates and replicates alike: undefined when the denominator's interval reaches its pole, and a replicate
+    whose denominator is at or past the pole counted in the tail its numerator's sign gives."""
+    out = {}
+    for name, (num, den, pole) in RATIOS.items():
+        if num not in reps or den not in reps:
+            continue
+        r = stats.chance_ratio(point[num], point[den], reps[num], reps[den], chance=pole, level=level)
+        out.update({f"{name}_pooled": r["value"], f"{name}_ci_low": r["ci_low"], f"{name}_ci_high": r["ci_high"],
+                    f"{name}_defined": bool(r["defined"])})
     return out
 
 
