@@ -400,3 +400,25 @@ def test_the_report_cli_reads_a_sweeps_finished_runs_and_lists_the_others(tmp_pa
     assert report.main(["--root", str(runs_root), "--sweep", str(tmp_path / "none.yaml"),
                         "--runs-root", str(runs_root)]) == 1      # never every record under --root instead
     assert "has finished stage 05" in capsys.readouterr().err
+
+
+def test_each_imported_folder_is_its_own_row_and_folders_are_compared(tmp_path):
+    """Folder imports used to pool into one row ("folder, seeds 9"); each folder is now its own group."""
+    from lib.analyze import comparisons
+
+    root = tmp_path / "runs"
+    for name in ("gan-a", "gan-b"):
+        folder = tmp_path / name
+        for cls in ("No Finding", "Unhealthy"):
+            (folder / cls).mkdir(parents=True)
+        for seed in (0, 1, 2):
+            cfg = config.load("params/smoke.yaml", {"generation.kind": "folder", "generation.folder": str(folder),
+                                                    "seed": seed})
+            out = stages.stage_dir(cfg, "05_classifier", root)
+            out.mkdir(parents=True)
+            standins.write_fake_results(cfg, out)
+    df = collection.collect(root)
+    s = aggregate.summary(df, n_boot=20)
+    assert sorted(zip(s["method"], s["setting"], s["n_seeds"])) == [("folder", "gan-a", 3), ("folder", "gan-b", 3)]
+    c = comparisons.compare(df)
+    assert list(c["comparison"]) == ["folder gan-a − folder gan-b"] and c.iloc[0]["seeds"] == "0,1,2"

@@ -74,8 +74,12 @@ def params_of(row: pd.Series) -> dict:
 
 
 def _setting(row) -> str:
-    """What distinguishes gated runs of one method: the threshold rule (empty for ungated runs)."""
+    """What distinguishes runs of one method: the imported folder's name for a folder set (each folder its own
+    row), the threshold rule for gated runs, empty otherwise."""
     p = row["params"]
+    gen = p.get("generation", {})
+    if gen.get("kind") == "folder" and gen.get("folder"):
+        return Path(str(gen["folder"]).rstrip("/")).name
     g = p.get("gating", {})
     if not g.get("enabled"):
         return ""

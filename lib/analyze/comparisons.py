@@ -10,8 +10,9 @@ one difference of AUROC(a) and of TR, and each comparison reports, over those pe
     (test-image noise only), so it says whether some seed's two classifiers differ, not whether the methods do.
 A method is called better only from the seed-level test: Holm-adjusted p below alpha with at least MIN_SEEDS
 seeds ("not called" below that, whatever a within-seed test says). Pairs: each method against the baseline at
-each tuning size, active gating against its random-skip control, and each method at a smaller tuning size
-against the same method at its largest (e.g. random n5 against random n100).
+each tuning size, active gating against its random-skip control, every two imported folders (each folder its
+own row, named by the folder), and each method at a smaller tuning size against the same method at its largest
+(e.g. random n5 against random n100).
 """
 from __future__ import annotations
 
@@ -110,8 +111,11 @@ def _rows(df: pd.DataFrame, baseline: str) -> list[dict]:
         key = _label(part)
         groups = {m: part[key == m] for m in dict.fromkeys(key)}
         plain = {k.split(" ")[0]: k for k in groups}       # method -> its (first) group
-        for x, b in pairs(list(plain), baseline):
-            rows.append({"tuning size": size, **_one(plain[x], plain[b], groups[plain[x]], groups[plain[b]])})
+        named = [(plain[x], plain[b]) for x, b in pairs(list(plain), baseline)]
+        folders = [k for k in groups if k.startswith("folder ")]        # imported folders: each pair of them
+        named += [(f, g) for i, f in enumerate(folders) for g in folders[i + 1:]]
+        for x, b in named:
+            rows.append({"tuning size": size, **_one(x, b, groups[x], groups[b])})
     key = _label(df)
     for m in dict.fromkeys(key):                           # one method, a smaller tuning set against its largest
         part = df[key == m]
