@@ -51,8 +51,8 @@ def nothing_written(out):
 
 
 def test_kinds_and_config():
-    assert list(references.GENERATORS) == ["real-holdout", "label-shuffled", "collapsed", "findings-erased",
-                                           "exaggerated", "vae-roundtrip", "folder"]
+    assert list(references.GENERATORS) == ["real-holdout", "label-shuffled", "partly-shuffled", "collapsed",
+                                           "findings-erased", "exaggerated", "vae-roundtrip", "folder"]
     assert references.is_reference(cfg_for("real-holdout")) and not references.is_reference(cfg_for())
     for over, match in (({"generation.exaggerate": 1.0}, "exaggerate"),
                         ({"generation.kind": "folder"}, "generation.folder"),

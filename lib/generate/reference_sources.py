@@ -44,6 +44,23 @@ def holdout(cfg: Config, runs_root="runs", need: int | None = None,
     return out
 
 
+def shuffled(df: pd.DataFrame, fraction: float, cfg: Config) -> pd.DataFrame:
+    """Held-out rows (lib.generate.references.from_pool) with the labels of a share of each class permuted among
+    themselves: the rows of index < round(fraction x n) per class (holdout's order is random, so a random share,
+    nested across fractions); every other row keeps its own label. Each class keeps n rows; fraction 1 permutes
+    every label exactly as label-shuffled does, fraction 0 none (real-holdout's rows). Rows are re-indexed per
+    new label, in the run's class order."""
+    classes = domains.classes(cfg)
+    k = int(round(fraction * df.groupby("source_label").size().min()))
+    free = (df["index"] < k).to_numpy()
+    labels = df["source_label"].to_numpy().copy()
+    labels[free] = np.random.default_rng([cfg.seed, len(classes), SALT]).permutation(labels[free])
+    df = df.assign(label=labels)
+    df["index"] = df.groupby("label", sort=False).cumcount()
+    return df.sort_values(["label", "index"], key=lambda s: s.map(classes.index) if s.name == "label" else s,
+                          ignore_index=True)
+
+
 def scan_folder(cfg: Config) -> dict[str, list[Path]]:
     """label -> the image files of its sub-folder of generation.folder (sorted), one sub-folder for each of the
     run's classes; every mistake is an error that says what to put where."""

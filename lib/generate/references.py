@@ -6,6 +6,8 @@ any synthetic set:
 
 - ``real-holdout``: n unseen real images per class, copied byte for byte (TR should be about 1);
 - ``label-shuffled``: the same images with their labels permuted (AUROC about 0.5);
+- ``partly-shuffled``: the same images with the labels of ``generation.shuffled_fraction`` of each class permuted
+  (the dose-response series: 0 is real-holdout's set, 1 label-shuffled's; TR should fall from about 1 to 0);
 - ``collapsed``: ``generation.unique_images`` images per class, each repeated to fill n (mode collapse);
 - ``findings-erased``: the same phantom rows redrawn with no finding, labels kept (signal removed);
 - ``exaggerated``: the same phantom rows redrawn with every finding ``generation.exaggerate`` times stronger;
@@ -113,6 +115,9 @@ def problems(cfg: Config) -> list[str]:
     """generation.kind against the registry, and the kind's own check: lib.core.config reports the first at load
     time (a check registered there), and stage 04 again before it plans."""
     kind = cfg.generation.kind
+    if cfg.generation.shuffled_fraction is not None and kind != "partly-shuffled":
+        return [f"generation.shuffled_fraction = {cfg.generation.shuffled_fraction} is only read by generation.kind = "
+                f"'partly-shuffled' (kind is {kind!r}); set the kind or remove the fraction."]
     if kind == "diffusion":
         return []
     if kind not in GENERATORS:
@@ -196,15 +201,24 @@ def _real_holdout(req: Request) -> pd.DataFrame:
 
 @register("label-shuffled", write=copies)
 def _label_shuffled(req: Request) -> pd.DataFrame:
-    cfg = req.cfg
-    df = from_pool(sources.holdout(cfg, req.runs_root))
-    classes = domains.classes(cfg)
-    rng = np.random.default_rng([cfg.seed, len(classes), sources.SALT])
-    df["label"] = rng.permutation(df["source_label"].to_numpy())
-    df["index"] = df.groupby("label", sort=False).cumcount()
-    df = df.sort_values(["label", "index"], key=lambda s: s.map(classes.index) if s.name == "label" else s,
-                        ignore_index=True)
-    return with_files(df, keep_suffix=True)
+    return with_files(sources.shuffled(from_pool(sources.holdout(req.cfg, req.runs_root)), 1.0, req.cfg), True)
+
+
+def _fraction_set(cfg: Config) -> str | None:
+    f = cfg.generation.shuffled_fraction
+    if f is None or not 0.0 <= f <= 1.0:
+        return (f"generation.kind = 'partly-shuffled' needs generation.shuffled_fraction between 0 and 1 (got {f}): "
+                "the share of each class's held-out images whose labels are permuted (0: real-holdout's set, "
+                "1: label-shuffled's).")
+    return None
+
+
+@register("partly-shuffled", write=copies, check=_fraction_set)
+def _partly_shuffled(req: Request) -> pd.DataFrame:
+    """The dose-response series: real-holdout's images, a share of each class's labels permuted (label-free)."""
+    fraction = float(req.cfg.generation.shuffled_fraction)
+    req.params["shuffled_fraction"] = fraction
+    return with_files(sources.shuffled(from_pool(sources.holdout(req.cfg, req.runs_root)), fraction, req.cfg), True)
 
 
 def _unique_fits(cfg: Config) -> str | None:
