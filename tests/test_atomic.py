@@ -45,3 +45,16 @@ def test_a_held_lock_says_what_it_waits_for_and_times_out(tmp_path, capsys):
     p.join()
     with atomic.exclusive(lock, timeout=1):      # free again
         pass
+
+
+def test_identical_weights_saved_twice_have_identical_bytes(tmp_path):
+    # torch.save(obj, path) names the zip's records after the (temporary) file, so a hash of saved weights,
+    # e.g. the fidelity extractor's in results records, differed between two identical runs
+    import hashlib
+
+    import torch
+
+    sd = {"w": torch.arange(6.0)}
+    a, b = (atomic.save_torch(tmp_path / name, sd) for name in ("one.pt", "two.pt"))
+    assert hashlib.sha256(a.read_bytes()).hexdigest() == hashlib.sha256(b.read_bytes()).hexdigest()
+    assert torch.equal(torch.load(b)["w"], sd["w"])

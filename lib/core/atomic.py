@@ -229,9 +229,9 @@ def write_npy(path, array, overwrite: bool = True) -> Path:
 def save_torch(path, obj, overwrite: bool = True) -> Path:
     import torch
 
-    with atomic_path(path, overwrite) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    with atomic_path(path, overwrite) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)     # through a handle: a path would name the zip's records after the temp file,
+    return Path(path)           # so identical weights saved twice would differ in bytes (and in their hash)
 
 
 def save_image(path, image, overwrite: bool = True) -> Path:
