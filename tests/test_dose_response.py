@@ -101,3 +101,21 @@ def test_the_fit_flags_a_curve_and_a_flat_series():
     assert not zigzag["monotonic"] and zigzag["monotonic_seeds"] == 0
     two = sensitivity.fit(simulated(rng, 2, lambda f: 1 - f))
     assert two["seeds"] == 2 and np.isfinite(two["slope_mean"]) and np.isnan(two["slope_low"])   # no interval < 3
+
+
+def test_notebook_06_call_writes_the_table_and_figure_only_for_the_series(tmp_path):
+    from lib.viz import sensitivity as viz
+
+    rng = np.random.default_rng(3)
+    pts = simulated(rng, 3, lambda f: 1 - f)
+    records = pd.DataFrame({"method": "partly-shuffled", "seed": pts["seed"], "tr": pts["tr"], "auroc_a": 0.5 +
+                            0.4 * pts["tr"], "params": [{"generation": {"shuffled_fraction": f}} for f in pts["fraction"]]})
+    other = pd.DataFrame({"method": ["random"], "seed": [0], "tr": [0.3], "auroc_a": [0.6],
+                          "params": [{"generation": {"shuffled_fraction": None}}]})
+    assert viz.report(other, tmp_path) is None and not any(tmp_path.iterdir())
+    t = viz.report(pd.concat([records, other], ignore_index=True), tmp_path)
+    saved = pd.read_csv(tmp_path / "06_sensitivity.csv")
+    assert saved["fraction"].tolist() == [0, 0.25, 0.5, 0.75, 1.0] and (saved["seeds"] == 3).all()
+    assert {"tr", "tr_ci_low", "tr_ci_high"} <= set(saved.columns) and len(t) == 5
+    assert (saved["tr_ci_low"] < saved["tr"]).all() and (tmp_path / "06_sensitivity.png").exists()
+    assert pd.read_csv(tmp_path / "06_sensitivity_fit.csv")["slope_mean"].iloc[0] == pytest.approx(-1, abs=0.1)

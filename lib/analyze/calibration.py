@@ -4,8 +4,11 @@ A reference set (lib.generate.references) flows through stages 05-06 like any sy
 numbers hold by construction, and a metric is trustworthy only if it puts the references in the
 order their construction implies:
   - real-holdout is real data: TR's interval must contain 1;
-  - label-shuffled carries no label signal: AUROC(a)'s interval must contain 0.5.
-``checks`` tests those statements on a study; ``orderings`` lists the order every metric gives.
+  - label-shuffled carries no label signal: AUROC(a)'s interval must contain 0.5; given its permutation null
+    (lib.analyze.permutation: the classifier retrained on permuted labels of the same training sample, at least 30
+    draws), its seed mean must lie in the null's 95% range of the seed mean instead, which holds at any seed count.
+``checks`` tests those statements on a study (the seed-level t-interval, none below 3 seeds); ``orderings`` lists
+the order every metric gives.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.style import REFERENCES
+from . import permutation
 
 # (reference, metric, the value its interval must contain, why)
 EXPECTED = [("real-holdout", "tr", 1.0, "unseen real images carry all of real data's signal"),
@@ -40,16 +44,34 @@ def seed_value(r: pd.Series, metric: str) -> tuple[float, float, float, int]:
     return v, lo, hi, int(r.get(f"{metric}_n", r.get("n_seeds", 0)) or 0)
 
 
-def checks(s: pd.DataFrame) -> pd.DataFrame:
+def permutation_null(records: pd.DataFrame, draws: int = permutation.MIN_DRAWS, progress: bool = False) -> dict | None:
+    """The label-shuffled runs' permutation null and its check (lib.analyze.permutation.label_shuffled); None when
+    the records hold no label-shuffled run. Trains the draws not cached yet (one classifier each)."""
+    return permutation.label_shuffled(records, total=draws, progress=progress)
+
+
+def _null_row(null: dict) -> dict:
+    return {"reference": "label-shuffled", "metric": "AUROC(a)", "must contain": np.nan, "value": null["value"],
+            "ci_low": null["null_low"], "ci_high": null["null_high"], "seeds": null["seeds"],
+            "interval": f"permutation null of the seed mean, 95% range ({null['draws']} draws)",
+            "holds": null["holds"],
+            "why": f"permuted labels carry no label signal: the seed mean must be one chance gives (p {null['p']:.2f})"}
+
+
+def checks(s: pd.DataFrame, null: dict | None = None) -> pd.DataFrame:
     """Each statement that holds by construction, on the references this study has, judged on the t-interval
-    over seeds; with fewer than 3 seeds it cannot be judged ("holds" is None) and the row says so."""
+    over seeds; with fewer than 3 seeds it cannot be judged ("holds" is None) and the row says so. With ``null``
+    (permutation_null), label-shuffled is judged on its permutation null instead."""
     rows = []
     for ref, metric, target, why in EXPECTED:
+        if ref == "label-shuffled" and null is not None:
+            rows.append(_null_row(null))
+            continue
         for _, r in s[s["method"] == ref].iterrows():
             v, lo, hi, n = seed_value(r, metric)
             judged = np.isfinite(lo) and np.isfinite(hi)
             rows.append({"reference": ref, "metric": METRICS[metric], "must contain": target, "value": v,
-                         "ci_low": lo, "ci_high": hi, "seeds": n,
+                         "ci_low": lo, "ci_high": hi, "seeds": n, "interval": "t-interval over seeds",
                          "holds": bool(lo <= target <= hi) if judged else None,
                          "why": why if judged else f"{why}; not judged: {n} seed(s), 3 needed for an interval"})
     return pd.DataFrame(rows)

@@ -58,6 +58,7 @@ def fit(df: pd.DataFrame, level: float = 0.95) -> dict:
     for name in ("slope", "intercept", "r2", "curvature"):
         s = power.seed_interval(per[name], level)
         out.update({f"{name}_mean": s["mean"], f"{name}_low": s["low"], f"{name}_high": s["high"]})
+    out["r2_high"] = min(out["r2_high"], 1.0)          # R^2 is at most 1; the t-interval does not know it
     means = df[np.isfinite(df["tr"])].groupby("fraction")["tr"].mean().sort_index().to_numpy()
     out["monotonic"] = bool(len(means) > 1 and np.all(np.diff(means) < 0))
     return out
