@@ -81,3 +81,25 @@ def test_calibration_checks_judge_label_shuffled_on_the_null():
     null = permutation.check({0: 0.45, 1: 0.48, 2: 0.49}, {k: rng.normal(0.5, 0.04, 10) for k in range(3)})
     row = calibration.checks(s, null).iloc[0]
     assert row["holds"] and row["interval"].startswith("permutation null") and row["ci_low"] == null["null_low"]
+
+
+def test_the_calibration_figure_shows_both_checks(tmp_path):
+    from lib.viz import analysis
+
+    def row(method, v):
+        r = {"method": method, "tr_mean": v, "tr_t_low": v - 0.2, "tr_t_high": v + 0.2, "tr_n": 3}
+        for m in ("auroc_a", "auroc_b", "fter", "cc_fter", "tr", "auroc_det"):
+            r.update({f"{m}_pooled": 0.7, f"{m}_ci_low": 0.6, f"{m}_ci_high": 0.8})
+        return r
+
+    s = pd.DataFrame([row("real-holdout", 0.95), row("label-shuffled", 0.0)])
+    rng = np.random.default_rng(0)
+    null = {**permutation.check({0: 0.5, 1: 0.49}, {k: rng.normal(0.5, 0.04, 15) for k in range(2)}),
+            "null": {k: rng.normal(0.5, 0.04, 15) for k in range(2)}}
+    fig = analysis.calibration(s, tmp_path, null=null)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "label-shuffled AUROC(a): permutation null" in titles and "real-holdout TR: t-interval over seeds" in titles
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("3 seeds: holds" in t for t in texts)
+    assert (tmp_path / "06_calibration.png").exists()
+    analysis.calibration(s.iloc[:0], tmp_path, name="06_calibration_empty")     # nothing to show: still drawn

@@ -169,17 +169,20 @@ def explorer(s: pd.DataFrame, enabled: bool = True):
     return box
 
 
-def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration"):
+def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration", null: dict | None = None):
     """Reference generators (known answers) on the T-Gap plane, and on FTER, the chance-corrected FTER,
-    TR and detection AUROC, each with its two-level 95% CI; an undefined ratio is marked, not drawn."""
+    TR and detection AUROC, each with its two-level 95% CI; an undefined ratio is marked, not drawn. Below, the
+    two checks as judged (lib.viz.calibration_checks): label-shuffled against its permutation null (``null``:
+    lib.analyze.calibration.permutation_null), real-holdout's TR through its t-interval over seeds."""
     from ..analyze import calibration as cal
+    from . import calibration_checks
 
     ref = cal.references(s)
-    fig = style.figure(1.0, 0.36)[0]
+    fig = style.figure(1.0, 0.62)[0]
     fig.clf()
-    outer = fig.add_gridspec(1, 2, width_ratios=[1, 2.9], wspace=0.55)
-    forest = outer[1].subgridspec(1, 4, wspace=0.12)
-    plane = fig.add_subplot(outer[0])
+    outer = fig.add_gridspec(2, 2, width_ratios=[1, 2.9], height_ratios=[1, 0.7], wspace=0.55, hspace=0.55)
+    forest = outer[0, 1].subgridspec(1, 4, wspace=0.12)
+    plane = fig.add_subplot(outer[0, 0])
     plane.plot([0.3, 1], [0.3, 1], color="0.2", lw=0.8)
     for _, r in ref.iterrows():
         xerr = [[r["auroc_b_pooled"] - r["auroc_b_ci_low"]], [r["auroc_b_ci_high"] - r["auroc_b_pooled"]]]
@@ -207,6 +210,7 @@ def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration"):
         ax.tick_params(labelsize=5.5)
     if ref.empty:
         _empty(plane, "no reference generators among the results")
+    calibration_checks.draw(fig, outer[1, :], s, null)
     style.save(fig, name, figures_dir)
     return fig
 
