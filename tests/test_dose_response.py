@@ -119,3 +119,13 @@ def test_notebook_06_call_writes_the_table_and_figure_only_for_the_series(tmp_pa
     assert {"tr", "tr_ci_low", "tr_ci_high"} <= set(saved.columns) and len(t) == 5
     assert (saved["tr_ci_low"] < saved["tr"]).all() and (tmp_path / "06_sensitivity.png").exists()
     assert pd.read_csv(tmp_path / "06_sensitivity_fit.csv")["slope_mean"].iloc[0] == pytest.approx(-1, abs=0.1)
+
+
+def test_each_fraction_is_its_own_row_and_no_method_is_compared_with_it():
+    from lib.analyze import collection, comparisons
+
+    settings = [collection._setting({"params": {"generation": {"shuffled_fraction": f}, "gating": {}}})
+                for f in (0.0, 0.25, 1.0)]
+    assert settings == ["shuffled0", "shuffled0.25", "shuffled1"]
+    assert collection._setting({"params": {"generation": {"shuffled_fraction": None}, "gating": {}}}) == ""
+    assert comparisons.pairs(["random", "spectral-clip", "partly-shuffled"]) == [("spectral-clip", "random")]

@@ -80,6 +80,8 @@ def _setting(row) -> str:
     gen = p.get("generation", {})
     if gen.get("kind") == "folder" and gen.get("folder"):
         return Path(str(gen["folder"]).rstrip("/")).name
+    if gen.get("shuffled_fraction") is not None:   # the partly-shuffled series: one row per label-free share
+        return f"shuffled{float(gen['shuffled_fraction']):g}"
     g = p.get("gating", {})
     if not g.get("enabled"):
         return ""

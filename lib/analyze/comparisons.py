@@ -26,8 +26,8 @@ from ..evaluate.metrics import macro_auroc
 from .matrix import read_predictions
 
 GATED, CONTROL = "active-gating", "random-skip"
-REFERENCES = ("real-holdout", "label-shuffled", "collapsed", "findings-erased", "exaggerated", "vae-roundtrip",
-              "folder")
+REFERENCES = ("real-holdout", "label-shuffled", "partly-shuffled", "collapsed", "findings-erased", "exaggerated",
+              "vae-roundtrip", "folder")
 
 
 def auroc(y, s) -> float:

@@ -44,7 +44,7 @@ def print_tables(df: pd.DataFrame) -> None:
         print("\nPaired comparisons (per-seed differences on shared test sets; t-interval, minimum detectable "
               "effect at 80% power and paired t-test over seeds, Holm across the table; DeLong within seed):")
         print(comparisons.table(comparisons.compare(df)).to_string(index=False))
-        checks = calibration.checks(s)
+        checks = calibration.checks(s, calibration.permutation_null(df))   # label-shuffled's null: cached draws
         if not checks.empty:
             print("\nCalibration on reference generators (must hold by construction):")
             print(checks.drop(columns="why").to_string(index=False))
