@@ -50,8 +50,11 @@ def _recompute_one(r: pd.Series) -> dict:
     out, det = {}, Path(r["results_dir"]) / "predictions_det.csv"
     p = pd.read_csv(det) if det.exists() else None
     classes = record_classes(r["results_dir"], None if p is None else p["label"])
+    n = int(r["repeats"]) if pd.notna(r.get("repeats", np.nan)) else 1    # classifier repeats: mean of estimates
     for d in cells_of(r["results_dir"]):
-        out.update(_recompute_cell(d, *read_predictions(r["results_dir"], d), r["decision_threshold"], classes))
+        parts = [_recompute_cell(d, *read_predictions(r["results_dir"], d if n == 1 else f"{d}_r{j}"),
+                                 r["decision_threshold"], classes) for j in range(n)]
+        out.update({k: float(np.mean([p[k] for p in parts])) for k in parts[0]})
     if p is not None:
         out["auroc_det"] = roc_auc_score(p["source"] == "synthetic", p["score"])
         for name in classes:

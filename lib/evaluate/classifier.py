@@ -281,6 +281,19 @@ def train(data: TensorSet, cfg: ClassifierConfig, seed: int, progress: bool = Tr
                        time.perf_counter() - t0)
 
 
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The classifier seed of repeat ``repeat`` (classifier.repeats): repeat 0 keeps ``seed``, so one repeat
+    trains exactly as before; the others are drawn from a hash of (seed, repeat), so they collide neither with
+    each other nor with the small consecutive seeds the directions and runs use. The seed also draws the
+    validation split (split_validation), so every repeat validates on another split."""
+    if repeat == 0:
+        return int(seed)
+    import hashlib
+
+    digest = hashlib.sha256(f"classifier-repeat|{int(seed)}|{int(repeat)}".encode()).hexdigest()
+    return int(digest[:8], 16) % 2**31
+
+
 def model_hash(model: nn.Module) -> str:
     import hashlib
 

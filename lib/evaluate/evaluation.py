@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from ..core import atomic, compute, paths, provenance, stages
-from . import classifier, metrics, results
+from . import classifier, metrics, repeats, results
 from ..data import curation, domains, leakage
 from ..core.config import Config
 from ..data.nih import DataError
@@ -143,19 +143,22 @@ def _targets(df: pd.DataFrame, classes: list[str] | None) -> pd.DataFrame:
 
 
 def _fit(key: str, train_df: pd.DataFrame, cfg: Config, out_dir: Path, seed: int, progress: bool,
-         classes: list[str] | None = None):
+         classes: list[str] | None = None, repeat: int = 0):
     """Train (or, on a resumed run, load) one classifier; its record is direction_<key>.json, its training
-    history history_<key>.csv (rewritten after every epoch, so the curves can be read while it trains)."""
+    history history_<key>.csv (rewritten after every epoch, so the curves can be read while it trains).
+    ``repeat`` > 0: another of classifier.repeats, with its own seed, validation split and files (lib.evaluate.repeats)."""
     c, dev = cfg.classifier, compute.device()
     classes = classes or domains.classes(cfg)
-    weights, info_path = out_dir / f"classifier_{key}.pt", out_dir / f"direction_{key}.json"
+    tag = repeats.name(key, repeat)
+    weights, info_path = out_dir / f"classifier_{tag}.pt", out_dir / f"direction_{tag}.json"
     if weights.exists() and info_path.exists():
         model = classifier.build(c, len(classes)).to(dev)
         model.load_state_dict(torch.load(weights, map_location=dev))
         return model, json.loads(info_path.read_text())
     data = classifier.TensorSet.from_manifest(_targets(train_df, classes), c.input_size, dev, classes)
-    fit = classifier.train(data, c, seed, progress, desc=f"({key}) {DIRECTIONS[key]}", n_classes=len(classes),
-                           history_path=out_dir / f"history_{key}.csv")
+    fit = classifier.train(data, c, classifier.repeat_seed(seed, repeat), progress, desc=f"({tag}) {DIRECTIONS[key]}",
+                           n_classes=len(classes), groups=repeats.validation_groups(train_df, c.repeats),
+                           history_path=out_dir / f"history_{tag}.csv")
     info = {"n_train": fit.n_train, "n_val": fit.n_val, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
             "stopped_early": fit.stopped_early, "train_seconds": round(fit.seconds, 2),
             "classifier_hash": classifier.model_hash(fit.model), "history": fit.history.to_dict("list")}
@@ -185,9 +188,13 @@ def _real_baseline(cfg: Config, out_dir, runs_root="runs", progress: bool = True
     leakage.check_content(test, {"the real training sample": train})
     atomic.write_csv(out_dir / "train_real.csv", train)
     atomic.write_csv(out_dir / "test_real.csv", test)
+    n = repeats.count(cfg)
     with compute.cpu_threads(c.cpu_threads):
-        model, _ = _fit("real", train, cfg, out_dir, cfg.seed + 1, progress)
-        _predict(model, test, cfg, out_dir / "predictions_trtr.csv")
+        for r in range(n):
+            model, _ = _fit("real", train, cfg, out_dir, cfg.seed + 1, progress, repeat=r)
+            _predict(model, test, cfg, repeats.predictions_path(out_dir, "trtr", r, n))
+    if n > 1:
+        _average_predictions(out_dir, "trtr", n, domains.classes(cfg))
 
 
 def real_baseline(cfg: Config, runs_root="runs", progress: bool = True) -> Path:
@@ -252,19 +259,55 @@ def run(cfg: Config, out_dir: str | Path, runs_root: str | Path = "runs", progre
         atomic.write_csv(out_dir / f"{name}.csv", s[name])
     fid = fidelity_record(cfg, s, out_dir, progress)
     with compute.cpu_threads(c.cpu_threads):
-        model_a, info_a = _fit("a", s["train_a"], cfg, out_dir, cfg.seed, progress)
-        _predict(model_a, s["test_a"], cfg, out_dir / "predictions_a.csv")
-        _predict(model_a, s["test_b"], cfg, out_dir / "predictions_tsts.csv")
-        model_b, info_b = _fit("real", None, cfg, s["real_dir"], cfg.seed + 1, progress)
-        _predict(model_b, s["test_b"], cfg, out_dir / "predictions_b.csv")
+        info_a, info_b = _matrix_classifiers(cfg, s, out_dir, progress)
         det, info_det = _fit("det", s["train_det"], cfg, out_dir, cfg.seed + 2, progress, SOURCES)
         _predict(det, s["test_det"], cfg, out_dir / "predictions_det.csv", results.detection_frame, SOURCES)
-    shutil.copyfile(s["real_dir"] / "predictions_trtr.csv", out_dir / "predictions_trtr.csv")
     row = _record(cfg, s, {"a": info_a, "b": info_b, "det": info_det})
-    row.update(metrics.matrix(results.cells_from(out_dir), c.threshold, c.bootstrap, row["bootstrap_seed"],
-                              detection=results.detection_from(out_dir), classes=domains.classes(cfg)))
+    n, classes = repeats.count(cfg), domains.classes(cfg)
+    if n == 1:
+        row.update(metrics.matrix(results.cells_from(out_dir), c.threshold, c.bootstrap, row["bootstrap_seed"],
+                                  detection=results.detection_from(out_dir), classes=classes))
+    else:       # the mean of the repeats' estimates (lib.evaluate.repeats)
+        row.update(repeats.matrix([results.cells_from(out_dir, repeats.suffix(r, n)) for r in range(n)], c.threshold,
+                                  c.bootstrap, row["bootstrap_seed"], results.detection_from(out_dir), classes))
     row.update(fid)
     return _write_checked(out_dir, row)
+
+
+def _matrix_classifiers(cfg: Config, s: dict, out_dir: Path, progress: bool) -> tuple[dict, dict]:
+    """Direction a's classifier (TSTR, TSTS) and the real baseline's (TRTS; its TRTR copied), each of the
+    classifier.repeats repeats predicting its own files, averaged per image when there are several."""
+    n, info_a, info_b = repeats.count(cfg), [], []
+    for r in range(n):
+        model_a, info = _fit("a", s["train_a"], cfg, out_dir, cfg.seed, progress, repeat=r)
+        info_a.append(info)
+        _predict(model_a, s["test_a"], cfg, repeats.predictions_path(out_dir, "a", r, n))
+        _predict(model_a, s["test_b"], cfg, repeats.predictions_path(out_dir, "tsts", r, n))
+        model_b, info = _fit("real", None, cfg, s["real_dir"], cfg.seed + 1, progress, repeat=r)
+        info_b.append(info)
+        _predict(model_b, s["test_b"], cfg, repeats.predictions_path(out_dir, "b", r, n))
+        trtr = repeats.predictions_path(s["real_dir"], "trtr", r, n)
+        shutil.copyfile(trtr, out_dir / trtr.name)
+    if n > 1:
+        shutil.copyfile(s["real_dir"] / "predictions_trtr.csv", out_dir / "predictions_trtr.csv")
+        for cell in ("a", "tsts", "b"):
+            _average_predictions(out_dir, cell, n, domains.classes(cfg))
+    return repeats.infos(info_a), repeats.infos(info_b)
+
+
+def _average_predictions(out_dir: Path, cell: str, n: int, classes: list[str]) -> Path:
+    """predictions_<cell>.csv with R > 1: the mean output per test image over the repeats' files, for readers that
+    need one set of predictions (the record averages the repeats' estimates instead: lib.evaluate.repeats)."""
+    path = Path(out_dir) / f"predictions_{cell}.csv"
+    if path.exists():
+        return path
+    frames = [pd.read_csv(repeats.predictions_path(out_dir, cell, r, n)) for r in range(n)]
+    if any(not f["image_id"].equals(frames[0]["image_id"]) for f in frames[1:]):
+        raise DataError(f"the repeats' predictions_{cell}_r*.csv in {out_dir} answer different test images; delete "
+                        "the stage folder and run it again.")
+    cols = results.output_columns(classes)
+    mean = np.mean([f[cols].to_numpy(np.float64) for f in frames], axis=0)
+    return atomic.write_csv(path, results.predictions_frame(frames[0], mean, classes))
 
 
 FIDELITY_RECORD = "fidelity_record.json"
@@ -350,7 +393,10 @@ def _same(a, b) -> bool:
 
 
 def flatten_params(cfg: Config) -> dict:
-    return results.flatten(cfg.to_dict(), "param.")
+    row = results.flatten(cfg.to_dict(), "param.")
+    if row["param.classifier.repeats"] == 1:      # one classifier: the record as before the field existed
+        row.pop("param.classifier.repeats")
+    return row
 
 
 def load(stage_dir: str | Path) -> dict:

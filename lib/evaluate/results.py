@@ -149,10 +149,11 @@ def classes_from(stage_dir: str | Path) -> list[str]:
     return classes_of(pd.read_csv(Path(stage_dir) / "predictions_a.csv", nrows=1))
 
 
-def cells_from(stage_dir: str | Path) -> dict[str, tuple]:
-    """The matrix's (labels, outputs) per cell, each predictions file checked against its test manifest."""
+def cells_from(stage_dir: str | Path, suffix: str = "") -> dict[str, tuple]:
+    """The matrix's (labels, outputs) per cell, each predictions file checked against its test manifest
+    (``suffix``: one classifier repeat's files, ``_r<r>``: lib.evaluate.repeats)."""
     stage_dir = Path(stage_dir)
-    return {k: arrays(read_predictions(stage_dir / f"predictions_{k}.csv", pd.read_csv(stage_dir / TESTS[k])))
+    return {k: arrays(read_predictions(stage_dir / f"predictions_{k}{suffix}.csv", pd.read_csv(stage_dir / TESTS[k])))
             for k in CELLS}
 
 
@@ -165,6 +166,12 @@ def detection_from(stage_dir: str | Path) -> tuple:
 def recompute_from_predictions(stage_dir: str | Path) -> dict:
     """Every metric, ratio and interval again, from the saved predictions and test manifests only."""
     row = read(stage_dir)
+    if row.get("repeats", 1) > 1:           # classifier repeats: the mean of the repeats' estimates
+        from . import repeats
+
+        return repeats.matrix([cells_from(stage_dir, repeats.suffix(r, row["repeats"])) for r in range(row["repeats"])],
+                              row["param.classifier.threshold"], row["param.classifier.bootstrap"], row["bootstrap_seed"],
+                              detection_from(stage_dir), classes_from(stage_dir))
     return metrics.matrix(cells_from(stage_dir), threshold=row["param.classifier.threshold"],
                           n_boot=row["param.classifier.bootstrap"], seed=row["bootstrap_seed"],
                           detection=detection_from(stage_dir), classes=classes_from(stage_dir))

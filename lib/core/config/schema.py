@@ -181,6 +181,9 @@ class ClassifierConfig:
     n_test: int = 600                       # thesis: 10,000 (real and synthetic test sets)
     bootstrap: int = 200                    # resamples for AUROC and FTER confidence intervals
     cpu_threads: Optional[int] = None       # torch CPU threads while training; None = torch's default
+    repeats: int = 1                        # each classifier of stage 05 (direction a and the real baseline) trained R
+    #                                       times (other seeds and validation splits), outputs averaged per image
+    #                                       (lib/evaluate/repeats.py); 1 is in no stage key, so keys stay as they were
 
 
 @dataclass
@@ -264,6 +267,8 @@ class Config:
             d["generation"].pop("shuffled_fraction")
         for name in ("num_processes", "tensorboard"):   # how stage 03 runs and logs, not what it computes
             d["finetune"].pop(name)
+        if d["classifier"]["repeats"] == 1:   # one classifier, as before the field existed: the same keys
+            d["classifier"].pop("repeats")
 
         def pick(name: str):
             node = d

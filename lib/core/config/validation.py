@@ -68,7 +68,8 @@ def validate(cfg: Config) -> None:
     for key, v in (("generation.n_per_label", g.n_per_label), ("generation.steps", g.steps),
                    ("generation.batch_size", g.batch_size), ("classifier.epochs", c.epochs),
                    ("classifier.batch_size", c.batch_size), ("classifier.n_train_per_class", c.n_train_per_class),
-                   ("classifier.n_test", c.n_test), ("classifier.bootstrap", c.bootstrap)):
+                   ("classifier.n_test", c.n_test), ("classifier.bootstrap", c.bootstrap),
+                   ("classifier.repeats", c.repeats)):
         if v < 1:
             raise ParamError(f"{key} = {v} must be at least 1.")
     if not 0.0 < c.val_fraction < 0.5:
