@@ -170,3 +170,15 @@ def test_plan_takes_the_components():
     p = variance.plan(comp, 0.05, 300.0, 10.0).set_index("repeats")
     assert p.loc[1, "sd_per_seed"] == pytest.approx(np.sqrt(sd_g ** 2 + sd_c ** 2))
     assert p.loc[4, "seeds"] == power.seeds_needed(0.05, np.sqrt(sd_g ** 2 + sd_c ** 2 / 4))
+
+
+def test_the_report_cli_prints_the_components_of_records_with_repeats(two_runs, capsys):
+    from lib.runs import report
+
+    _, _, root, d1, d2 = two_runs
+    comp = variance.from_records(collection.collect(root))
+    assert len(comp) == 2 and set(comp["metric"]) == {"AUROC(a)", "TR"} and (comp["repeats"] == 2).all()
+    assert variance.from_records(collection.collect(d1)).empty          # one repeat: nothing to split
+    assert report.main(["--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "Variance components" in out and "AUROC(a)" in out.split("Variance components")[1]

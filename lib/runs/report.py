@@ -13,7 +13,7 @@ import sys
 
 import pandas as pd
 
-from ..analyze import aggregate, agreement, calibration, collection, comparisons, recompute, tables
+from ..analyze import aggregate, agreement, calibration, collection, comparisons, recompute, tables, variance
 from ..core import overrides, paths, stages
 from . import sweep_spec, sweeps
 
@@ -57,6 +57,11 @@ def print_tables(df: pd.DataFrame) -> None:
                   "lib/evaluate/fidelity.py):")
             print(fid.to_string(index=False))
             print("\n" + agreement.fidelity_agreement(s))
+        components = variance.from_records(df)
+        if len(components):
+            print("\nVariance components of AUROC(a) and TR (records with classifier repeats; s.d. and share between "
+                  "generator seeds, between repeats within a seed, test-image bootstrap within a repeat):")
+            print(components.to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:
