@@ -172,6 +172,44 @@ def test_a_random_skip_control_starts_right_after_its_own_gated_point(tmp_path, 
         assert control == gated + 1, order      # not after the whole first wave
 
 
+class _TwoSlots(local.SerialExecutor):
+    """Two slots, points ended first come first in wait(), as a pool of two does; records the submission order."""
+    slots = 2
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.order, self.pending = [], []
+
+    def submit(self, task):
+        from concurrent.futures import Future
+
+        self.order.append(runner.run_id(runner.config.load(task.base, task.overrides), task.overrides))
+        fut = Future()
+        self.pending.append((task, fut))
+        return fut
+
+    def wait(self):
+        from lib.runs.points import run_task
+
+        while self.pending:
+            task, fut = self.pending.pop(0)
+            self.results.append(run_task(task, self.engine, echo=False))
+            fut.set_result(self.results[-1])          # its callbacks may submit more
+        return super().wait()
+
+
+def test_with_two_slots_a_control_goes_ahead_of_points_queued_before_it(tmp_path, runs_root):
+    nb = standins.write_notebooks(tmp_path / "nb")
+    body = {**SWEEP, "points": SWEEP["points"] + [{"set": {"finetune.control": "no-fine-tune"},
+                                                   "grid": {"seed": [0, 1]}}]}
+    ex = _TwoSlots(standins.exec_engine)
+    out = sweeps.run(_sweep_file(tmp_path, body), runs_root=runs_root, notebooks_dir=nb, executor=ex, analyse=False)
+    assert all(r["ok"] for r in out["results"]) and len(out["results"]) == 8
+    control = min(i for i, r in enumerate(ex.order) if "random-skip" in r)
+    nft = min(i for i, r in enumerate(ex.order) if "no-fine-tune" in r)
+    assert control < nft, ex.order     # queued first come, the controls had waited for every other point
+
+
 def test_a_pool_worker_that_dies_fails_its_point_and_the_pool_goes_on(tmp_path, runs_root):
     nb = standins.write_notebooks(tmp_path / "nb")
     f = _sweep_file(tmp_path, {"grid": {"seed": [0, 1, 2]}})

@@ -123,15 +123,24 @@ def submit_all(executor: executors.Executor, tasks: list[PointTask], progress: P
         else:
             after.setdefault(g, []).append(i)
 
-    def submit(i: int) -> None:
-        progress.submitted()
-        fut = executor.submit(tasks[i])
-        fut.add_done_callback(progress.finished)
-        for j in after.get(i, []):
-            fut.add_done_callback(lambda _f, j=j: submit(j))
+    # The sweep keeps its own queue and hands the executor no more than its slots, so that a control whose gated
+    # point has just ended goes in first, ahead of points queued earlier (an executor's own queue is first come).
+    ready, limit, running = list(now), getattr(executor, "slots", None) or len(tasks), [0]
 
-    for i in now:
-        submit(i)
+    def submit_next() -> None:
+        while ready and running[0] < limit:
+            i = ready.pop(0)
+            running[0] += 1
+            progress.submitted()
+            executor.submit(tasks[i]).add_done_callback(lambda fut, i=i: ended(i, fut))
+
+    def ended(i: int, fut) -> None:
+        progress.finished(fut)
+        running[0] -= 1
+        ready[:0] = after.get(i, [])
+        submit_next()
+
+    submit_next()
     return executor.wait()
 
 
