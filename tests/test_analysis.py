@@ -422,3 +422,14 @@ def test_each_imported_folder_is_its_own_row_and_folders_are_compared(tmp_path):
     assert sorted(zip(s["method"], s["setting"], s["n_seeds"])) == [("folder", "gan-a", 3), ("folder", "gan-b", 3)]
     c = comparisons.compare(df)
     assert list(c["comparison"]) == ["folder gan-a − folder gan-b"] and c.iloc[0]["seeds"] == "0,1,2"
+
+
+def test_gating_is_compared_with_ungated_training_on_its_own_tuning_set(records):
+    """Against random, gating differs in the tuning set too; against its own set ungated, only the gate differs."""
+    from lib.analyze import comparisons
+
+    for seed in (0, 1, 2):
+        _record(records, {"finetune.method": "spectral-clip"}, seed)
+    c = comparisons.compare(collection.collect(records)).set_index("comparison")
+    row = c.loc["active-gating thr0.3 − spectral-clip"]
+    assert row["seeds"] == "0,1,2" and np.isfinite(row["mde_auroc_a"])

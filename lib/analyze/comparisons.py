@@ -10,7 +10,8 @@ one difference of AUROC(a) and of TR, and each comparison reports, over those pe
     (test-image noise only), so it says whether some seed's two classifiers differ, not whether the methods do.
 A method is called better only from the seed-level test: Holm-adjusted p below alpha with at least MIN_SEEDS
 seeds ("not called" below that, whatever a within-seed test says). Pairs: each method against the baseline at
-each tuning size, active gating against its random-skip control, every two imported folders (each folder its
+each tuning size, active gating against its random-skip control and against ungated training on its own tuning
+set (the gate alone: against random it also changes the tuning set), every two imported folders (each folder its
 own row, named by the folder), and each method at a smaller tuning size against the same method at its largest
 (e.g. random n5 against random n100).
 """
@@ -46,6 +47,18 @@ def pairs(methods: list[str], baseline: str = "random") -> list[tuple[str, str]]
     out = [(m, baseline) for m in methods if m != baseline and m not in REFERENCES and baseline in methods]
     if GATED in methods and CONTROL in methods:
         out.append((GATED, CONTROL))
+    return out
+
+
+def ungated_twins(groups: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """Each active-gating group -> the tuning method it trained on, whose ungated runs (same tuning set, same
+    seeds) isolate the gate itself; against random, gating also differs in the tuning set (issue 23)."""
+    out = {}
+    for label, g in groups.items():
+        if label.split(" ")[0] == GATED and "params" in g:
+            tuned = {p.get("finetune", {}).get("method") for p in g["params"]}
+            if len(tuned) == 1:
+                out[label] = tuned.pop()
     return out
 
 
@@ -112,6 +125,7 @@ def _rows(df: pd.DataFrame, baseline: str) -> list[dict]:
         groups = {m: part[key == m] for m in dict.fromkeys(key)}
         plain = {k.split(" ")[0]: k for k in groups}       # method -> its (first) group
         named = [(plain[x], plain[b]) for x, b in pairs(list(plain), baseline)]
+        named += [(g, plain[m]) for g, m in ungated_twins(groups).items() if m in plain]
         folders = [k for k in groups if k.startswith("folder ")]        # imported folders: each pair of them
         named += [(f, g) for i, f in enumerate(folders) for g in folders[i + 1:]]
         for x, b in named:
