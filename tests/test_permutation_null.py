@@ -103,3 +103,30 @@ def test_the_calibration_figure_shows_both_checks(tmp_path):
     assert any("3 seeds: holds" in t for t in texts)
     assert (tmp_path / "06_calibration.png").exists()
     analysis.calibration(s.iloc[:0], tmp_path, name="06_calibration_empty")     # nothing to show: still drawn
+
+
+def test_with_classifier_repeats_a_draw_averages_as_many_trainings(tmp_path, monkeypatch):
+    cfg = config.load("params/smoke.yaml", {"generation.kind": "label-shuffled", "seed": 3, "classifier.repeats": 2})
+    d = tmp_path / "stages" / "05_classifier-rep2"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), mode="L").save(p)
+        rows.append({"image_id": f"i{i}", "path": str(p), "label": ["No Finding", "Unhealthy"][i % 2],
+                     "patient": f"p{i // 2}"})
+    pd.DataFrame(rows[:28]).to_csv(d / "train_a.csv", index=False)
+    pd.DataFrame(rows[28:]).to_csv(d / "test_a.csv", index=False)
+    results.write(d, {"method": "label-shuffled", "seed": 3, "auroc_a": 0.5, **evaluation.flatten_params(cfg)})
+    seeds, real_train = [], classifier.train
+
+    def spy(data, c, seed, *args, groups=None, **kw):
+        seeds.append((seed, groups is not None))
+        return real_train(data, c, seed, *args, groups=groups, **kw)
+
+    monkeypatch.setattr(classifier, "train", spy)
+    rec = permutation.draw(d, 0)
+    base = permutation.classifier_seed(3, 0)
+    assert seeds == [(classifier.repeat_seed(base, 0), True), (classifier.repeat_seed(base, 1), True)]
+    assert rec["auroc_a"] == pytest.approx(np.mean(rec["auroc_a_repeats"])) and len(rec["auroc_a_repeats"]) == 2

@@ -4,7 +4,9 @@ Each draw shuffles the labels of the label-shuffled run's own training sample (s
 held-out real images it is made from, the same class counts), trains the classifier exactly as stage 05 trains
 direction a (lib.evaluate.classifier.train with the run's classifier section; a classifier seed of its own per draw,
 so the null holds the training noise the observed value has) and tests it on the run's real test sample
-(``test_a.csv``), recording AUROC(a) as stage 05 computes it (lib.evaluate.metrics.macro_auroc). Draws are cached,
+(``test_a.csv``), recording AUROC(a) as stage 05 computes it (lib.evaluate.metrics.macro_auroc; with
+classifier.repeats R > 1, the mean of R classifiers' AUROCs, each with its repeat seed and patient-split validation, as
+lib.evaluate.repeats averages the observed value). Draws are cached,
 one file each, in ``stages/06_permutation_null-<stage-05 key>/`` beside the run's sealed stage-05 folder (never in
 it), so a rerun, or more draws, trains only what is missing.
 
@@ -24,7 +26,7 @@ import pandas as pd
 
 from ..core import atomic, compute, config
 from ..data import domains
-from ..evaluate import classifier, metrics, results
+from ..evaluate import classifier, metrics, repeats, results
 from .collection import params_of
 
 STAGE = "06_permutation_null"
@@ -62,16 +64,20 @@ def draw(results_dir, j: int, progress: bool = False) -> dict:
     c, dev, classes = cfg.classifier, compute.device(), domains.classes(cfg)
     train = permuted(pd.read_csv(d / "train_a.csv", dtype={"patient": str}), cfg.seed, j)
     test = pd.read_csv(d / "test_a.csv", dtype={"patient": str})
-    seed = classifier_seed(cfg.seed, j)
+    seed, n = classifier_seed(cfg.seed, j), repeats.count(cfg)
+    aurocs, fits = [], []
     with compute.cpu_threads(c.cpu_threads):
         data = classifier.TensorSet.from_manifest(train, c.input_size, dev, classes)
-        fit = classifier.train(data, c, seed, progress, desc=f"permutation {j}", n_classes=len(classes))
-        outputs = classifier.predict_outputs(fit.model, classifier.TensorSet.from_manifest(test, c.input_size, dev,
-                                                                                              classes))
-    rec = {"auroc_a": metrics.macro_auroc(classifier.labels_of(test, classes), outputs), "draw": j,
-           "run_seed": cfg.seed, "classifier_seed": seed, "epochs_run": len(fit.history),
-           "stopped_early": bool(fit.stopped_early), "train_seconds": round(fit.seconds, 2),
-           "results_dir": str(d)}
+        test_data = classifier.TensorSet.from_manifest(test, c.input_size, dev, classes)
+        for r in range(n):      # classifier.repeats as stage 05 trains them; the record averages their AUROCs
+            fits.append(classifier.train(data, c, classifier.repeat_seed(seed, r), progress, desc=f"permutation {j}",
+                                         n_classes=len(classes), groups=repeats.validation_groups(train, n)))
+            outputs = classifier.predict_outputs(fits[-1].model, test_data)
+            aurocs.append(metrics.macro_auroc(classifier.labels_of(test, classes), outputs))
+    rec = {"auroc_a": float(np.mean(aurocs)), "auroc_a_repeats": aurocs, "draw": j, "run_seed": cfg.seed,
+           "classifier_seed": seed, "epochs_run": [len(f.history) for f in fits],
+           "stopped_early": [bool(f.stopped_early) for f in fits],
+           "train_seconds": round(sum(f.seconds for f in fits), 2), "results_dir": str(d)}
     atomic.write_json(path, rec)
     return rec
 
