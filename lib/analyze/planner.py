@@ -23,7 +23,7 @@ from . import collection, comparisons, power
 
 
 def run_seconds(root: str | Path) -> dict[str, float]:
-    """Stage-05 folder -> the seconds its run spent executing stages (run.json of every run under root)."""
+    """Stage-05 folder name -> the seconds its run spent executing stages (run.json of every run under root)."""
     out = {}
     for rec in Path(root).rglob("run.json"):
         try:
@@ -32,13 +32,14 @@ def run_seconds(root: str | Path) -> dict[str, float]:
             continue
         d = st.get("05_classifier", {}).get("stage_dir")
         if d:
-            out[str(Path(d).resolve())] = float(sum(v.get("seconds") or 0 for v in st.values()))
+            out[Path(d).name] = float(sum(v.get("seconds") or 0 for v in st.values()))   # by folder name: a moved
+                                                                                           # runs root still matches
     return out
 
 
 def seconds_per_seed(group: pd.DataFrame, seconds: dict[str, float]) -> float:
     """Mean wall time of one run of a group (NaN when no run.json recorded it)."""
-    v = [seconds.get(str(Path(d).resolve())) for d in group["results_dir"]]
+    v = [seconds.get(Path(d).name) for d in group["results_dir"]]
     v = [x for x in v if x]
     return float(np.mean(v)) if v else math.nan
 
