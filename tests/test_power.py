@@ -77,3 +77,10 @@ def test_ratio_replicates_follow_the_rule_of_the_point_estimate():
     assert out["tr_ci_low"] == pytest.approx(np.percentile(by_hand, 2.5))
     naive = (a - 0.5) / (trtr - 0.5)                   # before: +50 each, pushing the upper bound up
     assert out["tr_ci_high"] < np.percentile(naive, 97.5) and out["tr_ci_low"] < np.percentile(naive, 2.5)
+
+
+def test_power_is_defined_where_the_noncentrality_is_large():
+    # scipy's nct.cdf(-crit, 2, 15.4) is NaN: a tight pilot (s.d. 0.0056, delta 0.05, 3 seeds) had no power
+    p = power.power_paired(0.05, 0.005635, 3)
+    assert np.isfinite(p) and p == pytest.approx(power.simulated_power(0.05, 0.005635, 3, reps=20000), abs=0.01)
+    assert power.power_paired(-0.05, 0.02, 5) == power.power_paired(0.05, 0.02, 5)
