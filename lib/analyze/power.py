@@ -39,16 +39,17 @@ def seed_interval(values, level: float = 0.95) -> dict:
 
 
 def paired_test(diffs, level: float = 0.95) -> dict:
-    """The paired t-test over seeds on per-seed differences: mean, t-interval, two-sided p, and the minimum
-    detectable effect at 80% power for this many seeds and this s.d. (NaN below MIN_SEEDS)."""
+    """The paired t-test over seeds on per-seed differences: mean, t-interval and two-sided p (NaN below
+    MIN_SEEDS), and the minimum detectable effect at 80% power for this many seeds and this s.d. (from 2 seeds)."""
     out = seed_interval(diffs, level)
     n, sd = out["n"], out["sd"]
-    out["p"] = out["mde"] = math.nan
+    out["p"] = math.nan
+    # the MDE needs only an s.d.: at 2 seeds it says how large a difference could have been seen at all
+    out["mde"] = mde_paired(sd, n, 1 - level) if n >= 2 else math.nan
     if n >= MIN_SEEDS:
         se = sd / math.sqrt(n)
         out["p"] = 1.0 if se == 0 and out["mean"] == 0 else (
             0.0 if se == 0 else float(2 * student_t.sf(abs(out["mean"]) / se, n - 1)))
-        out["mde"] = mde_paired(sd, n, 1 - level)
     return out
 
 
