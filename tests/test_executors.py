@@ -194,8 +194,9 @@ def test_an_engine_reports_failed_and_dead_points_computes_shared_stages_once_an
 # ------------------------------------------------------------------------ a new engine, in one file
 class LastFirstExecutor(executors.Executor):
     """A toy engine (CONTRIBUTING.md, "A sweep executor"): points queue on submit and run in this process
-    at wait, the last submitted first; each summary names the engine's ``label`` setting and when it ran."""
-    slots = 1
+    at wait, the last submitted first; each summary names the engine's ``label`` setting and when it ran.
+    No slot limit, so the sweep submits every point before wait."""
+    slots = None
 
     def __init__(self, label: str, engine=None):
         self.label, self.engine, self.queue, self.tracked, self.ran = label, engine, [], points.Tracked(), 0

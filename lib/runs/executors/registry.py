@@ -3,7 +3,7 @@
 An executor runs a sweep's points. It is any object with ``submit(task) -> Future`` (a PointTask of
 lib/runs/points.py; the future resolves to run_task's summary) and ``wait() -> list[dict]`` (every submitted
 point's summary, in submission order; done-callbacks on the futures may submit more points), optionally
-``slots`` (points at once, for the ETA; None: as many as a scheduler gives), ``prepare(specs)`` (build the
+``slots`` (points at once: the sweep hands it no more at a time, and sizes the ETA by it; None: all at once), ``prepare(specs)`` (build the
 shared models first) and ``close()``. A factory makes one from the sweep file's ``executor:`` settings::
 
     @register("mine", settings={"workers": WHOLE_POSITIVE})
