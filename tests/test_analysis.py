@@ -433,3 +433,17 @@ def test_gating_is_compared_with_ungated_training_on_its_own_tuning_set(records)
     c = comparisons.compare(collection.collect(records)).set_index("comparison")
     row = c.loc["active-gating thr0.3 − spectral-clip"]
     assert row["seeds"] == "0,1,2" and np.isfinite(row["mde_auroc_a"])
+
+
+def test_reported_development_seeds_are_warned_about_and_change_no_key(records):
+    from lib.runs import runner
+
+    df = collection.collect(records)
+    assert collection.development_seed_warning(df, []) is None
+    w = collection.development_seed_warning(df, [1, 100])
+    assert w.startswith("warning: seed(s) [1] are among the development seeds [1, 100]")
+    a, b = config.load("params/smoke.yaml"), config.load("params/smoke.yaml", {"development_seeds": [0, 1]})
+    assert runner.params_hash(a) == runner.params_hash(b)
+    assert all(stages.key(a, s) == stages.key(b, s) for s in stages.ORDER)
+    with pytest.raises(config.ParamError, match="development_seeds"):
+        config.load("params/smoke.yaml", {"development_seeds": [-1]})

@@ -139,3 +139,16 @@ def tidy(df: pd.DataFrame) -> pd.DataFrame:
             rows.append({**{k: r[k] for k in ["method", "tuning_size", "setting", "seed"]},
                          "direction": d, "metric": metric, "class": cls or "overall", "value": r[c]})
     return pd.DataFrame(rows)
+
+
+def development_seed_warning(df: pd.DataFrame, development_seeds=()) -> str | None:
+    """A warning when a reported seed is one the parameters were tuned on (``development_seeds`` of the parameter
+    file, and of any record that carries it): results at such a seed are not evidence for those parameters."""
+    dev = set(int(s) for s in development_seeds)
+    for p in df.get("params", []):
+        dev |= set(int(s) for s in (p.get("development_seeds") or []))
+    hit = sorted(dev & set(int(s) for s in df.get("seed", [])))
+    if not hit:
+        return None
+    return (f"warning: seed(s) {hit} are among the development seeds {sorted(dev)} these parameters were tuned on; "
+            "results at them are not evidence for the parameters. Report seeds they were not chosen on.")

@@ -14,7 +14,7 @@ import sys
 import pandas as pd
 
 from ..analyze import aggregate, agreement, calibration, collection, comparisons, recompute, tables, variance
-from ..core import overrides, paths, stages
+from ..core import config, overrides, paths, stages
 from . import sweep_spec, sweeps
 
 
@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if df.empty:
         print(f"no results records found under {paths.resolve(args.root)}", file=sys.stderr)
         return 1
+    dev = config.load(sweep_spec.load(args.sweep, overrides.parse_sets(args.set)).base).development_seeds \
+        if args.sweep else []
+    warning = collection.development_seed_warning(df, dev)
+    if warning:
+        print(f"\n{warning}")
     print_tables(df)
     checked = recompute.check(df)
     print(f"\nall {int(checked['checked'].sum())} reported metric values match their recomputation "

@@ -97,7 +97,8 @@ def run_id(cfg: config.Config, overrides: dict | None = None) -> str:
 def params_hash(cfg: config.Config) -> str:
     # The mixing and transfer sections are read only by notebooks 07 and 08, over finished runs (lib/analyze/mixing.py,
     # lib/analyze/transfer.py): they name no run.
-    return cfg.section_hash(*(k for k in cfg.to_dict() if k not in ("mixing", "transfer")))
+    # development_seeds records how the parameters were chosen and computes nothing.
+    return cfg.section_hash(*(k for k in cfg.to_dict() if k not in ("mixing", "transfer", "development_seeds")))
 
 
 # ------------------------------------------------------------------------------- notebooks

@@ -238,6 +238,8 @@ class TransferConfig:
 class Config:
     experiment: str = "demo"
     seed: int = 0
+    development_seeds: list[int] = field(default_factory=list)   # seeds these parameters were tuned on: results
+    #                                 at them are not evidence, and the analysis warns when it reports one
     data: DataConfig = field(default_factory=DataConfig)
     pools: PoolsConfig = field(default_factory=PoolsConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
@@ -263,6 +265,7 @@ class Config:
             for name in ("external_dir", "pseudo_label_threshold"):
                 d["selection"].pop(name)
         d["data"].pop("near_duplicates")     # what a leak check does on a find, not what a stage computes
+        d.pop("development_seeds")           # a record of how the parameters were chosen, computes nothing
         if d["generation"]["shuffled_fraction"] is None:   # unset (every kind but partly-shuffled): keys as before
             d["generation"].pop("shuffled_fraction")
         for name in ("num_processes", "tensorboard"):   # how stage 03 runs and logs, not what it computes

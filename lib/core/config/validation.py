@@ -28,6 +28,9 @@ def _validate_seeds(cfg: Config) -> None:
     for key, value in _flat_items(cfg.to_dict()):
         if key.split(".")[-1].endswith("seed") and isinstance(value, int) and not 0 <= value <= SEED_MAX:
             raise ParamError(f"{key} = {value} must be a whole number from 0 to {SEED_MAX} (numpy's seed range).")
+    bad = [s for s in cfg.development_seeds if not 0 <= s <= SEED_MAX]
+    if bad:
+        raise ParamError(f"development_seeds {bad} must be whole numbers from 0 to {SEED_MAX} (numpy's seed range).")
 
 
 def _flat_items(d: dict, prefix: str = ""):
