@@ -27,7 +27,8 @@ test: $(STAMP)
 
 # The demo grid end to end (random, spectral-CLIP, active gating, no-fine-tune and random-skip
 # controls), then the FTER table and the figure paths. Finished points are skipped on a rerun;
-# SET overrides every point, e.g. a threshold rerun: make demo SET="gating.skip_fraction=0.5".
+# SET overrides every point, e.g. a threshold rerun: make demo SET="gating.threshold=0.86" (only the points whose
+# stage folders change get new run folders).
 # Two points at a time by default: demo.yaml gives each one CPU thread, so 2 cores run two points.
 # A failed point fails the target, but only after the table over the finished points is printed.
 demo: $(STAMP)

@@ -165,3 +165,16 @@ def test_a_sweep_without_figures_dir_never_writes_into_the_suites_figures(tmp_pa
     seen = {}
     sweeps.analyse_sweep(sw, runs_root, nb, engine=lambda nb_, out, params, kernel: seen.update(params))
     assert Path(seen["figures_dir"]) == runs_root.resolve() / "smoke" / "sweep-scratch" / "figures"
+
+
+def test_a_rerun_with_set_makes_folders_only_for_points_whose_stage_folders_change(tmp_path, capsys):
+    """make demo SET="gating.threshold=..." used to give every point a new run folder (22 in the demo)."""
+    f = _sweep_file(tmp_path, {"fixed": {"gating.mode": "absolute"}, **DEMO_LIKE})
+    sw = sweep_spec.load(f, {"gating.threshold": 0.42})
+    changed = [p for p in sw.points if p not in sw.unchanged]
+    assert [p.get("gating.enabled") or p.get("finetune.control") for p in changed] == [True, "random-skip"]
+    assert all("gating.threshold" not in p for p in sw.unchanged) and len(sw.unchanged) == 2
+    nothing = sweep_spec.load(f, {"gating.skip_fraction": 0.5})     # read in quantile mode only
+    assert nothing.unchanged == nothing.points and all("gating.skip_fraction" not in p for p in nothing.points)
+    sweeps.run(f, dry_run=True, runs_root=tmp_path / "runs", extra={"gating.skip_fraction": 0.5})
+    assert "changes nothing" in capsys.readouterr().out

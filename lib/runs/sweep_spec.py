@@ -51,6 +51,8 @@ class Sweep:
     analysis: str = runner.ANALYSIS
     analysis_params: dict = field(default_factory=dict)
     executor: dict = field(default_factory=dict)      # the ``executor:`` settings (lib/runs/executors/)
+    unchanged: list[dict] = field(default_factory=list)   # points whose stage folders the --set overrides leave as
+                                                          # they were: they keep their run folder
 
 
 def _is_config_key(dotted: str) -> bool:
@@ -119,11 +121,37 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
         [p for point in raw.get("points") or [] for p in _explicit(point)]
     if not pts:
         raise config.ParamError(f"{path.name} declares no points: give `grid:` and/or `points:`.")
-    pts = [{**fixed, **p, **(extra or {})} for p in pts]
+    pts = _dedupe([{**fixed, **p} for p in pts])
     for p in pts:  # fail on a bad key before anything runs
-        config.load(raw["base"], {k: v for k, v in p.items() if not (k == "gating.skip_rate" and v is None)})
-    return Sweep(path.stem, raw["base"], _dedupe(pts), raw.get("figures_dir"), until, analysis,
-                 dict(raw.get("analysis_params") or {}), settings)
+        _config(raw["base"], {**p, **(extra or {})})
+    with_extra = [_with_extra(raw["base"], p, extra or {}, until) for p in pts]
+    return Sweep(path.stem, raw["base"], [p for p, _ in with_extra], raw.get("figures_dir"), until, analysis,
+                 dict(raw.get("analysis_params") or {}), settings,
+                 unchanged=[p for p, changed in with_extra if extra and not changed])
+
+
+def _config(base: str, point: dict) -> config.Config:
+    return config.load(base, {k: v for k, v in point.items() if not (k == "gating.skip_rate" and v is None)})
+
+
+def _with_extra(base: str, point: dict, extra: dict, until: str) -> tuple[dict, bool]:
+    """(the point's overrides, whether --set changed them): with the --set overrides where they change one of its
+    stage folders through ``until``, else as the file gives it, so a rerun reuses its run folder instead of making
+    a new one that differs only in its name (a threshold rerun of the demo used to make 22)."""
+    if not extra:
+        return point, False
+    merged = {**point, **extra}
+    order = runner.stages.ORDER
+    upto = order[: order.index(until) + 1]
+
+    def folders(cfg: config.Config) -> list[str]:
+        out = [str(runner.stages.stage_dir(cfg, s)) for s in upto]
+        if cfg.finetune.control == "random-skip" and cfg.gating.skip_rate is None:   # copies the gated run's rate
+            out.append(str(runner.stages.stage_dir(runner.gated_counterpart(cfg), "03_dreambooth")))
+        return out
+
+    changed = folders(_config(base, point)) != folders(_config(base, merged))
+    return (merged if changed else point), changed
 
 
 def _read_mapping(path: Path) -> dict:

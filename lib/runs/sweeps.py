@@ -64,8 +64,15 @@ def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path =
     sweep = load(sweep_file, extra)
     p = plan(sweep, runs_root, notebooks_dir)
     print(f"sweep {sweep.name}: {len(p.tasks)} points from {sweep.base}")
+    if extra:
+        what = " ".join(f"{k}={v}" for k, v in extra.items())
+        if len(sweep.unchanged) == len(sweep.points):
+            print(f"  --set {what} changes nothing: every point's stage folders stay as they were")
+        elif sweep.unchanged:
+            print(f"  --set {what} changes {len(sweep.points) - len(sweep.unchanged)} point(s); the other "
+                  f"{len(sweep.unchanged)} keep their run folders (marked 'unchanged')")
     for t, rid, st in zip(p.tasks, p.run_ids, p.status):
-        print(f"  [{st:>8}] {rid}")
+        print(f"  [{st:>8}] {rid}" + ("  (unchanged)" if t.overrides in sweep.unchanged else ""))
         if dry_run:
             print(f"             {t.command()}")
     if dry_run:
