@@ -1,4 +1,6 @@
 """FTER analysis: collection, recomputation from raw predictions, seed summaries and thesis tables."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -430,9 +432,23 @@ def test_gating_is_compared_with_ungated_training_on_its_own_tuning_set(records)
 
     for seed in (0, 1, 2):
         _record(records, {"finetune.method": "spectral-clip"}, seed)
-    c = comparisons.compare(collection.collect(records)).set_index("comparison")
+    df = collection.collect(records)
+    from lib.analyze import upstream
+
+    for _, r in df[df["method"].isin(["active-gating", "spectral-clip"])].iterrows():   # stage 03's summaries
+        gated = r["method"] == "active-gating"
+        d = upstream.upstream_dir(r, "03_dreambooth")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "train_summary.json").write_text(json.dumps({"wall_seconds": 130.0 + r["seed"], "trained": 450 if gated
+                                                          else 600, "gating_seconds": 40.0 if gated else None}))
+    c = comparisons.compare(df).set_index("comparison")
     row = c.loc["active-gating thr0.3 − spectral-clip"]
     assert row["seeds"] == "0,1,2" and np.isfinite(row["mde_auroc_a"])
+    # the gate's own compute and its fewer updates beside the comparison (seed means)
+    assert (row["gate_seconds_x"], row["stage03_seconds_x"], row["updates_x"], row["updates_b"]) == (40, 131, 450, 600)
+    printed = comparisons.table(c.reset_index()).set_index("comparison")
+    assert printed.loc["active-gating thr0.3 − spectral-clip", "gate cost (stage 03)"] == "40 of 131 s; 450 vs 600 updates"
+    assert printed.loc["no-fine-tune − random", "gate cost (stage 03)"] == "–"
 
 
 def test_reported_development_seeds_are_warned_about_and_change_no_key(records):

@@ -25,6 +25,7 @@ from . import power
 from ..evaluate.metrics import auroc as binary_auroc
 from ..evaluate.metrics import macro_auroc
 from .matrix import read_predictions
+from .upstream import training_cost
 
 GATED, CONTROL = "active-gating", "random-skip"
 REFERENCES = ("real-holdout", "label-shuffled", "partly-shuffled", "collapsed", "findings-erased", "exaggerated",
@@ -111,6 +112,10 @@ def _one(x: str, b: str, gx, gb) -> dict:
                 "delong_z_within_seed": ";".join(f"{d['z']:.2f}" for d in delong),
                 # Bonferroni over seeds: whether some seed's two trained classifiers differ on its test images
                 "delong_p_within_seed": min(1.0, min(d["p"] for d in delong) * len(delong)) if binary else np.nan})
+    if x.split(" ")[0] == GATED:             # what the gate cost, and how many fewer updates it left
+        cx, cb = training_cost(gx), training_cost(gb)
+        row.update({f"{k}_x": v for k, v in cx.items()})
+        row.update({f"{k}_b": v for k, v in cb.items()})
     return row
 
 
@@ -188,4 +193,14 @@ def table(c: pd.DataFrame) -> pd.DataFrame:
         "DeLong p (within seed)": [num(v, ".3f") for v in c["delong_p_within_seed"]],
         "ΔTR [t-CI over seeds]": [_interval(r, "d_tr") for _, r in c.iterrows()],
         "MDE ΔTR": [num(v, ".3f") for v in c["mde_tr"]],
+        "gate cost (stage 03)": [_cost(r) for _, r in c.iterrows()],
         "verdict": c["verdict"]}).reset_index(drop=True)
+
+
+def _cost(r) -> str:
+    """'<gate s> of <stage-03 s> s; <updates> vs <updates> updates' for a gating comparison, else '–'."""
+    if not np.isfinite(r.get("stage03_seconds_x", np.nan)):
+        return "–"
+    other = r.get("updates_b", np.nan)
+    vs = f" vs {other:.0f}" if np.isfinite(other) else ""
+    return f"{r['gate_seconds_x']:.0f} of {r['stage03_seconds_x']:.0f} s; {r['updates_x']:.0f}{vs} updates"

@@ -3,8 +3,10 @@ few images per label of stage 04's synthetic sets beside real test images.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..core import config, paths, stages
@@ -27,6 +29,22 @@ def gating_logs(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         if name not in out and f.exists():
             out[name] = pd.read_csv(f)
     return out
+
+
+def training_cost(group: pd.DataFrame) -> dict:
+    """Stage 03 of a group's runs, means over its seeds: wall seconds, the gate's seconds within them, and the
+    updates trained (the gate's cost and its fewer updates, reported beside a gating comparison); {} without
+    stage-03 summaries (references, controls without training)."""
+    rows = []
+    for _, r in group.iterrows():
+        f = upstream_dir(r, "03_dreambooth") / "train_summary.json"
+        if f.exists():
+            s = json.loads(f.read_text())
+            rows.append((s.get("wall_seconds", np.nan), s.get("gating_seconds") or 0.0, s.get("trained", np.nan)))
+    if not rows:
+        return {}
+    wall, gate, trained = np.asarray(rows, float).mean(axis=0)
+    return {"stage03_seconds": wall, "gate_seconds": gate, "updates": trained}
 
 
 def _manifest(stage4: Path) -> pd.DataFrame | None:
