@@ -17,11 +17,12 @@ $(STAMP): requirements.txt
 
 # Unit tests, then every notebook run as stored (smoke parameters) through nbval, in a runs root of their
 # own (SUITE_RUNS_ROOT, the notebooks' default runs_root): a user's runs/ is never touched. The tests' root
-# is removed first, so nbval executes every stage instead of reusing an earlier checkout's.
+# is removed first, so nbval executes every stage instead of reusing an earlier checkout's. The 15 slowest unit
+# tests are listed at the end (issue 24: which tests take the time).
 TEST_RUNS := $(CURDIR)/runs/.test
 test: $(STAMP)
 	rm -rf "$(TEST_RUNS)"
-	SUITE_RUNS_ROOT="$(TEST_RUNS)" $(PY) -m pytest -q -p no:cacheprovider tests
+	SUITE_RUNS_ROOT="$(TEST_RUNS)" $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 	SUITE_RUNS_ROOT="$(TEST_RUNS)" $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-kernel-name $(KERNEL) \
 		--nbval-cell-timeout 900 notebooks
 
