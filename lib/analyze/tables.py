@@ -82,6 +82,9 @@ def thesis_tables(s: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 MATRIX_COLUMNS = {"auroc_trtr": "TRTR", "auroc_a": "TSTR (a)", "auroc_b": "TRTS (b)", "auroc_tsts": "TSTS",
                   "fter": "FTER", "cc_fter": "FTER (chance-corr.)", "tr": "TR", "auroc_det": "detection"}
+# The tuning-set-only baseline (lib.analyze.tuning_only.add puts them in the summary): TSTR of the tuning set's own
+# real images, on TR's scale, and TR minus it
+TUNING_ONLY_COLUMNS = {"auroc_tun": "TSTR tuning-only", "tr_tun": "TR tuning-only", "generator_gain": "generator gain"}
 
 
 def with_seed_interval(r, key: str) -> str:
@@ -106,6 +109,9 @@ def fter_table(s: pd.DataFrame) -> pd.DataFrame:
                         "seeds": s["n_seeds"]})
     for key, name in MATRIX_COLUMNS.items():
         out[name] = [with_seed_interval(r, key) for _, r in s.iterrows()]
+        for k, n in (TUNING_ONLY_COLUMNS.items() if key == "tr" else ()):   # beside TR, once computed
+            if f"{k}_mean" in s:
+                out[n] = [with_seed_interval(r, k) for _, r in s.iterrows()]
     return out.reset_index(drop=True)
 
 

@@ -14,8 +14,9 @@ import sys
 import pandas as pd
 
 from ..analyze import aggregate, agreement, calibration, collection, comparisons, recompute, tables, variance
+from ..analyze import tuning_only
 from ..core import config, overrides, paths, stages
-from . import sweep_spec, sweeps
+from . import sweep_pairs, sweep_spec, sweeps
 
 
 def sweep_runs(sweep_file, sets: list[str] | None, runs_root) -> tuple[list | None, str | None]:
@@ -33,17 +34,19 @@ def sweep_runs(sweep_file, sets: list[str] | None, runs_root) -> tuple[list | No
     return [r.directory for r in finished], sw.figures_dir
 
 
-def print_tables(df: pd.DataFrame) -> None:
-    """The matrix, the ratios explained, the comparisons, the calibration checks and the fidelity table."""
-    s = aggregate.summary(df)
+def print_tables(df: pd.DataFrame, pairs: list[dict] | None = None) -> None:
+    """The matrix, the ratios explained, the comparisons (with a sweep file's named ``pairs``), the calibration
+    checks and the fidelity table."""
+    s = tuning_only.add(aggregate.summary(df), tuning_only.per_run(df))   # trains the tuning-only baselines not cached
     print(f"\nThe trainability matrix ({len(df)} runs; seed means with 95% t-intervals over seeds, none below 3 "
-          "seeds; a = train synthetic, test real; b = train real, test synthetic)")
+          "seeds; a = train synthetic, test real; b = train real, test synthetic; tuning-only: the same classifier "
+          "trained on the run's own tuning set, generator gain = TR - TR tuning-only)")
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 200):
         print(tables.fter_table(s).to_string(index=False))
         print("\n" + tables.explain_ratios(s))
         print("\nPaired comparisons (per-seed differences on shared test sets; t-interval, minimum detectable "
               "effect at 80% power and paired t-test over seeds, Holm across the table; DeLong within seed):")
-        print(comparisons.table(comparisons.compare(df)).to_string(index=False))
+        print(comparisons.table(comparisons.compare(df, pairs=pairs)).to_string(index=False))
         checks = calibration.checks(s, calibration.permutation_null(df))   # label-shuffled's null: cached draws
         if not checks.empty:
             print("\nCalibration on reference generators (must hold by construction):")
@@ -87,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     warning = collection.development_seed_warning(df, dev)
     if warning:
         print(f"\n{warning}")
-    print_tables(df)
+    pairs = sweep_pairs.for_analysis(sweep_spec.load(args.sweep, overrides.parse_sets(args.set)), args.runs_root) \
+        if args.sweep else []
+    print_tables(df, pairs)
     checked = recompute.check(df)
     print(f"\nall {int(checked['checked'].sum())} reported metric values match their recomputation "
           "from the saved predictions")
