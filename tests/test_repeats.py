@@ -14,14 +14,18 @@ from sklearn.metrics import roc_auc_score
 from lib.analyze import collection, power, recompute, variance
 from lib.core import config, stages
 from lib.core.config import ParamError
-from lib.evaluate import classifier, evaluation, repeats, results
+from lib.evaluate import classifier, evaluation, results
 
 from test_evaluation import fake_upstream
 
-# results.json of params/smoke.yaml's stage 05 over fake_upstream, written by the code before classifier.repeats
-BEFORE = {"a_auroc": 0.45008116883116883, "b_auroc": 1.0, "trtr_auroc": 0.5673701298701299,
+# results.json of params/smoke.yaml's stage 05 over fake_upstream, written by the code before classifier.repeats;
+# the real baseline's and the detector's since issue 23, item 3 (their validation splits patient-disjoint at R = 1 too:
+# trtr_auroc was 0.5673701298701299, b_classifier_hash daacc582faa4279e, det_classifier_hash b277b5161f59960f).
+# Direction a's are the old ones: fake_upstream's synthetic images record no patient, each is its own group, and
+# a split of one-image groups is the image split it was.
+BEFORE = {"a_auroc": 0.45008116883116883, "b_auroc": 1.0, "trtr_auroc": 0.455762987012987,
           "tsts_auroc": 0.8611111111111112, "a_classifier_hash": "fdf46684b0f0275a",
-          "b_classifier_hash": "daacc582faa4279e", "det_classifier_hash": "b277b5161f59960f", "a_n_val": 12}
+          "b_classifier_hash": "a414a12d92a98e4b", "det_classifier_hash": "12bde6857ea3af6e", "a_n_val": 12}
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +67,9 @@ def test_repeat_seeds_and_patient_disjoint_validation():
         assert not set(patients[tr]) & set(patients[va])
         splits.append(tuple(va))
     assert len(set(splits)) == 3                          # every repeat validates on another split
-    df = pd.DataFrame({"patient": patients.astype(str)})
-    assert repeats.validation_groups(df, 1) is None       # one repeat: today's image-level split
-    assert list(repeats.validation_groups(df, 2)) == list(patients.astype(str))
-    assert repeats.validation_groups(df.assign(patient=None), 2) is None
+    df = pd.DataFrame({"image_id": [f"i{i}" for i in range(60)], "patient": patients.astype(str)})
+    groups = classifier.validation_groups(df)             # at every R (issue 23): by patient where recorded
+    assert len(set(groups)) == 20 and len(set(classifier.validation_groups(df.assign(patient=None)))) == 60
 
 
 def test_one_repeat_gives_the_record_and_files_as_before(two_runs):

@@ -13,8 +13,9 @@ For one generator point (a finished stage 04) and its seed's real baseline (stag
 Every arm trains the classifier of ``classifier.arch`` with the real baseline's seed (run seed + 1), so arms
 differ only in their data, and is tested on the real baseline's test sample; each folder also carries the
 real-only baseline itself (the real baseline's TRTR predictions, arm ``real``), so every difference is
-paired on the same test images. The validation split is carved from each arm's training set; an
-oversampled image and all its copies fall on the same side of it.
+paired on the same test images. The validation split is carved from each arm's training set, whole patients
+to one side (an oversampled image and all its copies with them; a synthetic image is its own group:
+lib.evaluate.classifier.validation_groups).
 
 Everything that can be checked is checked for every point before the first classifier trains (stage 04
 missing, labels that differ between the real and the synthetic set, a bracket or a ratio that needs more
@@ -119,8 +120,7 @@ def _train_arm(cfg: Config, out_dir: Path, arm: str, train_df: pd.DataFrame, tes
     dev = compute.device()
     atomic.write_csv(out_dir / f"train_{key}.csv", train_df)
     data = classifier.TensorSet.from_manifest(train_df, c.input_size, dev)
-    groups = train_df["group"].to_numpy() if "group" in train_df else None
-    fit = classifier.train(data, c, cfg.seed + 1, progress, desc=f"({arm})", groups=groups,
+    fit = classifier.train(data, c, cfg.seed + 1, progress, desc=f"({arm})",      # validation: whole patients
                            history_path=out_dir / f"history_{key}.csv")
     test = classifier.TensorSet.from_manifest(test_df, c.input_size, dev)
     atomic.save_torch(out_dir / f"classifier_{key}.pt", fit.model.state_dict())

@@ -5,7 +5,7 @@ held-out real images it is made from, the same class counts), trains the classif
 direction a (lib.evaluate.classifier.train with the run's classifier section; a classifier seed of its own per draw,
 so the null holds the training noise the observed value has) and tests it on the run's real test sample
 (``test_a.csv``), recording AUROC(a) as stage 05 computes it (lib.evaluate.metrics.macro_auroc; with
-classifier.repeats R > 1, the mean of R classifiers' AUROCs, each with its repeat seed and patient-split validation, as
+classifier.repeats R > 1, the mean of R classifiers' AUROCs, each with its repeat seed, as
 lib.evaluate.repeats averages the observed value). Draws are cached,
 one file each, in ``stages/06_permutation_null-<stage-05 key>/`` beside the run's sealed stage-05 folder (never in
 it), so a rerun, or more draws, trains only what is missing.
@@ -71,7 +71,7 @@ def draw(results_dir, j: int, progress: bool = False) -> dict:
         test_data = classifier.TensorSet.from_manifest(test, c.input_size, dev, classes)
         for r in range(n):      # classifier.repeats as stage 05 trains them; the record averages their AUROCs
             fits.append(classifier.train(data, c, classifier.repeat_seed(seed, r), progress, desc=f"permutation {j}",
-                                         n_classes=len(classes), groups=repeats.validation_groups(train, n)))
+                                         n_classes=len(classes)))
             outputs = classifier.predict_outputs(fits[-1].model, test_data)
             aurocs.append(metrics.macro_auroc(classifier.labels_of(test, classes), outputs))
     rec = {"auroc_a": float(np.mean(aurocs)), "auroc_a_repeats": aurocs, "draw": j, "run_seed": cfg.seed,

@@ -46,6 +46,11 @@ _TRANSFER = {"08_transfer": ["transfer.n_train_per_class", "transfer.n_test"],
 _REFERENCE_SKIPS = ["embedding", "cluster", "selection", "model", "finetune", "gating"]
 # Fidelity extractors that read the embedding section (lib.evaluate.features): a reference's stage 05 keeps it then.
 _EMBEDDING_EXTRACTORS = ("clip", "pixel", "xrv")
+# When the code computes something else from a section's unchanged parameters, the section's version goes up: every
+# stage that reads the section gets a new key, and stages that do not read it keep theirs (a section at version 1 is
+# in no key). classifier 2 (issue 23): every classifier's validation split is patient-disjoint, classifier.repeats 1
+# included (by image before): 05_real_baseline, 05_classifier, 06, 07_*, 08_* and stage 02 with the external labeller.
+SECTION_VERSIONS = {"classifier": 2}
 
 
 def sections(stage: str, reference: bool = False) -> list[str]:
@@ -81,6 +86,9 @@ def key(cfg: Config, stage: str, data: str | None = None) -> str:
     methods = fingerprints.selection_inputs(cfg.selection.methods) if "selection" in secs else []
     secs += [s for s in dict.fromkeys(s for _, m in methods for s in m.sections) if s not in secs]
     base = _keyed(cfg).section_hash(*secs)
+    versions = {s: v for s, v in sorted(SECTION_VERSIONS.items()) if s in secs and v != 1}
+    if versions:
+        base = hashlib.sha256(f"{base}|{json.dumps(versions, sort_keys=True)}".encode()).hexdigest()[:10]
     for _, method in methods:
         base = hashlib.sha256(f"{base}|{method.fingerprint(cfg)}".encode()).hexdigest()[:10]
     # Real data that changed on disk (images, CSV) under the same parameters is new data too.

@@ -25,6 +25,7 @@ from ..core import atomic, compute
 from . import backbones
 from ..data import images, nih
 from ..core.config import ClassifierConfig
+from ..data.leakage import LeakageError
 from ..data.nih import DataError
 from ..core.progress import tqdm
 
@@ -95,12 +96,27 @@ def labels_of(manifest: pd.DataFrame, classes: list[str] | None = None) -> np.nd
     return manifest["label"].map({c: i for i, c in enumerate(classes)}).to_numpy().astype(np.int64)
 
 
+def validation_groups(manifest: pd.DataFrame) -> np.ndarray:
+    """The group of each image that a validation split keeps whole on one side (split_validation): its patient
+    where the manifest records one (a real image, an oversampled copy of one, a reference drawn from real images),
+    so that no patient is both trained on and validated on; otherwise its image id. A synthetic image has no
+    patient, so each synthetic image is its own group (copies of one image share its id and stay together; a
+    manifest without ids: its path). The prefixes keep a patient id apart from an image id spelt the same."""
+    groups = "image:" + manifest["image_id" if "image_id" in manifest else "path"].astype(str)
+    if "patient" in manifest:
+        patient = manifest["patient"]
+        groups = groups.where(patient.isna(), "patient:" + patient.astype(str))
+    return groups.to_numpy(dtype=object)
+
+
 @dataclass
 class TensorSet:
-    """Images (uint8, N x 1 x H x W) and class indices, kept on the training device."""
+    """Images (uint8, N x 1 x H x W) and class indices, kept on the training device; ``groups`` (from a manifest:
+    validation_groups) is what train's validation split keeps whole, each image its own when None."""
 
     x: torch.Tensor
     y: torch.Tensor
+    groups: np.ndarray | None = None
 
     @classmethod
     def from_manifest(cls, manifest: pd.DataFrame, size: int, dev=None, classes: list[str] | None = None
@@ -109,14 +125,15 @@ class TensorSet:
             raise DataError("cannot build a data set from an empty manifest.")
         dev = dev or compute.device()
         x = load_images(manifest["path"].tolist(), size)
-        return cls(x.to(dev), torch.from_numpy(labels_of(manifest, classes)).to(dev))
+        return cls(x.to(dev), torch.from_numpy(labels_of(manifest, classes)).to(dev), validation_groups(manifest))
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, idx) -> "TensorSet":
+        groups = None if self.groups is None else self.groups[np.asarray(idx, dtype=np.int64)]
         idx = torch.as_tensor(idx, device=self.x.device)
-        return TensorSet(self.x[idx], self.y[idx])
+        return TensorSet(self.x[idx], self.y[idx], groups)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -142,23 +159,39 @@ def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
 
 def split_validation(y: np.ndarray, fraction: float, seed: int, groups: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (train, validation) index split of a training source. With ``groups`` (e.g. the source
-    image of each copy in an oversampled set) every group falls wholly on one side, so no copy of a
-    validation image is trained on."""
+    """Stratified (train, validation) index split of a training source, seeded, whole ``groups`` to one side
+    (validation_groups: a patient, or an image with its copies; each image its own group when None).
+
+    A group's stratum is its most frequent class (ties: the first class), so a patient with images of both classes
+    falls wholly on one side; of each stratum's groups, in a seeded order, round(fraction x their number) are held
+    out (at least one when it has two or more). With one image per group this is the plain stratified image split."""
+    y = np.asarray(y)
+    codes, _ = pd.factorize(np.arange(len(y)) if groups is None else np.asarray(groups))   # first-appearance order
+    classes = np.unique(y)
+    counts = np.zeros((codes.max() + 1 if len(codes) else 0, len(classes)), dtype=np.int64)
+    np.add.at(counts, (codes, np.searchsorted(classes, y)), 1)
+    stratum = counts.argmax(axis=1)
     rng = np.random.default_rng(seed)
-    tr, va = [], []
-    for cls in np.unique(y):
-        if groups is None:
-            idx = rng.permutation(np.flatnonzero(y == cls))
-            k = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
-            va.append(idx[:k]); tr.append(idx[k:])
-            continue
-        rows = np.flatnonzero(y == cls)
-        g = rng.permutation(np.unique(np.asarray(groups)[rows]))
+    held = []
+    for i in range(len(classes)):
+        g = rng.permutation(np.flatnonzero(stratum == i))
         k = max(1, int(round(fraction * len(g)))) if len(g) > 1 else 0
-        held = np.isin(np.asarray(groups)[rows], g[:k])
-        va.append(rows[held]); tr.append(rows[~held])
-    return np.sort(np.concatenate(tr)), np.sort(np.concatenate(va))
+        held.append(g[:k])
+    va = np.isin(codes, np.concatenate(held))
+    return np.flatnonzero(~va), np.flatnonzero(va)
+
+
+def check_split(groups: np.ndarray | None, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
+    """No group (a patient, or an image with its copies) both trained on and validated on: the early-stopping
+    loss would reward recognising the patient. Checked in code on every split, whatever grouping drew it."""
+    if groups is None:
+        return
+    groups = np.asarray(groups)
+    shared = sorted(set(groups[train_idx].tolist()) & set(groups[val_idx].tolist()))
+    if shared:
+        raise LeakageError(f"the classifier's validation split shares {len(shared)} group(s) with its training part, "
+                           f"e.g. {shared[:5]}: images of one patient (or copies of one image) on both sides. "
+                           "Split with split_validation and the training manifest's validation_groups.")
 
 
 # --------------------------------------------------------------------------------------- training
@@ -220,18 +253,19 @@ def _val_loss(model, val: TensorSet, batch_size: int) -> float:
 
 
 def train(data: TensorSet, cfg: ClassifierConfig, seed: int, progress: bool = True,
-          desc: str = "classifier", n_classes: int = 2, groups: np.ndarray | None = None,
-          history_path=None) -> TrainResult:
-    """Train on ``data`` with a validation split carved from it (whole ``groups`` to one side, when given:
-    split_validation); return the best-validation model. ``history_path``: a CSV rewritten after every
-    epoch with the history so far (epoch, train and validation loss, learning rate)."""
+          desc: str = "classifier", n_classes: int = 2, history_path=None) -> TrainResult:
+    """Train on ``data`` with a validation split carved from it, stratified by class and seeded by ``seed``, whole
+    ``data.groups`` (patients; a synthetic image each) to one side (split_validation, check_split); return the
+    best-validation model. ``history_path``: a CSV rewritten after every epoch with the history so far (epoch,
+    train and validation loss, learning rate)."""
     import time
 
     t0 = time.perf_counter()
     y = data.y.cpu().numpy()
     if len(np.unique(y)) < 2:
         raise DataError("the training data hold a single class; both labels are needed.")
-    tr_idx, va_idx = split_validation(y, cfg.val_fraction, seed, groups)
+    tr_idx, va_idx = split_validation(y, cfg.val_fraction, seed, data.groups)
+    check_split(data.groups, tr_idx, va_idx)
     train_set, val_set = data.subset(tr_idx), data.subset(va_idx)
     seed_everything(seed)
     dev = data.x.device

@@ -157,7 +157,7 @@ def _fit(key: str, train_df: pd.DataFrame, cfg: Config, out_dir: Path, seed: int
         return model, json.loads(info_path.read_text())
     data = classifier.TensorSet.from_manifest(_targets(train_df, classes), c.input_size, dev, classes)
     fit = classifier.train(data, c, classifier.repeat_seed(seed, repeat), progress, desc=f"({tag}) {DIRECTIONS[key]}",
-                           n_classes=len(classes), groups=repeats.validation_groups(train_df, c.repeats),
+                           n_classes=len(classes),
                            history_path=out_dir / f"history_{tag}.csv")
     info = {"n_train": fit.n_train, "n_val": fit.n_val, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
             "stopped_early": fit.stopped_early, "train_seconds": round(fit.seconds, 2),
@@ -216,7 +216,8 @@ def detection_sets(train_real, train_syn, test_real, test_syn, seed: int) -> tup
     test = pd.concat([test_real.sample(n=m, random_state=seed).assign(source="real"),
                       test_syn.sample(n=m, random_state=seed).assign(source="synthetic")])
     cols = ["image_id", "path", "label", "source"]
-    return train[cols].reset_index(drop=True), test[cols].reset_index(drop=True)
+    patients = ["patient"] if "patient" in train else []     # the detector's validation split keeps patients whole
+    return train[cols + patients].reset_index(drop=True), test[cols].reset_index(drop=True)
 
 
 def _generator_record(d04: Path) -> dict:

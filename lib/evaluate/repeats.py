@@ -2,10 +2,11 @@
 and the real baseline's behind TRTR and TRTS) trained R times, so the training noise of one classifier shrinks in the
 per-seed estimate and can be measured (lib.analyze.variance).
 
-With R = 1 nothing changes: one classifier per direction with the direction's seed, its validation split, today's file
-names, and no stage key or record field mentions repeats. With R > 1, repeat r trains with
-``classifier.repeat_seed(seed, r)`` (repeat 0 keeps the direction's seed), which also draws its validation split, split
-by patient wherever the training sample records one (``validation_groups``); its weights, record and history are
+With R = 1: one classifier per direction with the direction's seed, its validation split, the plain file names, and no
+stage key or record field mentions repeats. With R > 1, repeat r trains with
+``classifier.repeat_seed(seed, r)`` (repeat 0 keeps the direction's seed), which also draws its validation split (at
+every R by patient wherever the training sample records one: lib.evaluate.classifier.validation_groups); its weights,
+record and history are
 ``classifier_<key>_r<r>.pt``, ``direction_<key>_r<r>.json``, ``history_<key>_r<r>.csv`` (repeat 0 keeps the plain names:
 the fidelity features read ``classifier_real.pt``), and its predictions ``predictions_<cell>_r<r>.csv``.
 The record averages *estimates*: each metric of a cell is the mean over the repeats of that repeat's metric (``matrix``),
@@ -48,14 +49,6 @@ def suffix(repeat: int, repeats: int) -> str:
 def predictions_path(out_dir: Path, cell: str, repeat: int, repeats: int) -> Path:
     """Where one repeat's predictions go: the cell's own file when there is one repeat."""
     return Path(out_dir) / f"predictions_{cell}{suffix(repeat, repeats)}.csv"
-
-
-def validation_groups(train_df, repeats: int) -> np.ndarray | None:
-    """With R > 1, the patient of each training image (each validation split patient-disjoint from training) where
-    the sample records one for every image; None otherwise, and always with R = 1, whose split stays as it was."""
-    if repeats == 1 or train_df is None or "patient" not in train_df or train_df["patient"].isna().any():
-        return None
-    return train_df["patient"].astype(str).to_numpy()
 
 
 def auroc_of(y: np.ndarray, outputs: np.ndarray) -> float:
