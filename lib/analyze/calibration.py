@@ -8,7 +8,9 @@ order their construction implies:
     (lib.analyze.permutation: the classifier retrained on permuted labels of the same training sample, at least 30
     draws), its seed mean must lie in the null's 95% range of the seed mean instead, which holds at any seed count.
 ``checks`` tests those statements on a study (the seed-level t-interval, none below 3 seeds); ``orderings`` lists
-the order every metric gives.
+the order every metric gives. ``view_floor`` adds the AUROC the view (AP/PA) alone gives on the real pools
+(lib.analyze.view_floor) as a row to read the references against: an AUROC(a) at or below it shows no more than
+the view does.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pandas as pd
 
 from ..core.style import REFERENCES
 from . import permutation
+from . import view_floor as _view_floor
 
 # (reference, metric, the value its interval must contain, why)
 EXPECTED = [("real-holdout", "tr", 1.0, "unseen real images carry all of real data's signal"),
@@ -50,6 +53,21 @@ def permutation_null(records: pd.DataFrame, draws: int = permutation.MIN_DRAWS, 
     return permutation.label_shuffled(records, total=draws, progress=progress)
 
 
+def view_floor(records: pd.DataFrame) -> dict | None:
+    """The view-only floor of the records' real pools (lib.analyze.view_floor.floor); None without views."""
+    return _view_floor.floor(records)
+
+
+def _floor_row(floor: dict) -> dict:
+    per = ", ".join(f"seed {k}: {v:.3f}" for k, v in sorted(floor["per_seed"].items()))
+    return {"reference": "view only (real)", "metric": "AUROC", "must contain": np.nan, "value": floor["value"],
+            "ci_low": floor["ci_low"], "ci_high": floor["ci_high"], "seeds": floor["seeds"],
+            "interval": "t-interval over seeds" if np.isfinite(floor["ci_low"]) else "none below 3 seeds",
+            "holds": None,
+            "why": f"the floor: logistic regression on the view (AP/PA) alone, trained on the real training sample and "
+                   f"tested on the real test sample ({per}); an AUROC(a) at or below it shows no more than the view"}
+
+
 def _null_row(null: dict) -> dict:
     return {"reference": "label-shuffled", "metric": "AUROC(a)", "must contain": np.nan, "value": null["value"],
             "ci_low": null["null_low"], "ci_high": null["null_high"], "seeds": null["seeds"],
@@ -58,10 +76,11 @@ def _null_row(null: dict) -> dict:
             "why": f"permuted labels carry no label signal: the seed mean must be one chance gives (p {null['p']:.2f})"}
 
 
-def checks(s: pd.DataFrame, null: dict | None = None) -> pd.DataFrame:
+def checks(s: pd.DataFrame, null: dict | None = None, floor: dict | None = None) -> pd.DataFrame:
     """Each statement that holds by construction, on the references this study has, judged on the t-interval
     over seeds; with fewer than 3 seeds it cannot be judged ("holds" is None) and the row says so. With ``null``
-    (permutation_null), label-shuffled is judged on its permutation null instead."""
+    (permutation_null), label-shuffled is judged on its permutation null instead. With ``floor`` (view_floor), a
+    last row gives the view-only AUROC, a level to read the others against ("holds" None: nothing to judge)."""
     rows = []
     for ref, metric, target, why in EXPECTED:
         if ref == "label-shuffled" and null is not None:
@@ -74,6 +93,8 @@ def checks(s: pd.DataFrame, null: dict | None = None) -> pd.DataFrame:
                          "ci_low": lo, "ci_high": hi, "seeds": n, "interval": "t-interval over seeds",
                          "holds": bool(lo <= target <= hi) if judged else None,
                          "why": why if judged else f"{why}; not judged: {n} seed(s), 3 needed for an interval"})
+    if floor is not None:
+        rows.append(_floor_row(floor))
     return pd.DataFrame(rows)
 
 

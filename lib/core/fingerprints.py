@@ -8,8 +8,8 @@ it reads is fingerprinted:
   stages built on an older generator's images are not reused;
 - ``register_selection(method, fn, sections)``: fn(cfg) -> a fingerprint of the files a selection method reads,
   and the parameter sections it depends on beyond stage 02's own (lib.tuningset.external);
-- ``register_reference(fn)``: fn(cfg) -> whether stage 04 builds a reference set, whose stages skip 02-03
-  (lib.generate.references);
+- ``register_reference(fn, version)``: fn(cfg) -> whether stage 04 builds a reference set, whose stages skip 02-03,
+  and version(cfg, stage, sections) -> a tag for a reference kind whose output changed, or None (lib.generate.references);
 - ``register_listed_hashes(fn)``: fn(paths) -> the content hashes a stage manifest lists (lib.data.leakage).
 
 A key must never be computed before every step has registered: the first use imports the modules in STEPS.
@@ -33,6 +33,7 @@ _data: list[Callable] = []
 _sources: dict[str, str] = {}
 _selection: dict[str, Selection] = {}
 _reference: list[Callable] = []
+_reference_version: list[Callable] = []
 _listed: list[Callable] = []
 _loaded = False
 
@@ -49,8 +50,9 @@ def register_selection(method: str, fingerprint: Callable, sections: tuple[str, 
     _selection[method] = Selection(fingerprint, tuple(sections))
 
 
-def register_reference(fn: Callable) -> None:
+def register_reference(fn: Callable, version: Callable | None = None) -> None:
     _reference[:] = [fn]
+    _reference_version[:] = [version] if version else []
 
 
 def register_listed_hashes(fn: Callable) -> None:
@@ -85,6 +87,11 @@ def selection_inputs(methods) -> list[tuple[str, Selection]]:
 def is_reference(cfg) -> bool:
     _load()
     return bool(_reference) and _reference[0](cfg)
+
+
+def reference_version(cfg, stage: str, sections: list[str]) -> str | None:
+    _load()
+    return _reference_version[0](cfg, stage, sections) if _reference_version else None
 
 
 def listed_hashes(paths: list) -> list[str]:

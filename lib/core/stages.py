@@ -95,6 +95,9 @@ def key(cfg: Config, stage: str, data: str | None = None) -> str:
     data = data or _data_fingerprint(cfg)
     if data:
         base = hashlib.sha256(f"{base}|{data}".encode()).hexdigest()[:10]
+    # A reference kind whose output changed (lib.generate.references.VERSIONS) must not reuse the old folders.
+    if tag := fingerprints.reference_version(cfg, stage, secs):
+        base = hashlib.sha256(f"{base}|{tag}".encode()).hexdigest()[:10]
     # A new phantom (or shapes) generator is new data: it must not reuse stages built on the old one.
     return base + fingerprints.source_suffix(cfg.data.source)
 

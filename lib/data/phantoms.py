@@ -91,7 +91,10 @@ def _anatomy(patient: str, textbook: bool) -> dict:
     }
 
 
-def _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale: float = 1.0) -> np.ndarray:
+def _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale: float = 1.0,
+                  paint: bool = True) -> np.ndarray:
+    """Each finding's random draws are made whatever ``paint`` says; only painting it is skipped, so an image
+    drawn with paint=False consumes the stream exactly as its source did (lib.generate.references' pairing)."""
     right, left = lungs
     lung = np.clip(right + left, 0, 1)
     n = cv.size
@@ -110,61 +113,76 @@ def _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale: float
             mask, side = pick_side()
             level = a["dia_y"][side] - s * 0.5
             fluid = _sigmoid_mask(level - cv.y + 0.05 * np.abs(cv.x - side * a["lung_dx"]), 0.04) * mask
-            img = img + 0.81 * s * fluid
+            if paint:
+                img = img + 0.81 * s * fluid
         elif f in ("Consolidation", "Infiltration", "Pneumonia"):
             mask, side = pick_side()
             cy = r.uniform(-0.3, 0.35)
             blob = cv.ellipse(side * a["lung_dx"] + r.uniform(-0.1, 0.1), cy, r.uniform(0.12, 0.22), r.uniform(0.12, 0.25))
             patch = np.clip(_smooth_noise(r, n, 0.03) * 0.5 + 0.8, 0, None) * blob * mask
-            img = img + (0.58 if f != "Infiltration" else 0.47) * s * patch
+            if paint:
+                img = img + (0.58 if f != "Infiltration" else 0.47) * s * patch
         elif f in ("Nodule", "Mass"):
             mask, side = pick_side()
             rad = r.uniform(0.05, 0.08) if f == "Nodule" else r.uniform(0.08, 0.15)
             blob = cv.ellipse(side * a["lung_dx"] + r.uniform(-0.12, 0.12), r.uniform(-0.4, 0.3), rad, rad * r.uniform(0.8, 1.2))
-            img = img + 0.63 * (0.5 + 0.5 * s) * blob * mask
+            if paint:
+                img = img + 0.63 * (0.5 + 0.5 * s) * blob * mask
         elif f == "Pneumothorax":
             mask, side = pick_side()
             edge = side * (a["lung_dx"] + a["lung_w"] * (1.0 - 0.6 * s))
             air = _sigmoid_mask(-(cv.x - edge) * side, cv.soft) * mask
-            img = img - 0.3 * air * s + 0.18 * s * np.exp(-((cv.x - edge) * n / 2.5) ** 2) * mask
+            if paint:
+                img = img - 0.3 * air * s + 0.18 * s * np.exp(-((cv.x - edge) * n / 2.5) ** 2) * mask
         elif f == "Atelectasis":
             mask, side = pick_side()
             band = np.exp(-((cv.y - r.uniform(0.05, 0.35) - 0.3 * (cv.x - side * a["lung_dx"])) / 0.06) ** 2)
-            img = img + 0.54 * s * band * mask
+            if paint:
+                img = img + 0.54 * s * band * mask
         elif f == "Edema":
             hilum = np.exp(-(((np.abs(cv.x) - 0.22) / 0.18) ** 2 + ((cv.y + 0.05) / 0.35) ** 2))
-            img = img + 0.45 * s * hilum * lung
+            if paint:
+                img = img + 0.45 * s * hilum * lung
         elif f == "Emphysema":
-            img = img - 0.14 * s * lung
+            if paint:
+                img = img - 0.14 * s * lung
         elif f == "Fibrosis":
             reticular = np.abs(_smooth_noise(r, n, 0.012)) < 0.35
             base = _sigmoid_mask(0.05 - cv.y, 0.15)
-            img = img + 0.27 * s * reticular * base * lung
+            if paint:
+                img = img + 0.27 * s * reticular * base * lung
         elif f == "Pleural_Thickening":
             rim = np.clip(lung - ndimage.grey_erosion(lung, size=max(2, n // 24)), 0, 1)
-            img = img + 0.54 * s * rim
+            if paint:
+                img = img + 0.54 * s * rim
         elif f == "Hernia":
             bubble = cv.ellipse(r.uniform(-0.05, 0.1), a["dia_y"][1] - 0.12, 0.09, 0.07)
-            img = img - 0.27 * s * bubble + 0.14 * s * cv.ellipse(0.02, a["dia_y"][1] - 0.05, 0.15, 0.1)
+            if paint:
+                img = img - 0.27 * s * bubble + 0.14 * s * cv.ellipse(0.02, a["dia_y"][1] - 0.05, 0.15, 0.1)
     return img
 
 
 def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", size: int = 64,
-         seed: int = 0, textbook: bool = False, finding_scale: float = 1.0) -> np.ndarray:
+         seed: int = 0, textbook: bool = False, finding_scale: float = 1.0, erase: bool = False) -> np.ndarray:
     """One phantom as float32 in [0, 1], deterministic from its arguments.
 
     ``finding_scale`` multiplies every finding's severity (and Cardiomegaly's heart enlargement): the
-    exaggerated reference set draws with it > 1; at 1.0 the image is bit-identical to the default."""
+    exaggerated reference set draws with it > 1; at 1.0 the image is bit-identical to the default.
+    ``erase``: the image drawn with ``findings`` but none of them shown (no painted finding, no enlarged heart,
+    no diaphragm a finding moved). Every random draw the findings make is still made, so pose, anatomy, markings,
+    exposure and noise are the image's own: it differs from the default draw only where the findings are (the
+    findings-erased reference; drawing with findings=[] instead shifts the random stream and redraws them all)."""
     a = _anatomy(patient, textbook)
     r = _rng("image", seed, image_index)
     spread = 0.3 if textbook else 1.0
     cv = _Canvas(size, shift=spread * r.normal(0, 0.04, 2), angle=spread * r.normal(0, 0.05),
                  scale=1.0 + spread * r.normal(0, 0.05))
-    if "Emphysema" in findings:  # hyper-inflation: flat, low domes
+    if "Emphysema" in findings and not erase:  # hyper-inflation: flat, low domes
         a = {**a, "dome_h": a["dome_h"] * 0.4, "dia_y": {k: v + 0.08 for k, v in a["dia_y"].items()}}
     if "Atelectasis" in findings and r.random() < 0.5:  # volume loss raises one hemidiaphragm
         side = -1 if r.random() < 0.5 else 1
-        a = {**a, "dia_y": {**a["dia_y"], side: a["dia_y"][side] - 0.08}}
+        if not erase:
+            a = {**a, "dia_y": {**a["dia_y"], side: a["dia_y"][side] - 0.08}}
 
     # Thorax: a squarish superellipse with the shoulders, darker air outside.
     body_d = (np.abs(cv.x) / a["body_w"]) ** 3 + (np.abs(cv.y - 0.2) / 1.1) ** 2.5 - 1.0
@@ -173,7 +191,8 @@ def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", 
     abdomen = _sigmoid_mask(np.minimum(a["dia_y"][-1], a["dia_y"][1]) - cv.y, 0.05) * body
     img = img + 0.10 * abdomen
 
-    heart_scale = 1.0 + ((0.25 + 0.25 * r.random()) * finding_scale if "Cardiomegaly" in findings else 0.0) + (0.08 if view == "AP" else 0.0)
+    enlarged = (0.25 + 0.25 * r.random()) * finding_scale if "Cardiomegaly" in findings else 0.0
+    heart_scale = 1.0 + (0.0 if erase else enlarged) + (0.08 if view == "AP" else 0.0)
     heart = cv.ellipse(0.07 + 0.05 * heart_scale, a["dia_y"][1] - 0.17 * heart_scale ** 0.5,
                        a["heart_w"] * heart_scale, 0.2 * heart_scale ** 0.5)
     mediastinum = _sigmoid_mask(np.abs(cv.x - 0.02) - 0.09 - 0.04 * (cv.y > -0.2), 0.02) * _sigmoid_mask(cv.y - a["dia_y"][1], 0.05)
@@ -200,7 +219,7 @@ def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", 
         clav = np.exp(-((cv.y - (-0.58 + 0.2 * (ax - 0.1))) / 0.02) ** 2) * (ax > 0.07) * (ax < 0.5)
         img = img + 0.06 * clav
 
-    img = _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale)
+    img = _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale, paint=not erase)
 
     # Exposure and detector: gain, gamma, blur, noise.
     gain = 1.0 + (0.05 if textbook else 0.15) * r.standard_normal()

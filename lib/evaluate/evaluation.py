@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from ..core import atomic, compute, paths, provenance, stages
-from . import classifier, metrics, repeats, results
+from . import classifier, estimable, metrics, repeats, results
 from ..data import curation, domains, leakage
 from ..core.config import Config
 from ..data.nih import DataError
@@ -78,13 +78,21 @@ def split_synthetic(synthetic: pd.DataFrame, n: int, n_test: int, seed: int, cla
     """The synthetic training sample (n per class) and up to n_test held-out images (TRTS and TSTS test
     on them). A set that records the patient each image came from (a reference built from real images)
     is split by patient, or a classifier could recognise patients instead of classes; a set whose
-    patients cannot be split (collapsed) falls back to an image split, with a warning."""
+    patients cannot be split (collapsed) falls back to an image split, with a warning. Copies (the same file
+    content) are one group (lib.evaluate.estimable): no held-out image is a copy of a training image, each is tested
+    once, and a set whose copies leave too few unique held-out images splits anyway, its held-out cells then
+    recorded as not estimable."""
     if "patient" in synthetic and synthetic["patient"].notna().all():
         try:
             train = per_class_by_group(synthetic, n, seed, "patient", classes)
             return train, held_out(synthetic, train, n_test, seed + 1, "patient", classes)
         except DataError as exc:
             log.warning("the synthetic set cannot be split by patient (%s); splitting by image instead.", exc)
+    if estimable.has_copies(synthetic):     # by content: the copies of one image are one group
+        keyed = synthetic.assign(_content=estimable.content(synthetic))
+        train = per_class_by_group(keyed, n, seed, "_content", classes)
+        test = held_out(keyed, train, n_test, seed + 1, "_content", classes, strict=False)
+        return train.drop(columns="_content"), test.drop(columns="_content")
     train = per_class(synthetic, n, seed, "the synthetic set", classes)
     return train, held_out(synthetic, train, n_test, seed + 1, classes=classes)
 
@@ -104,12 +112,14 @@ def per_class_by_group(df: pd.DataFrame, n: int, seed: int, group: str, classes:
 
 
 def held_out(synthetic: pd.DataFrame, train: pd.DataFrame, n: int, seed: int, group: str = "image_id",
-             classes: list[str] | None = None) -> pd.DataFrame:
-    """Up to n synthetic images the synthetic-trained classifier never saw, nor any image of their group."""
+             classes: list[str] | None = None, strict: bool = True) -> pd.DataFrame:
+    """Up to n synthetic images the synthetic-trained classifier never saw, nor any image of their group, nor a copy
+    of one, each content once. ``strict``: a class with fewer than 2 is an error; else they are returned all the
+    same (lib.evaluate.estimable.note says why their cells cannot be estimated)."""
     seen = set(synthetic.loc[synthetic["image_id"].isin(train["image_id"]), group].astype(str))
-    rest = synthetic[~synthetic[group].astype(str).isin(seen)]
+    rest = estimable.unique_unseen(synthetic[~synthetic[group].astype(str).isin(seen)], train)
     short = [lab for lab in classes or domains.order(synthetic["label"]) if (rest["label"] == lab).sum() < 2]
-    if short:
+    if short and strict:
         raise DataError(f"after the {len(train)} synthetic training images, class(es) {short} keep fewer than 2 "
                         "held-out images to test on; generation.n_per_label must exceed classifier.n_train_per_class.")
     return test_sample(rest, n, seed, "the held-out synthetic set")
@@ -173,9 +183,11 @@ def _predict(model, test_df: pd.DataFrame, cfg: Config, path: Path, frame=result
     if path.exists():
         return
     classes = classes or domains.classes(cfg)
-    data = classifier.TensorSet.from_manifest(_targets(test_df, classes), cfg.classifier.input_size,
-                                              compute.device(), classes)
-    outputs = classifier.predict_outputs(model, data)
+    if len(test_df) == 0:           # a held-out set its copies emptied (lib.evaluate.estimable): nothing to predict
+        outputs = np.zeros((0, len(classes)))
+    else:
+        outputs = classifier.predict_outputs(model, classifier.TensorSet.from_manifest(
+            _targets(test_df, classes), cfg.classifier.input_size, compute.device(), classes))
     atomic.write_csv(path, frame(test_df, outputs) if classes == SOURCES else frame(test_df, outputs, classes))
 
 
@@ -272,6 +284,8 @@ def run(cfg: Config, out_dir: str | Path, runs_root: str | Path = "runs", progre
         row.update(repeats.matrix([results.cells_from(out_dir, repeats.suffix(r, n)) for r in range(n)], c.threshold,
                                   c.bootstrap, row["bootstrap_seed"], results.detection_from(out_dir), classes))
     row.update(fid)
+    if (why := estimable.note(s["test_b"], classes)) is not None:      # too few unique held-out images
+        row = estimable.mask(row, why)
     return _write_checked(out_dir, row)
 
 

@@ -44,6 +44,41 @@ def holdout(cfg: Config, runs_root="runs", need: int | None = None,
     return out
 
 
+def view_balanced(cfg: Config, runs_root="runs") -> pd.DataFrame:
+    """n_per_label held-out tuning-pool rows per class with the same number of AP images in every class (and so of
+    PA ones), so the view tells nothing of the label: in the phantom pools AP is more common among the sick (the
+    view alone gives AUROC about 0.59), and a set that keeps the view but not the findings would still carry that
+    signal. The AP count is the pool's AP share of n_per_label, within what every class holds. Each class takes
+    its rows in holdout's random order (the first AP and the first PA ones), so the set shares most rows with it."""
+    need = cfg.generation.n_per_label
+    pool = curation.load_pools(stages.require(cfg, "01_data_curation", runs_root))["tuning"]
+    classes = domains.classes(cfg)
+    pool = pool[pool["label"].isin(classes)]
+    ordered = {}
+    for li, label in enumerate(classes):
+        rows = pool[pool["label"] == label].sort_values("image_id").reset_index(drop=True)
+        ordered[label] = rows.iloc[np.random.default_rng([cfg.seed, li, SALT]).permutation(len(rows))]
+    ap = {label: int((rows["view"] == "AP").sum()) for label, rows in ordered.items()}
+    lo = max(need - (len(rows) - ap[label]) for label, rows in ordered.items())
+    hi = min(need, *ap.values())
+    if lo > hi:
+        sizes = {label: len(rows) for label, rows in ordered.items()}
+        raise DataError(
+            f"generation.kind = {cfg.generation.kind!r} needs {need} held-out images per class with as many AP images "
+            f"in every class, but stage 01's tuning pool cannot give that (AP images per class: {ap}, class sizes: "
+            f"{sizes}); lower generation.n_per_label or raise pools.tuning (now {cfg.pools.tuning}).")
+    k = int(np.clip(round(need * float((pool["view"] == "AP").mean())), lo, hi))
+    parts = []
+    for label, rows in ordered.items():
+        is_ap = (rows["view"] == "AP").to_numpy()
+        take = rows[is_ap].head(k).index.union(rows[~is_ap].head(need - k).index)
+        picked = rows[rows.index.isin(take)]             # in the random order
+        parts.append(picked.assign(source_label=label, index=range(need)))
+    out = pd.concat(parts, ignore_index=True)
+    out["source_path"] = [str(paths.resolve(p)) for p in out["path"]]
+    return out
+
+
 def shuffled(df: pd.DataFrame, fraction: float, cfg: Config) -> pd.DataFrame:
     """Held-out rows (lib.generate.references.from_pool) with the labels of a share of each class permuted among
     themselves: the rows of index < round(fraction x n) per class (holdout's order is random, so a random share,

@@ -9,8 +9,12 @@ any synthetic set:
 - ``partly-shuffled``: the same images with the labels of ``generation.shuffled_fraction`` of each class permuted
   (the dose-response series: 0 is real-holdout's set, 1 label-shuffled's; TR should fall from about 1 to 0);
 - ``collapsed``: ``generation.unique_images`` images per class, each repeated to fill n (mode collapse);
-- ``findings-erased``: the same phantom rows redrawn with no finding, labels kept (signal removed);
-- ``exaggerated``: the same phantom rows redrawn with every finding ``generation.exaggerate`` times stronger;
+- ``findings-erased``: held-out phantom rows redrawn with their findings erased, labels kept (signal removed): each
+  image is its source pixel for pixel except where the findings are (lib.data.phantoms.draw's ``erase``: the same
+  random draws), and the rows hold as many AP images in every class (reference_sources.view_balanced), so neither
+  the pixels nor the view carry the label;
+- ``exaggerated``: the same view-balanced rows redrawn with every finding ``generation.exaggerate`` times stronger
+  (pixel for pixel its source elsewhere, as ``finding_scale`` changes no random draw);
 - ``vae-roundtrip``: the same images through the base model's VAE (encode, latent mode, decode): the
   ceiling of any latent generator built on that VAE;
 - ``folder``: any folder of images with one sub-folder per class (a GAN's output, another generator's),
@@ -20,7 +24,8 @@ any synthetic set:
 Every kind works for the run's classes (lib.data.domains.classes), two or more; ``findings-erased`` and
 ``exaggerated`` redraw phantoms and so need the phantom source. The held-out images are stage 01's
 *tuning* pool: no classifier ever sees it and no reference generator tuned on it. Every kind draws the same rows (chosen per class at random, seeded by the run seed), so the
-references are paired with each other. Everything is checked before the first file is written, so an
+references are paired with each other; the two redrawn kinds take view-balanced rows instead (the same for
+both, mostly the others' rows). A kind whose output changed carries a version (VERSIONS) in its stage keys. Everything is checked before the first file is written, so an
 error leaves the folder as it was; files already on disk are kept (a killed run resumes) and the
 manifest is written last.
 """
@@ -55,7 +60,24 @@ def is_reference(cfg: Config) -> bool:
     return cfg.generation.kind in GENERATORS
 
 
-fingerprints.register_reference(is_reference)       # a reference's stage keys skip stages 02-03 (lib.core.stages)
+# Kinds whose output changed after their stage keys were first recorded (issue 23): the version joins the keys of
+# the stages it changes, so their old folders are not reused. The redrawn kinds' images (pixel-paired with their
+# source, view-balanced rows) change stage 04 and all after it; collapsed's split (by content, unique test images,
+# NaN where not estimable: lib.evaluate.evaluation.split_synthetic) changes stage 05 (06 is keyed with it) and the
+# transfer matrix, which splits the same way.
+VERSIONS = {"findings-erased": ("r2", None), "exaggerated": ("r2", None),
+            "collapsed": ("r2", ("05_classifier", "06_fter_analysis", "08_transfer"))}
+
+
+def version(cfg: Config, stage: str, sections: list[str]) -> str | None:
+    """The kind's version tag for this stage's key (None: the key as before)."""
+    tag, changed = VERSIONS.get(cfg.generation.kind, (None, None))
+    if tag is None or "generation" not in sections or (changed is not None and stage not in changed):
+        return None
+    return f"{cfg.generation.kind}-{tag}"
+
+
+fingerprints.register_reference(is_reference, version)   # a reference's stage keys skip stages 02-03 (lib.core.stages)
 
 
 def manifest_columns() -> list[str]:
@@ -184,13 +206,14 @@ def _redrawn(todo: pd.DataFrame, out_dir: Path, req: Request, bar) -> None:
 
 
 def _phantom_rows(req: Request) -> pd.DataFrame:
-    """The held-out rows, to be redrawn: the phantom generator's parameters are the set's too."""
+    """The view-balanced held-out rows, to be redrawn: the phantom generator's parameters are the set's too."""
     if (wrong := _needs_phantoms(req.cfg)) is not None:
         raise DataError(wrong)
-    df = pool_rows(req, keep_suffix=False)
+    df = with_files(from_pool(sources.view_balanced(req.cfg, req.runs_root)), keep_suffix=False)
     d = req.cfg.data
     req.params.update(phantom_version=phantoms.GENERATOR_VERSION, image_size=d.image_size,
-                      phantom_seed=d.phantom_seed, textbook=d.phantom_textbook)
+                      phantom_seed=d.phantom_seed, textbook=d.phantom_textbook, rows="view-balanced",
+                      redraw="pixel-paired")
     return df
 
 
@@ -326,11 +349,13 @@ def _save(path: Path, arr: np.ndarray) -> None:
 
 
 def _redraw(row, cfg: Config, scale: float | None) -> np.ndarray:
-    """The row's phantom again: no finding when scale is None, else every finding x scale."""
+    """The row's phantom again, with its own random draws: findings erased when scale is None, else every
+    finding x scale."""
     d = cfg.data
-    findings = [] if scale is None or row["findings"] == "No Finding" else str(row["findings"]).split("|")
+    findings = [] if row["findings"] == "No Finding" else str(row["findings"]).split("|")
     arr = phantoms.draw(row["source_image_id"], str(row["patient"]), findings, row["view"], d.image_size,
-                        d.phantom_seed, d.phantom_textbook, finding_scale=1.0 if scale is None else scale)
+                        d.phantom_seed, d.phantom_textbook, finding_scale=1.0 if scale is None else scale,
+                        erase=scale is None)
     return (arr * 255).round().astype(np.uint8)
 
 

@@ -47,7 +47,7 @@ def print_tables(df: pd.DataFrame, pairs: list[dict] | None = None) -> None:
         print("\nPaired comparisons (per-seed differences on shared test sets; t-interval, minimum detectable "
               "effect at 80% power and paired t-test over seeds, Holm across the table; DeLong within seed):")
         print(comparisons.table(comparisons.compare(df, pairs=pairs)).to_string(index=False))
-        checks = calibration.checks(s, calibration.permutation_null(df))   # label-shuffled's null: cached draws
+        checks = calibration.checks(s, calibration.permutation_null(df), calibration.view_floor(df))   # null: cached draws
         if not checks.empty:
             print("\nCalibration on reference generators (must hold by construction):")
             print(checks.drop(columns="why").to_string(index=False))

@@ -169,11 +169,13 @@ def explorer(s: pd.DataFrame, enabled: bool = True):
     return box
 
 
-def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration", null: dict | None = None):
+def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration", null: dict | None = None,
+                floor: dict | None = None):
     """Reference generators (known answers) on the T-Gap plane, and on FTER, the chance-corrected FTER,
     TR and detection AUROC, each with its two-level 95% CI; an undefined ratio is marked, not drawn. Below, the
     two checks as judged (lib.viz.calibration_checks): label-shuffled against its permutation null (``null``:
-    lib.analyze.calibration.permutation_null), real-holdout's TR through its t-interval over seeds."""
+    lib.analyze.calibration.permutation_null), real-holdout's TR through its t-interval over seeds. ``floor``
+    (lib.analyze.calibration.view_floor): the AUROC the view alone gives, a line on both AUROC(a) axes."""
     from ..analyze import calibration as cal
     from . import calibration_checks
 
@@ -190,6 +192,10 @@ def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration", null
         plane.errorbar(r["auroc_b_pooled"], r["auroc_a_pooled"], xerr=xerr, yerr=yerr, fmt="o", ms=3, lw=0.7,
                        capsize=1.2, color=style.color(r["method"]), label=r["method"])
     plane.axhline(0.5, color="0.6", lw=0.6, ls=":")
+    if floor is not None:
+        line = plane.axhline(floor["value"], color=calibration_checks.FLOOR_COLOR, lw=0.8, ls="-.",
+                             label=calibration_checks.floor_label(floor))
+        plane.legend(handles=[line], fontsize=4.5, frameon=False, loc="lower right")
     plane.set(xlim=(0.3, 1), ylim=(0.3, 1), aspect="equal")
     plane.set_xlabel("AUROC (b): train real, test syn.", fontsize=6)
     plane.set_ylabel("AUROC (a): train syn., test real", fontsize=6)
@@ -210,7 +216,7 @@ def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration", null
         ax.tick_params(labelsize=5.5)
     if ref.empty:
         _empty(plane, "no reference generators among the results")
-    calibration_checks.draw(fig, outer[1, :], s, null)
+    calibration_checks.draw(fig, outer[1, :], s, null, floor)
     style.save(fig, name, figures_dir)
     return fig
 

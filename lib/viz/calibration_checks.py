@@ -1,6 +1,7 @@
 """The calibration figure's lower row (lib.viz.analysis.calibration): the two checks of lib.analyze.calibration as
 they are judged. Left, label-shuffled's AUROC(a) seed mean against its permutation null of the seed mean (the 95%
-range shaded); right, real-holdout's TR with its t-interval over seeds against 1."""
+range shaded), and the view-only floor (lib.analyze.view_floor) where there is one; right, real-holdout's TR with its
+t-interval over seeds against 1."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,12 +16,23 @@ def _verdict(holds) -> str:
     return "not judged" if holds is None else ("holds" if holds else "FAILS")
 
 
-def null_panel(ax, null: dict | None) -> None:
+FLOOR_COLOR = "0.25"
+
+
+def floor_label(floor: dict) -> str:
+    return f"view-only floor {floor['value']:.3f} (AP/PA alone, real pools, {floor['seeds']} seed(s))"
+
+
+def null_panel(ax, null: dict | None, floor: dict | None = None) -> None:
     ax.set_title("label-shuffled AUROC(a): permutation null", fontsize=7)
     ax.tick_params(labelsize=5.5)
+    if floor is not None:
+        ax.axvline(floor["value"], color=FLOOR_COLOR, lw=0.9, ls="-.", label=floor_label(floor))
     if null is None:
         ax.text(0.5, 0.5, "no label-shuffled runs (or no null computed)", fontsize=5.5, ha="center",
                 transform=ax.transAxes, color="0.4")
+        if floor is not None:
+            ax.legend(fontsize=5, frameon=False, loc="upper left")
         return
     means = permutation.null_of_mean(null["null"])
     ax.hist(means, bins=40, color="0.75", density=True)
@@ -57,8 +69,8 @@ def holdout_panel(ax, s: pd.DataFrame) -> None:
     ax.set_xlabel("TR (must contain 1)", fontsize=6)
 
 
-def draw(fig, spec, s: pd.DataFrame, null: dict | None) -> None:
+def draw(fig, spec, s: pd.DataFrame, null: dict | None, floor: dict | None = None) -> None:
     """Both panels in the gridspec cell ``spec``."""
     row = spec.subgridspec(1, 2, wspace=0.25)
-    null_panel(fig.add_subplot(row[0]), null)
+    null_panel(fig.add_subplot(row[0]), null, floor)
     holdout_panel(fig.add_subplot(row[1]), s)
