@@ -79,7 +79,8 @@ def _stage_code(stage: str) -> str:
             "    import pandas as pd\n"
             "    rate = cfg.gating.skip_rate if cfg.finetune.control == 'random-skip' else "
             "(0.25 if cfg.gating.enabled else 0.0)\n"
-            "    (out / 'train_summary.json').write_text(json.dumps({'skip_rate': rate}))\n"
+            "    trained = cfg.finetune.updates if cfg.finetune.control == 'equal-updates' else round(8 * (1 - rate))\n"
+            "    (out / 'train_summary.json').write_text(json.dumps({'skip_rate': rate, 'trained': trained}))\n"
             "    pd.DataFrame({'step': range(8), 'score': [0.1 * i for i in range(8)], "
             "'threshold': cfg.gating.threshold, 'skipped': [i % 4 == 0 for i in range(8)], "
             "'seconds': 0.01}).to_csv(out / 'gating_log.csv', index=False)\n"),

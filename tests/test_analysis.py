@@ -451,6 +451,30 @@ def test_gating_is_compared_with_ungated_training_on_its_own_tuning_set(records)
     assert printed.loc["no-fine-tune − random", "gate cost (stage 03)"] == "–"
 
 
+def test_gating_is_compared_with_its_equal_updates_control(records):
+    """Ungated training for as many updates as the gate left: the gate's choice of batches, not its fewer updates."""
+    from lib.analyze import comparisons
+
+    for seed in (0, 1, 2):
+        _record(records, {"finetune.method": "spectral-clip", "finetune.control": "equal-updates",
+                          "finetune.updates": 450}, seed)
+    df = collection.collect(records)
+    assert set(df.loc[df["control"] == "equal-updates", "method"]) == {"equal-updates"}
+    for _, r in df[df["method"].isin(["active-gating", "equal-updates"])].iterrows():   # stage 03's summaries
+        gated = r["method"] == "active-gating"
+        d = upstream.upstream_dir(r, "03_dreambooth")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "train_summary.json").write_text(json.dumps({"wall_seconds": 130.0 if gated else 90.0, "trained": 450,
+                                                          "gating_seconds": 40.0 if gated else None}))
+    c = comparisons.compare(df).set_index("comparison")
+    row = c.loc["active-gating thr0.3 − equal-updates"]
+    assert row["seeds"] == "0,1,2" and row["d_auroc_a"] > 0 and np.isfinite(row["mde_auroc_a"])
+    assert np.isfinite(row["p_t_holm"]) and row["verdict"]
+    printed = comparisons.table(c.reset_index()).set_index("comparison")
+    assert printed.loc["active-gating thr0.3 − equal-updates", "gate cost (stage 03)"] == "40 of 130 s; 450 vs 450 updates"
+    assert printed.loc["active-gating thr0.3 − equal-updates", "MDE ΔAUROC(a)"] != "–"
+
+
 def test_reported_development_seeds_are_warned_about_and_change_no_key(records):
     from lib.runs import runner
 

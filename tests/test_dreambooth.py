@@ -208,3 +208,25 @@ def test_bf16_autocast_with_prior_preservation_and_the_optimizer_freed_before_sa
     assert len(loss) == 2 and loss["loss_prior"].gt(0).all()
     base = _unet(summary["base"])
     assert any(not torch.equal(v, base[k]) for k, v in _unet(out / "model").items())
+
+
+def test_equal_updates_trains_the_gated_runs_trained_count_ungated_on_its_lr_schedule(tmp_path, runs_root):
+    # a warm-up longer than the gated run's first skip, so "the same schedule" is tested where it could differ
+    common = {"finetune.steps": 6, "finetune.checkpoint_every": 100, "finetune.lr_warmup_steps": 3,
+              "gating.mode": "quantile", "gating.warmup_batches": 2, "gating.skip_fraction": 0.5}
+    gated_out, gated = _run(tiny_cfg(tmp_path, **common), runs_root, tmp_path, "gated")
+    assert 0 < gated["trained"] < 6, gated          # the gate skipped some batches, not all
+    n = dreambooth.trained_of(gated_out)
+    cfg = tiny_cfg(tmp_path, **common, **{"gating.enabled": False, "finetune.control": "equal-updates",
+                                          "finetune.updates": n})
+    out, summary = _run(cfg, runs_root, tmp_path, "equal")
+    log, loss = pd.read_csv(out / "gating_log.csv"), pd.read_csv(out / "loss_log.csv")
+    assert (summary["trained"], summary["steps"], summary["skipped"]) == (n, n, 0) and not summary["gating"]
+    assert summary["updates_target"] == n and log["score"].isna().all() and not log["skipped"].any()
+    assert list(loss["step"]) == list(range(n))     # the first n batches of the seed's order, every one trained
+    gated_lr = pd.read_csv(gated_out / "loss_log.csv")["lr"]
+    assert loss["lr"].tolist() == pytest.approx(gated_lr.tolist())   # k-th update, same LR as the gated run's k-th
+    assert loss["lr"].iloc[0] < loss["lr"].iloc[-1]                  # the warm-up is in it
+    with pytest.raises(config.ParamError, match="equal-updates needs finetune.updates"):
+        dreambooth.run(tiny_cfg(tmp_path, **{"gating.enabled": False, "finetune.control": "equal-updates"}),
+                       tmp_path / "none", runs_root, progress=False)

@@ -108,6 +108,19 @@ def test_random_skip_takes_the_gated_runs_skip_rate(runs_root, notebooks):
     assert run.status["stages"]["03_dreambooth"]["status"] == "executed"
 
 
+def test_equal_updates_takes_the_gated_runs_trained_count_and_refuses_the_gate(runs_root, notebooks):
+    ctrl = {"finetune.control": "equal-updates"}
+    with pytest.raises(config.ParamError, match="needs the gated run's trained update count"):
+        _run(runs_root, notebooks, ctrl)                          # no gated counterpart has finished stage 03
+    _run(runs_root, notebooks, {"gating.enabled": True})        # stand-in 03 trains 6 of 8 batches
+    run = _run(runs_root, notebooks, ctrl)
+    assert run.cfg.finetune.updates == 6 and not run.cfg.gating.enabled
+    assert run.directory.name == "spectral-clip_n12_equal-updates_seed0"
+    assert run.status["stages"]["03_dreambooth"]["status"] == "executed"
+    with pytest.raises(config.ParamError, match="equal-updates is ungated training: set gating.enabled: false"):
+        _run(runs_root, notebooks, {**ctrl, "gating.enabled": True})
+
+
 def test_papermill_failure_names_notebook_and_cell_and_keeps_the_partial_output(runs_root, tmp_path):
     broken = standins.write_notebooks(tmp_path / "broken", fail="01_data_curation")
     with pytest.raises(runner.RunFailed) as err:

@@ -178,3 +178,46 @@ def test_a_rerun_with_set_makes_folders_only_for_points_whose_stage_folders_chan
     assert nothing.unchanged == nothing.points and all("gating.skip_fraction" not in p for p in nothing.points)
     sweeps.run(f, dry_run=True, runs_root=tmp_path / "runs", extra={"gating.skip_fraction": 0.5})
     assert "changes nothing" in capsys.readouterr().out
+
+
+EQUAL = {"grid": {"method": [{"finetune.method": "random"},
+                             {"finetune.method": "spectral-clip", "gating.enabled": True}], "seed": [0, 1]},
+         "points": [{"set": {"finetune.method": "spectral-clip", "finetune.control": "equal-updates"},
+                     "grid": {"seed": [0, 1]}}]}
+
+
+class _Recorder(local.SerialExecutor):
+    """Runs points in this process; records the run id of each point in the order it is submitted."""
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.order = []
+
+    def submit(self, task):
+        self.order.append(sweeps.runner.run_id(config.load(task.base, task.overrides), task.overrides))
+        return super().submit(task)
+
+
+def test_an_equal_updates_control_waits_for_its_gated_point_and_copies_its_trained_count(tmp_path, runs_root):
+    nb = standins.write_notebooks(tmp_path / "nb")
+    f = _sweep_file(tmp_path, EQUAL)
+    p = sweeps.plan(sweep_spec.load(f), runs_root, nb)
+    assert p.status[-2:] == ["waits for gated run"] * 2
+    assert p.run_ids[-2:] == [f"spectral-clip_n12_equal-updates_seed{s}" for s in (0, 1)]
+    ex = _Recorder(standins.exec_engine)
+    out = sweeps.run(f, runs_root=runs_root, notebooks_dir=nb, executor=ex, analyse=False)
+    assert all(r["ok"] for r in out["results"]) and len(out["results"]) == 6
+    for seed in (0, 1):      # started as soon as its own gated point ended, not after the whole first wave
+        gated = ex.order.index(f"spectral-clip_n12_q0.3_seed{seed}")   # smoke: quantile gate
+        assert ex.order.index(f"spectral-clip_n12_equal-updates_seed{seed}") == gated + 1, ex.order
+        params = yaml.safe_load((runs_root / "smoke" / f"spectral-clip_n12_equal-updates_seed{seed}" /
+                                 "params.yaml").read_text())
+        assert params["finetune"]["updates"] == 6 and not params["gating"]["enabled"]   # the stand-in's 6 of 8
+
+
+def test_a_set_that_changes_the_gated_point_changes_its_equal_updates_control(tmp_path):
+    """The control's own stage keys hold no gate setting; its gated counterpart's stage 03 is its input."""
+    f = _sweep_file(tmp_path, {"fixed": {"gating.mode": "absolute"}, **EQUAL})
+    sw = sweep_spec.load(f, {"gating.threshold": 0.42})
+    changed = [p for p in sw.points if p not in sw.unchanged]
+    assert [p.get("finetune.control", "gated") for p in changed] == ["gated", "gated", "equal-updates", "equal-updates"]

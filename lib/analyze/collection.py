@@ -19,7 +19,7 @@ from .matrix import RATIOS
 
 GROUP = ["method", "tuning_size", "setting"]
 METHOD_ORDER = ["no-fine-tune", "random", "spectral-pixel", "spectral-clip", "textbook", "active-gating",
-                "random-skip", "real-holdout", "vae-roundtrip", "exaggerated", "findings-erased", "collapsed",
+                "random-skip", "equal-updates", "real-holdout", "vae-roundtrip", "exaggerated", "findings-erased", "collapsed",
                 "label-shuffled", "folder"]
 
 

@@ -10,10 +10,11 @@ one difference of AUROC(a) and of TR, and each comparison reports, over those pe
     (test-image noise only), so it says whether some seed's two classifiers differ, not whether the methods do.
 A method is called better only from the seed-level test: Holm-adjusted p below alpha with at least MIN_SEEDS
 seeds ("not called" below that, whatever a within-seed test says). Pairs: each method against the baseline at
-each tuning size, active gating against its random-skip control and against ungated training on its own tuning
-set (the gate alone: against random it also changes the tuning set), every two imported folders (each folder its
-own row, named by the folder), and each method at a smaller tuning size against the same method at its largest
-(e.g. random n5 against random n100).
+each tuning size, active gating against its random-skip control, against its equal-updates control (ungated
+training for as many updates as the gate left: does the gate pick batches, or only train less?) and against ungated
+training on its own tuning set (the gate alone: against random it also changes the tuning set), every two imported
+folders (each folder its own row, named by the folder), and each method at a smaller tuning size against the same
+method at its largest (e.g. random n5 against random n100).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..evaluate.metrics import macro_auroc
 from .matrix import read_predictions
 from .upstream import training_cost
 
-GATED, CONTROL = "active-gating", "random-skip"
+GATED, CONTROL, EQUAL = "active-gating", "random-skip", "equal-updates"
 REFERENCES = ("real-holdout", "label-shuffled", "partly-shuffled", "collapsed", "findings-erased", "exaggerated",
               "vae-roundtrip", "folder")
 
@@ -44,10 +45,10 @@ def tr(y, s, s_real) -> float:
 
 
 def pairs(methods: list[str], baseline: str = "random") -> list[tuple[str, str]]:
-    """Each generator method against the baseline, and active gating against its random-skip control."""
+    """Each generator method against the baseline, and active gating against its random-skip and equal-updates
+    controls."""
     out = [(m, baseline) for m in methods if m != baseline and m not in REFERENCES and baseline in methods]
-    if GATED in methods and CONTROL in methods:
-        out.append((GATED, CONTROL))
+    out += [(GATED, c) for c in (CONTROL, EQUAL) if GATED in methods and c in methods]
     return out
 
 

@@ -21,7 +21,8 @@ def upstream_dir(row: pd.Series, stage: str) -> Path:
 
 def gating_logs(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Stage 03's gating_log.csv (step, score, threshold, skipped, seconds) of the first seed of each
-    gated run and random-skip control, keyed by method (and setting)."""
+    gated run and random-skip control, keyed by method (and setting); the equal-updates control skips nothing,
+    so it has no trace to show (its updates stand beside the gating comparisons, training_cost)."""
     out = {}
     for _, r in df[(df["gating"].astype(bool)) | (df["control"] == "random-skip")].iterrows():
         name = r["method"] + (f" {r['setting']}" if r["setting"] and df["setting"].nunique() > 2 else "")

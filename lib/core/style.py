@@ -24,8 +24,11 @@ import zlib  # noqa: E402
 TEXT_WIDTH_PT = float(os.environ.get("SUITE_TEXT_WIDTH_PT", 426.79))
 METHODS = ["random", "spectral-pixel", "spectral-clip", "textbook", "active-gating",
            "random-skip", "no-fine-tune", "real"]
-_PALETTE = sns.color_palette("colorblind", len(METHODS))
+_PALETTE = sns.color_palette("colorblind", len(METHODS) + 1)
 METHOD_COLORS = dict(zip(METHODS, _PALETTE))
+# The equal-updates control beside random-skip, in a colour of its own: the other methods keep theirs.
+METHODS.insert(METHODS.index("random-skip") + 1, "equal-updates")
+METHOD_COLORS["equal-updates"] = _PALETTE[-1]
 # Reference generators (lib.generate.references): a palette of their own, so they never pass for a method.
 REFERENCES = ["real-holdout", "vae-roundtrip", "exaggerated", "findings-erased", "collapsed", "label-shuffled",
               "folder"]

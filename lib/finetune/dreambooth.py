@@ -64,6 +64,18 @@ def skip_rate_of(stage_dir) -> float:
     return float(rate)
 
 
+def trained_of(stage_dir) -> int:
+    """The updates a finished gated stage-03 run trained (for the equal-updates control)."""
+    f = Path(stage_dir) / "train_summary.json"
+    if not f.exists():
+        raise FileNotFoundError(f"{f} not found: the gated run has not finished stage 03. Run it first, or "
+                                "set finetune.updates by hand.")
+    trained = json.loads(f.read_text()).get("trained")
+    if trained is None:
+        raise ValueError(f"{f} records no trained update count; set finetune.updates by hand.")
+    return int(trained)
+
+
 def model_dir_names(cfg: Config) -> dict[str, str]:
     """Label -> model folder name inside the stage folder."""
     if cfg.finetune.model_layout == "joint":
@@ -147,6 +159,7 @@ def _run(cfg: Config, out: Path, runs_root, progress, resume, resume_from, stop_
     skipped = sum(p["skipped"] for p in parts.values())
     summary.update(steps=steps, trained=steps - skipped, skipped=skipped, skip_rate=skipped / max(steps, 1),
                    skip_rate_target=cfg.gating.skip_rate if cfg.finetune.control == "random-skip" else None,
+                   updates_target=cfg.finetune.updates if cfg.finetune.control == "equal-updates" else None,
                    gating_seconds=sum(p["gating_seconds"] for p in parts.values()),
                    wall_seconds=time.perf_counter() - t0, parts=parts,
                    models={label: str(out / names[label]) for label in classes_of(cfg)},

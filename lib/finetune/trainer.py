@@ -1,7 +1,7 @@
 """Stage 03's training loop: one DreamBooth fine-tuning run (one model), with optional active gating.
 
 One accelerate loop serves every variant: full UNet or LoRA (peft), optional text-encoder training,
-prior preservation with class images drawn by the base model, and the random-skip control. Every random draw of a step (batch order, noise, timesteps, gating samples) is seeded
+prior preservation with class images drawn by the base model, and the random-skip and equal-updates controls. Every random draw of a step (batch order, noise, timesteps, gating samples) is seeded
 by (seed, step), and a checkpoint (lib.finetune.checkpoints) holds the weights, optimizer, LR schedule,
 gating state and logs, so a run killed and resumed ends identical to an uninterrupted one. Validation
 saves are lib.finetune.validation's; the stage around the loop is lib.finetune.dreambooth.
@@ -115,6 +115,9 @@ class Trainer:
             params += [p for p in self.text.parameters() if p.requires_grad]
         self.params = params
         opt = torch.optim.AdamW(params, lr=self.ft.learning_rate, weight_decay=1e-2)
+        # The LR depends on the count of updates alone (warm-up over the first lr_warmup_steps updates, then
+        # constant; num_training_steps is ignored by this schedule), and it steps only on a trained batch, so
+        # an equal-updates run's k-th update has the LR the gated run's k-th trained update had.
         self.lr_sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=self.ft.lr_warmup_steps,
                                       num_training_steps=self.ft.steps)
         if self.ft.train_text_encoder:
@@ -131,6 +134,7 @@ class Trainer:
         if self.gc.enabled and self.ft.control == "none":
             self.gate = gating.Gate(self.gc, embed, cfg.model.resolution, cfg.seed)
         self.skipset = set()
+        self.total = self._batches()
         if self.ft.control == "random-skip":
             if self.gc.skip_rate is None:
                 raise ParamError("finetune.control = random-skip needs gating.skip_rate (the gated run's rate, "
@@ -141,6 +145,16 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints" / name
         self.validation = Validator(cfg, self.out, name, self.df)
         self.board = tracking.Board(self.acc, name, 0, False)   # fit() opens the live one
+
+    def _batches(self) -> int:
+        """Batches this run goes through (trained or skipped): finetune.steps, or for the equal-updates
+        control finetune.updates, batches 0..updates-1 of the seed's order, all trained."""
+        if self.ft.control != "equal-updates":
+            return self.ft.steps
+        if self.ft.updates is None:
+            raise ParamError("finetune.control = equal-updates needs finetune.updates (the gated run's trained count, "
+                             "see dreambooth.trained_of); the runner fills it in, or set it by hand.")
+        return self.ft.updates
 
     def _schedule(self, config) -> dict:
         """The noise schedule fine-tuning trains with, which the saved model then samples with."""
@@ -314,7 +328,7 @@ class Trainer:
     # --------------------------------------------------------------------------------- loop
     def fit(self, resume: bool = True, resume_from=None, stop_after: int | None = None, oracle=None,
             dry_gate: bool = False) -> dict:
-        """Train to finetune.steps batches (trained or skipped). For the benchmark: ``oracle(step, pipe,
+        """Train to finetune.steps batches (trained or skipped; equal-updates: finetune.updates batches). For the benchmark: ``oracle(step, pipe,
         prompts, vectors)`` is scored at each batch with fresh gate samples (its time is logged apart), and
         ``dry_gate`` computes and logs every gate but trains on every batch (the gate's pure cost)."""
         ckpt = checkpoints.to_resume(self.ckpt_root, resume, resume_from)
@@ -334,9 +348,9 @@ class Trainer:
         n, t0 = len(self.df), time.perf_counter()
         n_skipped = sum(bool(r["skipped"]) for r in self.gating_rows)
         self.unet.train()
-        bar = tqdm(total=self.ft.steps, initial=self.step, desc=f"DreamBooth {self.name}", mininterval=2,
+        bar = tqdm(total=self.total, initial=self.step, desc=f"DreamBooth {self.name}", mininterval=2,
                    disable=not self.progress)
-        while self.step < self.ft.steps:
+        while self.step < self.total:
             step = self.step
             idx = batch_indices(n, self.ft.batch_size, self.cfg.seed, step)
             row = self.gate_step(idx, step)
@@ -362,20 +376,20 @@ class Trainer:
             self.board.scalars(live, step)
             self.step += 1
             bar.update(1)
-            if self.step % self.ft.validation_every == 0 or self.step == self.ft.steps:
+            if self.step % self.ft.validation_every == 0 or self.step == self.total:
                 self.validate(self.step)
-            if self.step % self.ft.checkpoint_every == 0 and self.step < self.ft.steps:
+            if self.step % self.ft.checkpoint_every == 0 and self.step < self.total:
                 checkpoints.save(self)
-            if self.step < self.ft.steps and (self.step % self.ft.validation_every == 0
+            if self.step < self.total and (self.step % self.ft.validation_every == 0
                                               or self.step % self.ft.checkpoint_every == 0):
                 self.write_logs()
-            if stop_after is not None and self.step >= stop_after and self.step < self.ft.steps:
+            if stop_after is not None and self.step >= stop_after and self.step < self.total:
                 bar.close()
                 raise Interrupted(f"stopped after step {self.step} (stop_after); run again to resume.")
         bar.close()
         skipped = sum(bool(r["skipped"]) for r in self.gating_rows)
-        return {"steps": self.ft.steps, "trained": self.ft.steps - skipped, "skipped": skipped,
-                "skip_rate": skipped / max(self.ft.steps, 1), "wall_seconds_this_session": time.perf_counter() - t0,
+        return {"steps": self.total, "trained": self.total - skipped, "skipped": skipped,
+                "skip_rate": skipped / max(self.total, 1), "wall_seconds_this_session": time.perf_counter() - t0,
                 "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in self.loss_rows)),
                 "gating_seconds": float(sum(r["seconds"] for r in self.gating_rows))}
 

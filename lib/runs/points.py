@@ -76,7 +76,7 @@ def failed(task: PointTask, error: str, job_log: str | None = None) -> dict:
     log = None
     try:
         log = str(runner.prepare(task.base, task.overrides, task.runs_root, create=False).directory / "run.log")
-    except Exception:       # e.g. a random-skip control whose gated run failed: no run folder to name
+    except Exception:       # e.g. a random-skip or equal-updates control whose gated run failed: no run folder to name
         pass
     return {"run": None, "ok": False, "seconds": None, "error": error, "overrides": task.overrides,
             "log": log if log and Path(log).exists() else None, "job_log": job_log}

@@ -146,7 +146,7 @@ def _with_extra(base: str, point: dict, extra: dict, until: str) -> tuple[dict, 
 
     def folders(cfg: config.Config) -> list[str]:
         out = [str(runner.stages.stage_dir(cfg, s)) for s in upto]
-        if cfg.finetune.control == "random-skip" and cfg.gating.skip_rate is None:   # copies the gated run's rate
+        if runner.copies_gated(cfg):   # copies the gated run's skip rate (random-skip) or update count (equal-updates)
             out.append(str(runner.stages.stage_dir(runner.gated_counterpart(cfg), "03_dreambooth")))
         return out
 
@@ -180,7 +180,7 @@ def _dedupe(points: list[dict]) -> list[dict]:
 
 
 def waits_for_gated(base: str, point: dict) -> bool:
-    """A random-skip control with no rate needs its gated counterpart's measured skip rate first."""
-    cfg = config.load(base, point)
-    return cfg.finetune.control == "random-skip" and cfg.gating.skip_rate is None
+    """A random-skip control with no rate, or an equal-updates control with no update count, needs its gated
+    counterpart's measured value first."""
+    return runner.copies_gated(config.load(base, point))
 

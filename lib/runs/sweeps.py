@@ -5,7 +5,8 @@ The sweep file (base, grid, points, executor ...) is read by lib/runs/sweep_spec
 lib/runs/points.py; who runs it is an engine of lib/runs/executors/ (this process (serial), a local process
 pool (local), SLURM through submitit (slurm, or submitit-local to run that path on this machine) or a Ray
 cluster (ray), or one a module there registers). Points already finished are skipped. A random-skip control
-whose rate is left null starts when its gated point ends, since it copies that point's measured skip rate.
+whose rate is left null, or an equal-updates control whose update count is, starts when its gated point ends,
+since it copies that point's measured skip rate (or trained update count).
 
 CLI: ``python -m lib.runs.sweeps SWEEP.yaml [--jobs N] [--executor NAME] [--dry-run] [--runs-root DIR]``.
 """
@@ -43,7 +44,7 @@ def plan(sweep: Sweep, runs_root: str | Path = "runs", notebooks_dir: str | Path
             r = runner.prepare(t.base, t.overrides, runs_root, create=False)
             done = runner.done_through(r, t.until) if t.until else r.finished
             rid, state = r.directory.name, ("finished" if done else "partial" if r.status else "new")
-        except config.ParamError:   # random-skip before its gated run: id known only later
+        except config.ParamError:   # random-skip or equal-updates before its gated run: id known only later
             rid, state = runner.run_id(config.load(t.base, t.overrides), t.overrides), "waits for gated run"
         p.run_ids.append(rid)
         p.status.append(state)
@@ -105,8 +106,8 @@ def run(sweep_file: str | Path, jobs: int | None = None, runs_root: str | Path =
 
 
 def _gate_key(task: PointTask, counterpart: bool) -> str | None:
-    """The stage-03 key of the gated training a point runs (``counterpart``: the one a random-skip control
-    copies its skip rate from); None for a point that runs no gate."""
+    """The stage-03 key of the gated training a point runs (``counterpart``: the one a random-skip or equal-updates
+    control copies its skip rate or update count from); None for a point that runs no gate."""
     cfg = config.load(task.base, task.overrides)
     if counterpart:
         return runner.stages.key(runner.gated_counterpart(cfg), "03_dreambooth")
@@ -116,7 +117,7 @@ def _gate_key(task: PointTask, counterpart: bool) -> str | None:
 
 
 def submit_all(executor: executors.Executor, tasks: list[PointTask], progress: Progress) -> list[dict]:
-    """Submit every point; a random-skip control that copies a gated point's skip rate starts as soon as that
+    """Submit every point; a control that copies a gated point's measured value starts as soon as that
     point has ended (not after a whole first wave), or at once when its gated point is not among these."""
     waits = [waits_for_gated(t.base, t.overrides) for t in tasks]
     keys = [None if w else _gate_key(t, False) for t, w in zip(tasks, waits)]
@@ -236,7 +237,7 @@ def finished_runs(sweep: Sweep, runs_root) -> tuple[list, list[str]]:
     for pt in sweep.points:
         try:
             r = runner.prepare(sweep.base, pt, runs_root, create=False)
-        except config.ParamError:     # a random-skip control whose gated point never finished stage 03
+        except config.ParamError:     # a random-skip or equal-updates control whose gated point never finished stage 03
             missing.append(runner.run_id(config.load(sweep.base, pt), pt))
             continue
         ok = runner.done_through(r, sweep.until) if sweep.until else r.finished

@@ -86,13 +86,15 @@ class ModelConfig:
 @dataclass
 class FinetuneConfig:
     method: str = "spectral-clip"           # which tuning set (a selection method, or "textbook")
-    control: Literal["none", "random-skip", "no-fine-tune"] = "none"
+    control: Literal["none", "random-skip", "equal-updates", "no-fine-tune"] = "none"
     prompt_template: str = "an image of {label} chest X-ray"
     label_words: dict[str, str] = field(default_factory=lambda: {"No Finding": "Healthy",
                                                                  "Unhealthy": "Unhealthy"})
     identifier: Optional[str] = None        # optional rare token, DreamBooth style
     model_layout: Literal["joint", "per-label"] = "joint"
     steps: int = 200
+    updates: Optional[int] = None           # equal-updates control: batches trained, all ungated; None = the gated
+                                            # run's trained count (stage 03's train_summary.json "trained")
     batch_size: int = 16
     learning_rate: float = 2e-4
     lr_warmup_steps: int = 0
@@ -268,6 +270,8 @@ class Config:
         d.pop("development_seeds")           # a record of how the parameters were chosen, computes nothing
         if d["generation"]["shuffled_fraction"] is None:   # unset (every kind but partly-shuffled): keys as before
             d["generation"].pop("shuffled_fraction")
+        if d["finetune"]["updates"] is None:   # unset (every run but equal-updates): keys as before
+            d["finetune"].pop("updates")
         for name in ("num_processes", "tensorboard"):   # how stage 03 runs and logs, not what it computes
             d["finetune"].pop(name)
         if d["classifier"]["repeats"] == 1:   # one classifier, as before the field existed: the same keys

@@ -193,6 +193,7 @@ def _validate_finetune(cfg: Config) -> None:
         raise ParamError(f"finetune.prompt_template = {f.prompt_template!r} must contain '{{label}}'.")
     if g.skip_rate is not None and not 0.0 <= g.skip_rate <= 1.0:
         raise ParamError(f"gating.skip_rate = {g.skip_rate} must be in [0, 1] (or null).")
+    _validate_equal_updates(f, g)
     if g.resolution is not None and (g.resolution < 16 or g.resolution % 8):
         raise ParamError(f"gating.resolution = {g.resolution} must be a multiple of 8 (>= 16), or null.")
     if f.cpu_threads is not None and f.cpu_threads < 1:
@@ -204,6 +205,24 @@ def _validate_finetune(cfg: Config) -> None:
         raise ParamError(f"finetune.num_processes = {f.num_processes} exceeds finetune.batch_size = {f.batch_size}: "
                          "each process trains on its share of every batch, so some would get none. Use at most "
                          f"{f.batch_size} processes or a larger batch.")
+
+
+def _validate_equal_updates(f, g) -> None:
+    """The equal-updates control: ungated training for the gated counterpart's trained count, joint layout."""
+    if f.control != "equal-updates":
+        if f.updates is not None:
+            raise ParamError(f"finetune.updates = {f.updates} is read only by finetune.control: equal-updates "
+                             f"(control is {f.control!r}); remove it, or set the control.")
+        return
+    if g.enabled:
+        raise ParamError("finetune.control = equal-updates is ungated training: set gating.enabled: false. Its gated "
+                         "counterpart is the same point with gating.enabled: true and finetune.control: none, whose "
+                         "trained update count (stage 03's train_summary.json) it copies.")
+    if f.model_layout != "joint":
+        raise ParamError("finetune.control = equal-updates needs finetune.model_layout: joint: a per-label gated run "
+                         "trains a different number of updates per model, and the control copies one count.")
+    if f.updates is not None and f.updates < 1:
+        raise ParamError(f"finetune.updates = {f.updates} must be at least 1 (or null: the gated run's trained count).")
 
 
 def _validate_selection(cfg: Config) -> None:
