@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import stats
-from . import power
+from . import named_pairs, power
 from ..evaluate.metrics import auroc as binary_auroc
 from ..evaluate.metrics import macro_auroc
 from .matrix import read_predictions
@@ -147,9 +147,11 @@ def _rows(df: pd.DataFrame, baseline: str) -> list[dict]:
     return rows
 
 
-def compare(df: pd.DataFrame, baseline: str = "random", alpha: float = 0.05) -> pd.DataFrame:
-    """The comparison table of a collected results frame (lib.analyze.collection.collect)."""
-    out = pd.DataFrame(_rows(df, baseline))
+def compare(df: pd.DataFrame, baseline: str = "random", alpha: float = 0.05, pairs: list[dict] | None = None
+            ) -> pd.DataFrame:
+    """The comparison table of a collected results frame (lib.analyze.collection.collect); ``pairs``: the named
+    pairs of a sweep file (lib.analyze.named_pairs), rows of the same table, Holm across all of them."""
+    out = pd.DataFrame(_rows(df, baseline) + named_pairs.rows(df, pairs, _one))
     if out.empty or "p_t" not in out:
         return out
     out["p_t_holm"] = stats.holm(out["p_t"].to_numpy(float))
@@ -169,7 +171,7 @@ def _verdict(r: pd.Series, alpha: float) -> str:
         return f"not called: {n} seed(s), {MIN_SEEDS} needed"
     if not r["p_t_holm"] < alpha:
         return f"not separated (MDE {r['mde_auroc_a']:.3f})"
-    x, b = r["comparison"].split(" − ")
+    x, b = ("a", "b") if isinstance(r.get("pair"), str) else r["comparison"].split(" − ")   # a named pair: its a, b
     return f"{x} {'>' if r['d_auroc_a'] > 0 else '<'} {b}"
 
 

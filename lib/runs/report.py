@@ -16,7 +16,7 @@ import pandas as pd
 from ..analyze import aggregate, agreement, calibration, collection, comparisons, recompute, tables, variance
 from ..analyze import tuning_only
 from ..core import config, overrides, paths, stages
-from . import sweep_pairs, sweep_spec, sweeps
+from . import sweep_spec, sweeps
 
 
 def sweep_runs(sweep_file, sets: list[str] | None, runs_root) -> tuple[list | None, str | None]:
@@ -46,7 +46,8 @@ def print_tables(df: pd.DataFrame, pairs: list[dict] | None = None) -> None:
         print("\n" + tables.explain_ratios(s))
         print("\nPaired comparisons (per-seed differences on shared test sets; t-interval, minimum detectable "
               "effect at 80% power and paired t-test over seeds, Holm across the table; DeLong within seed):")
-        print(comparisons.table(comparisons.compare(df, pairs=pairs)).to_string(index=False))
+        compared = comparisons.compare(df, pairs=pairs)       # with the sweep file's named pairs
+        print(comparisons.table(compared).to_string(index=False))
         checks = calibration.checks(s, calibration.permutation_null(df), calibration.view_floor(df))   # null: cached draws
         if not checks.empty:
             print("\nCalibration on reference generators (must hold by construction):")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     warning = collection.development_seed_warning(df, dev)
     if warning:
         print(f"\n{warning}")
-    pairs = sweep_pairs.for_analysis(sweep_spec.load(args.sweep, overrides.parse_sets(args.set)), args.runs_root) \
+    pairs = sweeps.named_pairs(sweep_spec.load(args.sweep, overrides.parse_sets(args.set)), args.runs_root) \
         if args.sweep else []
     print_tables(df, pairs)
     checked = recompute.check(df)

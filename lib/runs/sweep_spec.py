@@ -23,6 +23,10 @@ A sweep file (``params/sweeps/*.yaml``)::
 
     executor: {engine: slurm, partition: gpu, gpus_per_task: 1, time_min: 240, mem_gb: 32, array: true}
                                   # who runs the points (optional; lib/runs/executors/ lists the engines and settings)
+    pairs:                        # named comparisons (optional; lib/runs/sweep_pairs.py): rows of the paired table
+      - name: gate alone          # a and b select points by parameter values; seeds pair up by themselves
+        a: {finetune.method: spectral-clip, gating.enabled: true}
+        b: {finetune.method: spectral-clip}
 
 Every point is validated against the parameter schema, and the executor settings against the engines'
 registry, before anything runs. lib/runs/sweeps.py runs what this reads.
@@ -38,7 +42,7 @@ from pathlib import Path
 import yaml
 
 from ..core import config, paths
-from . import executors, runner
+from . import executors, runner, sweep_pairs
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Sweep:
     executor: dict = field(default_factory=dict)      # the ``executor:`` settings (lib/runs/executors/)
     unchanged: list[dict] = field(default_factory=list)   # points whose stage folders the --set overrides leave as
                                                           # they were: they keep their run folder
+    pairs: list[sweep_pairs.Pair] = field(default_factory=list)   # the ``pairs:`` the file names
 
 
 def _is_config_key(dotted: str) -> bool:
@@ -103,7 +108,8 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
         raise config.ParamError(f"sweep file {path} not found{where}; shipped sweeps: "
                                 f"{', '.join(p.name for p in sorted((paths.PARAMS / 'sweeps').glob('*.yaml')))}.")
     raw = _read_mapping(path)
-    allowed = ["base", "fixed", "grid", "points", "figures_dir", "until", "analysis", "analysis_params", "executor"]
+    allowed = ["base", "fixed", "grid", "points", "figures_dir", "until", "analysis", "analysis_params", "executor",
+               "pairs"]
     unknown = set(raw) - set(allowed)
     if unknown:
         raise config.ParamError(f"unknown key(s) {sorted(unknown)} in {path.name}; allowed: {', '.join(allowed)}.")
@@ -125,9 +131,11 @@ def load(path: str | Path, extra: dict | None = None) -> Sweep:
     for p in pts:  # fail on a bad key before anything runs
         _config(raw["base"], {**p, **(extra or {})})
     with_extra = [_with_extra(raw["base"], p, extra or {}, until) for p in pts]
-    return Sweep(path.stem, raw["base"], [p for p, _ in with_extra], raw.get("figures_dir"), until, analysis,
+    final = [p for p, _ in with_extra]
+    return Sweep(path.stem, raw["base"], final, raw.get("figures_dir"), until, analysis,
                  dict(raw.get("analysis_params") or {}), settings,
-                 unchanged=[p for p, changed in with_extra if extra and not changed])
+                 unchanged=[p for p, changed in with_extra if extra and not changed],
+                 pairs=sweep_pairs.parse(raw.get("pairs"), raw["base"], final, path.name))
 
 
 def _config(base: str, point: dict) -> config.Config:

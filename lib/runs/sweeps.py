@@ -13,6 +13,7 @@ CLI: ``python -m lib.runs.sweeps SWEEP.yaml [--jobs N] [--executor NAME] [--dry-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import threading
@@ -217,6 +218,7 @@ def analyse_sweep(sweep: Sweep, runs_root, notebooks_dir, engine=None, partial_o
     params = {"params_file": str(runs[0].directory / "params.yaml"), "runs_root": str(paths.resolve(runs_root)),
               "figures_dir": str(figures), "overrides": {},
               "results_root": str(exp_dir), "runs": [str(r.directory) for r in runs], "interactive": False,
+              **({"pairs": named_pairs(sweep, runs_root)} if sweep.pairs else {}),   # the file's named comparisons
               **sweep.analysis_params}
     print(f"  {nb.stem} over {len(runs)} runs -> {runner.stages.paths_rel(out_dir / nb.name)}")
     try:
@@ -229,6 +231,18 @@ def analyse_sweep(sweep: Sweep, runs_root, notebooks_dir, engine=None, partial_o
               f"  {exc}", file=sys.stderr)
         return None
     return out_dir / nb.name
+
+
+def named_pairs(sweep: Sweep, runs_root) -> list[dict]:
+    """The sweep file's ``pairs:`` as the analysis reads them (lib.analyze.named_pairs; notebook 06's ``pairs``): the
+    name, each side's selector as text and the run folders of its finished points."""
+    out = []
+    for p in sweep.pairs:
+        runs = {s: finished_runs(dataclasses.replace(sweep, points=getattr(p, f"{s}_points")), runs_root)[0]
+                for s in ("a", "b")}
+        out.append({"name": p.name, "a": p.describe("a"), "b": p.describe("b"),
+                    "a_runs": [str(r.directory) for r in runs["a"]], "b_runs": [str(r.directory) for r in runs["b"]]})
+    return out
 
 
 def finished_runs(sweep: Sweep, runs_root) -> tuple[list, list[str]]:
