@@ -75,14 +75,18 @@ def test_a_named_pair_is_a_row_of_the_report_and_reaches_notebook_06(tmp_path, r
     assert [p["name"] for p in named] == ["gate alone"] and len(named[0]["a_runs"]) == 3
     df = collection.collect(runs_root, seen["runs"])
     c = comparisons.compare(df, pairs=named).set_index("comparison")
-    auto = c.loc["active-gating q0.3 − spectral-clip"]            # the automatic gate-alone row: the same pair
+    plain = comparisons.compare(df).set_index("comparison")
+    auto = plain.loc["active-gating q0.3 − spectral-clip"]        # the automatic gate-alone row: the same pair ...
+    assert "active-gating q0.3 − spectral-clip" not in c.index     # ... stands once, under its name
+    assert len(c) == len(plain) and set(plain.index) - set(c.index) == {"active-gating q0.3 − spectral-clip"}
     mine = c.loc["gate alone"]
     for k in ("d_auroc_a", "d_auroc_a_t_low", "p_t", "mde_auroc_a", "d_tr", "delong_p_within_seed"):
         assert mine[k] == pytest.approx(auto[k], rel=1e-12)
-    assert mine["n_seeds"] == 3 and mine["p_t_holm"] == auto["p_t_holm"] >= mine["p_t"]   # Holm over the whole table
+    assert mine["n_seeds"] == 3 and mine["p_t_holm"] == auto["p_t_holm"] >= mine["p_t"]   # Holm over as many rows
     assert mine["verdict"] == auto["verdict"].replace("active-gating q0.3", "a").replace("spectral-clip", "b")
     plan = planner.plan_table(df, comparisons.compare(df, pairs=named), 0.05, runs_root).set_index("comparison")
-    assert plan.loc["gate alone"].equals(plan.loc["active-gating q0.3 − spectral-clip"].rename("gate alone"))
+    auto_plan = planner.plan_table(df, comparisons.compare(df), 0.05, runs_root).set_index("comparison")
+    assert plan.loc["gate alone"].equals(auto_plan.loc["active-gating q0.3 − spectral-clip"].rename("gate alone"))
     capsys.readouterr()
     assert report.main(["--root", str(runs_root), "--sweep", str(f), "--runs-root", str(runs_root)]) == 0
     out = capsys.readouterr().out

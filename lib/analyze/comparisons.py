@@ -18,6 +18,8 @@ method at its largest (e.g. random n5 against random n100).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -135,23 +137,41 @@ def _rows(df: pd.DataFrame, baseline: str) -> list[dict]:
         folders = [k for k in groups if k.startswith("folder ")]        # imported folders: each pair of them
         named += [(f, g) for i, f in enumerate(folders) for g in folders[i + 1:]]
         for x, b in named:
-            rows.append({"tuning size": size, **_one(x, b, groups[x], groups[b])})
+            rows.append({"tuning size": size, **_one(x, b, groups[x], groups[b]), **_sides(groups[x], groups[b])})
     key = _label(df)
     for m in dict.fromkeys(key):                           # one method, a smaller tuning set against its largest
         part = df[key == m]
         sizes = sorted(part["tuning_size"].unique())
         for size in sizes[:-1]:
+            gx, gb = part[part["tuning_size"] == size], part[part["tuning_size"] == sizes[-1]]
             rows.append({"tuning size": f"{size} vs {sizes[-1]}",
-                         **_one(f"{m} n{size}", f"{m} n{sizes[-1]}", part[part["tuning_size"] == size],
-                                part[part["tuning_size"] == sizes[-1]])})
+                         **_one(f"{m} n{size}", f"{m} n{sizes[-1]}", gx, gb), **_sides(gx, gb)})
     return rows
+
+
+def _sides(gx: pd.DataFrame, gb: pd.DataFrame) -> dict:
+    """The stage-05 folders each side read (as named pairs record them; the planner costs them)."""
+    return {"results_x": ";".join(gx["results_dir"]), "results_b": ";".join(gb["results_dir"])}
+
+
+def _folders(row: dict) -> tuple:
+    return tuple(frozenset(Path(d).name for d in str(row.get(k, "")).split(";") if d)
+                 for k in ("results_x", "results_b"))
+
+
+def _unnamed(auto: list[dict], named: list[dict]) -> list[dict]:
+    """The automatic rows that no named pair repeats: a sweep that names a pair the table forms by itself (e.g.
+    'gate alone') gets one row under its name, so Holm does not count the same test twice."""
+    taken = {_folders(r) for r in named}
+    return [r for r in auto if _folders(r) not in taken]
 
 
 def compare(df: pd.DataFrame, baseline: str = "random", alpha: float = 0.05, pairs: list[dict] | None = None
             ) -> pd.DataFrame:
     """The comparison table of a collected results frame (lib.analyze.collection.collect); ``pairs``: the named
     pairs of a sweep file (lib.analyze.named_pairs), rows of the same table, Holm across all of them."""
-    out = pd.DataFrame(_rows(df, baseline) + named_pairs.rows(df, pairs, _one))
+    named = named_pairs.rows(df, pairs, _one)
+    out = pd.DataFrame(_unnamed(_rows(df, baseline), named) + named)
     if out.empty or "p_t" not in out:
         return out
     out["p_t_holm"] = stats.holm(out["p_t"].to_numpy(float))
