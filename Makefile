@@ -56,8 +56,8 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 # The source x target matrix (notebook 08) on the demo: real phantoms, their real-holdout reference, the demo
-# point's synthetic set (spectral-CLIP, seed 0) and the random-tuning-set generator's. Needs make demo first.
-TRANSFER_RUNS ?= [runs/demo/random_n100_seed0]
+# point's synthetic set (spectral-CLIP, seed 2) and the random-tuning-set generator's. Needs make demo first.
+TRANSFER_RUNS ?= [runs/demo/random_n100_seed2]
 transfer: $(STAMP)
 	$(PY) -m papermill -k $(KERNEL) --cwd . notebooks/08_source_target.ipynb runs/demo/08_source_target.ipynb \
 		-p params_file params/demo.yaml -p figures_dir figures -y "runs: $(TRANSFER_RUNS)"

@@ -57,7 +57,7 @@ def test_shipped_sweeps_cover_the_thesis_grid_the_demo_and_a_threshold_sweep():
     assert all(c.finetune.method in c.selection.methods for c in cfgs)
     demo = sweep_spec.load("params/sweeps/demo.yaml")
     controls = {config.load(demo.base, p).finetune.control for p in demo.points}
-    assert controls == {"none", "no-fine-tune", "random-skip"}
+    assert controls == {"none", "no-fine-tune", "random-skip", "equal-updates"}
     thr = sweep_spec.load("params/sweeps/threshold.yaml")
     absolute = [c for c in (config.load(thr.base, p) for p in thr.points) if c.gating.mode == "absolute"]
     assert len({c.gating.threshold for c in absolute}) >= 5
@@ -149,7 +149,7 @@ def test_shared_models_lists_the_offline_clip_once_and_one_tiny_base_per_seed():
     specs = sweeps.shared_models(sw, sw.points)
     assert specs[0] == ("clip",) and specs.count(("clip",)) == 1
     tiny = [s for s in specs if s[0] == "tiny"]
-    assert sorted(s[3] for s in tiny) == [0, 1] and all(s[1:3] == (32, 300) for s in tiny)
+    assert sorted(s[3] for s in tiny) == [2, 3] and all(s[1:3] == (32, 300) for s in tiny)
     refs = [p for p in sw.points if p.get("generation.kind") in ("real-holdout", "label-shuffled")]
     assert all(s[0] == "clip" for s in sweeps.shared_models(sw, refs))   # no base built for them
 
