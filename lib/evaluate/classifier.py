@@ -163,22 +163,36 @@ def split_validation(y: np.ndarray, fraction: float, seed: int, groups: np.ndarr
     (validation_groups: a patient, or an image with its copies; each image its own group when None).
 
     A group's stratum is its most frequent class (ties: the first class), so a patient with images of both classes
-    falls wholly on one side; of each stratum's groups, in a seeded order, round(fraction x their number) are held
-    out (at least one when it has two or more). With one image per group this is the plain stratified image split."""
+    falls wholly on one side. Each stratum holds out round(fraction x its images) images (at least one when it has
+    two groups or more): its groups in a seeded order, each taken while it fits, so one patient with most of the
+    images stays in training instead of emptying it (then the smallest group, when none fits). With one image per
+    group this is the plain stratified image split."""
     y = np.asarray(y)
     codes, _ = pd.factorize(np.arange(len(y)) if groups is None else np.asarray(groups))   # first-appearance order
     classes = np.unique(y)
     counts = np.zeros((codes.max() + 1 if len(codes) else 0, len(classes)), dtype=np.int64)
     np.add.at(counts, (codes, np.searchsorted(classes, y)), 1)
-    stratum = counts.argmax(axis=1)
+    stratum, size = counts.argmax(axis=1), counts.sum(axis=1)
     rng = np.random.default_rng(seed)
     held = []
     for i in range(len(classes)):
-        g = rng.permutation(np.flatnonzero(stratum == i))
-        k = max(1, int(round(fraction * len(g)))) if len(g) > 1 else 0
-        held.append(g[:k])
-    va = np.isin(codes, np.concatenate(held))
+        order = rng.permutation(np.flatnonzero(stratum == i))
+        held += _fill(order, size, max(1, int(round(fraction * size[order].sum()))) if len(order) > 1 else 0)
+    va = np.isin(codes, held)
     return np.flatnonzero(~va), np.flatnonzero(va)
+
+
+def _fill(order: np.ndarray, size: np.ndarray, target: int) -> list[int]:
+    """The groups, taken in ``order``, that fit into ``target`` images; the smallest one when none fits."""
+    taken, n = [], 0
+    for g in order:
+        if n >= target:
+            break
+        if n + size[g] <= target:
+            taken.append(int(g)); n += int(size[g])
+    if not taken and target > 0:
+        taken.append(int(order[np.argmin(size[order])]))
+    return taken
 
 
 def check_split(groups: np.ndarray | None, train_idx: np.ndarray, val_idx: np.ndarray) -> None:
