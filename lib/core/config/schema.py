@@ -176,7 +176,8 @@ class ClassifierConfig:
     lr_decay: float = 0.1
     lr_patience: int = 1
     patience: int = 3                       # early stopping on validation loss
-    val_fraction: float = 0.15              # carved from the training source of each direction
+    val_fraction: float = 0.15              # carved from the training source of each direction, whole patients to
+    #                                       one side (a synthetic image: its own), stratified by class
     augment: bool = True                    # light: flip, small shift, brightness/contrast
     threshold: float = 0.5                  # score above it -> "Unhealthy" (two classes; k > 2: the largest output)
     n_train_per_class: int = 300            # both directions train on this many per class
