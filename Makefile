@@ -37,11 +37,13 @@ demo: $(STAMP)
 	$(PY) -m lib.runs.report --root runs/demo --sweep params/sweeps/demo.yaml $(foreach s,$(SET),--set $(s)); \
 	exit $$(( rc || $$? ))
 
-# The demo grid over seeds 0-2 (about 1.5x the demo's time); figures in figures/study/.
+# The study: the demo's arms plus random n5 over seeds 2-6 (it reuses the demo's points; about an hour on 2 cores),
+# its comparison table with each MDE, then the planner's trade-off from its own runs; figures in figures/study/.
 study: $(STAMP)
 	$(PY) -m lib.runs.sweeps params/sweeps/study.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s)); rc=$$?; \
-	$(PY) -m lib.runs.report --root runs/demo --sweep params/sweeps/study.yaml $(foreach s,$(SET),--set $(s)); \
-	exit $$(( rc || $$? ))
+	$(PY) -m lib.runs.report --root runs/demo --sweep params/sweeps/study.yaml $(foreach s,$(SET),--set $(s)); rr=$$?; \
+	$(PY) -m lib.analyze.planner --root runs/demo --delta 0.05 --budget-min 60 --figures figures/study; \
+	exit $$(( rc || rr || $$? ))
 
 # One pipeline run, notebooks 01-06: make run PARAMS=params/demo.yaml SET="gating.threshold=0.5 seed=1"
 run: $(STAMP)
