@@ -33,9 +33,15 @@ def logged(tmp_path_factory):
     return tmp, cfg, summary
 
 
+def _run_dir(out, cfg):
+    """tb/<method>_n<size>_<gate>_seed<seed>/model, spelt out so that a renamed folder fails here."""
+    gate = f"_q{cfg.gating.skip_fraction:g}" if cfg.gating.enabled else ""
+    return out / "tb" / f"{cfg.finetune.method}_n{cfg.selection.per_label}{gate}_seed{cfg.seed}" / "model"
+
+
 def test_a_run_logs_loss_gate_scores_skips_and_validation_images(logged):
-    tmp, _, summary = logged
-    ea = _events(tmp / "on/tb/model")
+    tmp, cfg, summary = logged
+    ea = _events(_run_dir(tmp / "on", cfg))
     gates, losses = pd.read_csv(tmp / "on/gating_log.csv"), pd.read_csv(tmp / "on/loss_log.csv")
     assert 0 < summary["skipped"] < 4
     score = _scalars(ea, "gate/score")
@@ -70,6 +76,16 @@ def test_a_resumed_run_logs_each_step_once(logged):
     with pytest.raises(trainer.Interrupted):
         dreambooth.run(cfg, tmp / "resumed", tmp / "runs", progress=False, stop_after=3)   # checkpoint at 2
     dreambooth.run(cfg, tmp / "resumed", tmp / "runs", progress=False)
-    ea = _events(tmp / "resumed/tb/model")
+    ea = _events(_run_dir(tmp / "resumed", cfg))
     assert [s for s, _ in _scalars(ea, "gate/score")] == [0, 1, 2, 3]     # step 2 logged twice, purged once
     assert [e.step for e in ea.Images("validation/no-finding")] == [0, 2, 4]
+
+
+def test_an_ungated_run_is_named_by_method_size_and_seed_and_draws_no_gate_lines(logged):
+    tmp, _, _ = logged
+    cfg = tiny_cfg(tmp, **{**GATED, "gating.enabled": False, "seed": 3})
+    fake_stage02(cfg, tmp / "runs", tmp)
+    dreambooth.run(cfg, tmp / "ungated", tmp / "runs", progress=False)
+    assert [p.name for p in (tmp / "ungated/tb").iterdir()] == [f"{cfg.finetune.method}_n{cfg.selection.per_label}_seed3"]
+    tags = _events(_run_dir(tmp / "ungated", cfg)).Tags()["scalars"]
+    assert "train/loss" in tags and not [t for t in tags if t.startswith("gate/")]

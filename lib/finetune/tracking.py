@@ -1,10 +1,13 @@
 """Live training logs of stage 03 through accelerate's trackers (TensorBoard).
 
-Each model of a stage-03 run logs into ``<stage 03 folder>/tb/<model>/`` (``model``, or ``model_<label>``
-for the per-label layout): ``train/loss``, ``train/loss_prior`` and ``train/lr`` per trained batch,
-``gate/score``, ``gate/threshold``, ``gate/skipped`` and ``gate/skip_rate`` (running) per batch, and the
-validation images per label (``validation/<label>``). ``make board`` opens TensorBoard on runs/, which finds
-every stage folder's tb/. The folder lies beside the CSV logs it mirrors, so a run's logs stay with its
+Each model of a stage-03 run logs into ``<stage 03 folder>/tb/<run id>/<model>/``: the run id is the one
+the runner names the run by (method, tuning size, gate, control, seed: ``spectral-clip_n100_thr0.875_seed2``),
+so TensorBoard's run list tells the runs apart without their stage hashes; ``<model>`` is ``model``, or
+``model_<label>`` for the per-label layout. It holds ``train/loss``, ``train/loss_prior`` and ``train/lr`` per
+trained batch, the validation images per label (``validation/<label>``), and, only for a run that can skip
+(gated, or the random-skip control), ``gate/skipped`` and ``gate/skip_rate`` (running) per batch, with
+``gate/score`` and ``gate/threshold`` for the gated run (an ungated run would only draw flat zero lines).
+``make board`` opens TensorBoard on runs/, which finds every stage folder's tb/. The folder lies beside the CSV logs it mirrors, so a run's logs stay with its
 parameters; stage fingerprints read only CSV/JSON files directly in the stage folder, so tb/ changes none.
 
 Logging draws no random numbers and touches no tensor the training reads, so it changes no result
@@ -27,21 +30,37 @@ def accelerator_kwargs(cfg, out_dir) -> dict:
     return {"log_with": "tensorboard", "project_dir": str(Path(out_dir) / "tb")}
 
 
-class Board:
-    """One model's TensorBoard run on an Accelerator built with ``accelerator_kwargs``."""
+def run_name(cfg, model: str) -> str:
+    """The tracker's run folder under tb/: ``<run id>/<model>``, the run id as the runner names the run."""
+    from ..runs.runner import run_id   # here, not at the top: the runner imports the whole pipeline
 
-    def __init__(self, accelerator, name: str, start_step: int, enabled: bool):
+    return f"{run_id(cfg)}/{model}"
+
+
+def skips(cfg) -> bool:
+    """Whether the run can skip batches (the gate, or the random-skip control), so has gate lines to draw."""
+    return (cfg.gating.enabled and cfg.finetune.control == "none") or cfg.finetune.control == "random-skip"
+
+
+class Board:
+    """One model's TensorBoard run on an Accelerator built with ``accelerator_kwargs``. With ``cfg``, the run
+    is named by ``run_name`` and keeps gate scalars only if ``skips``; without, it is named ``name``."""
+
+    def __init__(self, accelerator, name: str, start_step: int, enabled: bool, cfg=None):
         self.acc, self.on = accelerator, bool(enabled)
+        self.gated = cfg is None or skips(cfg)
         if self.on:
             # purge_step: a resumed run drops what the killed one logged after its checkpoint
             kwargs = {"purge_step": start_step} if start_step > 0 else {}
-            self.acc.init_trackers(name, init_kwargs={"tensorboard": kwargs})
+            self.acc.init_trackers(run_name(cfg, name) if cfg is not None else name,
+                                   init_kwargs={"tensorboard": kwargs})
 
     def scalars(self, values: dict, step: int) -> None:
         """Finite numbers only (the quantile rule's threshold is NaN during its warm-up)."""
         if not self.on:
             return
-        clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+        clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))
+                 and (self.gated or not k.startswith("gate/"))}
         if clean:
             self.acc.log(clean, step=step)
 

@@ -334,7 +334,7 @@ class Trainer:
         ckpt = checkpoints.to_resume(self.ckpt_root, resume, resume_from)
         if ckpt is not None:
             checkpoints.load(self, ckpt)
-        self.board = tracking.Board(self.acc, self.name, self.step, self.ft.tensorboard)
+        self.board = tracking.Board(self.acc, self.name, self.step, self.ft.tensorboard, cfg=self.cfg)
         try:
             return self._loop(oracle, dry_gate, stop_after)
         finally:
