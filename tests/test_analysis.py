@@ -132,7 +132,7 @@ def test_analysis_figures_are_written_and_reproducible(runs_root, tmp_path):
     df = collection.collect(runs_root)
     s = aggregate.summary(df, n_boot=30)
     logs = upstream.gating_logs(df)
-    assert set(logs) == {"active-gating", "random-skip"} and {"step", "skipped"} <= set(logs["random-skip"])
+    assert set(logs) == {"active-gating seed 0", "random-skip seed 0"} and {"step", "skipped"} <= set(logs["random-skip seed 0"])
     samples = upstream.sample_paths(df, per_label=2)
     assert set(samples) == {"random", "spectral-clip", "active-gating", "random-skip"}
     for out in ("one", "two"):
@@ -487,3 +487,46 @@ def test_reported_development_seeds_are_warned_about_and_change_no_key(records):
     assert all(stages.key(a, s) == stages.key(b, s) for s in stages.ORDER)
     with pytest.raises(config.ParamError, match="development_seeds"):
         config.load("params/smoke.yaml", {"development_seeds": [-1]})
+
+
+def test_references_are_their_own_group_in_fter_by_method_and_the_tgap_legend_counts_come_from_the_data():
+    """Issue 25: references were bars at tuning size 0 beside the methods, and the T-Gap legend read
+    "real-holdout (n=0)"."""
+    from lib.viz import analysis as viz
+
+    s = pd.DataFrame({"method": ["random", "spectral-clip", "spectral-clip", "real-holdout", "collapsed"],
+                      "setting": ["", "", "", "", ""], "tuning_size": [100, 50, 100, 0, 0],
+                      "fter_pooled": [0.8, 0.7, 0.9, 1.0, 0.6], "fter_ci_low": [0.7] * 5, "fter_ci_high": [1.1] * 5})
+    bars = viz.fter_bars(s)
+    assert list(bars["group"]) == ["diffusion"] * 3 + ["reference"] * 2
+    assert list(bars["label"]) == ["random, n=100", "spectral-clip, n=50", "spectral-clip, n=100",
+                                   "real-holdout", "collapsed"]
+    assert list(bars["x"]) == [0, 1, 2, 4, 5]                   # one empty slot between the groups
+    labels = [viz.point_label(r) for _, r in s.iterrows()]
+    assert labels[0] == "random (n=100 per label)" and labels[3] == "real-holdout"   # no "n=0"
+
+
+def test_the_fid_axis_is_logarithmic_when_the_fids_span_more_than_ten_times():
+    from lib.viz import analysis as viz
+
+    assert viz.fid_scale([0.3, 0.7, 3.4, 17.0, 40.0]) == "log"       # the old demo's spread: 9 of 11 under 6
+    assert viz.fid_scale([12.0, 20.0, 40.0, float("nan")]) == "linear"
+
+
+def test_gating_logs_name_every_seed(runs_root):
+    standins.fake_study(runs_root, seeds=(0, 1))
+    logs = upstream.gating_logs(collection.collect(runs_root))
+    assert list(logs) == ["active-gating seed 0", "random-skip seed 0", "active-gating seed 1", "random-skip seed 1"]
+
+
+def test_a_failing_calibration_check_is_flagged_in_its_panel():
+    import matplotlib.pyplot as plt
+    from lib.viz import calibration_checks
+
+    null = {"null": {0: np.full(10, 0.5), 1: np.full(10, 0.52)}, "null_low": 0.49, "null_high": 0.53,
+            "draws": 20, "value": 0.6, "seeds": 2, "holds": False}
+    fig, (bad, good) = plt.subplots(1, 2)
+    calibration_checks.null_panel(bad, null)
+    calibration_checks.null_panel(good, {**null, "value": 0.51, "holds": True})
+    assert bad.get_title().endswith("FAILS") and not good.get_title().endswith("FAILS")
+    plt.close(fig)

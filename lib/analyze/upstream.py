@@ -20,12 +20,14 @@ def upstream_dir(row: pd.Series, stage: str) -> Path:
 
 
 def gating_logs(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Stage 03's gating_log.csv (step, score, threshold, skipped, seconds) of the first seed of each
-    gated run and random-skip control, keyed by method (and setting); the equal-updates control skips nothing,
-    so it has no trace to show (its updates stand beside the gating comparisons, training_cost)."""
+    """Stage 03's gating_log.csv (step, score, threshold, skipped, seconds) of every seed of each gated run and
+    random-skip control, keyed "<method>[ <setting>] seed <seed>" in seed order; the equal-updates control skips
+    nothing, so it has no trace to show (its updates stand beside the gating comparisons, training_cost)."""
     out = {}
-    for _, r in df[(df["gating"].astype(bool)) | (df["control"] == "random-skip")].iterrows():
+    runs = df[(df["gating"].astype(bool)) | (df["control"] == "random-skip")]
+    for _, r in runs.sort_values("seed", kind="stable").iterrows():
         name = r["method"] + (f" {r['setting']}" if r["setting"] and df["setting"].nunique() > 2 else "")
+        name += f" seed {int(r['seed'])}"
         f = upstream_dir(r, "03_dreambooth") / "gating_log.csv"
         if name not in out and f.exists():
             out[name] = pd.read_csv(f)

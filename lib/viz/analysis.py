@@ -17,9 +17,21 @@ def _sizes(s: pd.DataFrame) -> dict:
     return {n: style.SIZE_MARKERS[i % len(style.SIZE_MARKERS)] for i, n in enumerate(sorted(s["tuning_size"].unique()))}
 
 
+def is_reference(s: pd.DataFrame) -> pd.Series:
+    """Rows of reference generators (no tuning set: their tuning size is 0, never a size to compare)."""
+    return s["method"].isin(style.REFERENCES) | (s["tuning_size"] == 0)
+
+
+def point_label(r: pd.Series, with_size: bool = True) -> str:
+    """A summary row as a legend names it: method, setting, and the tuning size of a diffusion method only."""
+    size = f" (n={r['tuning_size']} per label)" if with_size and r["tuning_size"] else ""
+    return f"{r['method']}{' ' + r['setting'] if r['setting'] else ''}{size}"
+
+
 def tgap_plane(s: pd.DataFrame, figures_dir=None, name: str = "06_tgap_plane", iso=(0.6, 0.7, 0.8, 0.9, 1.1)):
     """x = AUROC(train real -> test synthetic), y = AUROC(train synthetic -> test real); one point per method
-    and tuning size with 95% bootstrap CIs; FTER = y / x, so FTER = 1 is the diagonal."""
+    and tuning size with 95% two-level bootstrap CIs (seeds, then test images); FTER = y / x, so FTER = 1 is the
+    diagonal. Diffusion methods are filled, one marker per tuning size; references are hollow diamonds."""
     fig, ax = style.figure(0.62, 1.0)
     lo = 0.4 if s.empty else max(0.0, min(0.4, np.nanmin(s[["auroc_a_ci_low", "auroc_b_ci_low"]].to_numpy()) - 0.05))
     x = np.array([lo, 1.0])
@@ -29,70 +41,104 @@ def tgap_plane(s: pd.DataFrame, figures_dir=None, name: str = "06_tgap_plane", i
         ax.plot(x, f * x, color="0.75", lw=0.6, ls="--", zorder=0)
         xe = min(1.0, 1.0 / f)
         ax.text(xe, f * xe, f"{f:g}", fontsize=5.5, color="0.5", ha="left", va="bottom")
-    markers = _sizes(s)
-    for _, r in s.iterrows():
+    ref = is_reference(s) if len(s) else pd.Series(dtype=bool)
+    markers = _sizes(s[~ref]) if len(s) else {}
+    several = len(markers) > 1
+    for (_, r), is_ref in zip(s.iterrows(), ref):
         xerr = [[r["auroc_b_mean"] - r["auroc_b_ci_low"]], [r["auroc_b_ci_high"] - r["auroc_b_mean"]]]
         yerr = [[r["auroc_a_mean"] - r["auroc_a_ci_low"]], [r["auroc_a_ci_high"] - r["auroc_a_mean"]]]
-        ax.errorbar(r["auroc_b_mean"], r["auroc_a_mean"], xerr=xerr, yerr=yerr, fmt=markers[r["tuning_size"]],
-                    color=style.color(r["method"]), ms=4, lw=0.8, capsize=1.5, zorder=3,
-                    label=f"{r['method']}{' ' + r['setting'] if r['setting'] else ''} (n={r['tuning_size']})")
+        c = style.color(r["method"])
+        ax.errorbar(r["auroc_b_mean"], r["auroc_a_mean"], xerr=xerr, yerr=yerr,
+                    fmt="D" if is_ref else markers[r["tuning_size"]], color=c, ms=4, lw=0.8, capsize=1.5,
+                    mfc="white" if is_ref else c, zorder=3, label=point_label(r, several) + (" [ref.]" if is_ref else ""))
     if s.empty:
         _empty(ax)
     ax.set(xlim=(lo, 1.0), ylim=(lo, 1.0), aspect="equal",
            xlabel="AUROC, train real → test synthetic (b)", ylabel="AUROC, train synthetic → test real (a)")
     if len(s):
-        ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        key = "filled: diffusion methods" + (" (marker = tuning size)" if several else
+                                             "".join(f", n={n} per label" for n in markers)) + \
+              "; hollow ◇: reference generators [ref.]\nbars: 95% CI, two-level bootstrap (seeds, then test images)"
+        ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0), title=key,
+                  title_fontsize=5, alignment="left")
     if figures_dir is not None:       # the explorer redraws without writing files
         style.save(fig, name, figures_dir)
     return fig
 
 
+def fter_bars(s: pd.DataFrame) -> pd.DataFrame:
+    """One bar per summary row: diffusion methods first, by tuning size within a method, then a gap and the
+    reference generators as their own group (they have no tuning size). Columns: group, label, x, and the row's
+    fter_pooled / fter_ci_low / fter_ci_high / method."""
+    if s.empty:
+        return pd.DataFrame(columns=["group", "label", "x", "method", "fter_pooled", "fter_ci_low", "fter_ci_high"])
+    ref = is_reference(s)
+    rows = []
+    for group, part in (("diffusion", s[~ref]), ("reference", s[ref])):
+        for _, r in part.iterrows():
+            label = f"{r['method']}{' ' + r['setting'] if r['setting'] else ''}"
+            rows.append({"group": group, "label": label + (f", n={r['tuning_size']}" if group == "diffusion" else ""),
+                         **{k: r[k] for k in ("method", "fter_pooled", "fter_ci_low", "fter_ci_high")}})
+    out = pd.DataFrame(rows)
+    gap = (out["group"] == "reference").cumsum().clip(upper=1)        # one empty slot before the references
+    out["x"] = np.arange(len(out)) + gap * (out["group"] == "diffusion").any()
+    return out
+
+
 def fter_by_method(s: pd.DataFrame, figures_dir, name: str = "06_fter_by_method"):
-    """FTER (seed mean, 95% bootstrap CI) per method, one bar per tuning size; FTER = 1 marked."""
-    fig, ax = style.figure(0.8, 0.5)
-    labels = [f"{m}\n{st}" if st else m for m, st in zip(s["method"], s["setting"])]
-    groups = list(dict.fromkeys(labels))
-    sizes = sorted(s["tuning_size"].unique())
-    width = 0.8 / max(1, len(sizes))
-    for j, n in enumerate(sizes):
-        for lab, (_, r) in zip(labels, s.iterrows()):
-            if r["tuning_size"] != n:
-                continue
-            i = groups.index(lab)
-            err = [[r["fter_pooled"] - r["fter_ci_low"]], [r["fter_ci_high"] - r["fter_pooled"]]]
-            ax.bar(i + (j - (len(sizes) - 1) / 2) * width, r["fter_pooled"], width * 0.92, yerr=err,
-                   color=style.color(r["method"]), alpha=1.0 if j == len(sizes) - 1 else 0.55,
-                   error_kw={"lw": 0.8, "capsize": 1.5}, label=f"{n} per label" if i == 0 else None)
+    """FTER (pooled seed mean, 95% two-level bootstrap CI: seeds, then test images), one bar per method and tuning
+    size, the references in their own group at the right; FTER = 1 marked."""
+    fig, ax = style.figure(0.8, 0.55)
+    bars = fter_bars(s)
+    for _, r in bars.iterrows():
+        ref = r["group"] == "reference"
+        ax.bar(r["x"], r["fter_pooled"], 0.7, color="white" if ref else style.color(r["method"]),
+               edgecolor=style.color(r["method"]), lw=1.0,
+               yerr=[[r["fter_pooled"] - r["fter_ci_low"]], [r["fter_ci_high"] - r["fter_pooled"]]],
+               error_kw={"lw": 0.8, "capsize": 1.5})
     ax.axhline(1.0, color="0.2", lw=0.8)
-    ax.set_xticks(range(len(groups)), groups, fontsize=6)
+    ax.set_xticks(bars["x"], bars["label"], fontsize=6, rotation=35, ha="right", rotation_mode="anchor")
+    for group, part in bars.groupby("group", sort=False):
+        ax.text(part["x"].mean(), 1.01, "reference generators (no tuning set)" if group == "reference"
+                else "diffusion methods", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=6)
     ax.set_ylabel("FTER = AUROC(a) / AUROC(b)")
+    ax.set_title("bars: pooled seed mean; whiskers: 95% CI, two-level bootstrap (seeds, then test images)",
+                 fontsize=6, loc="left", pad=12)
     if s.empty:
         _empty(ax)
-    elif len(sizes) > 1:
-        ax.legend(fontsize=6, frameon=False)
     style.save(fig, name, figures_dir)
     return fig
 
 
 def gating_traces(logs: dict[str, pd.DataFrame], figures_dir, name: str = "06_gating_traces"):
-    """Left: gate similarity per step against the threshold. Right: cumulative skip rate, gated runs
-    beside the random-skip control that skips at the same rate without looking."""
-    fig, (ax1, ax2) = style.figure(1.0, 0.36, ncols=2)
+    """Left: gate similarity per step against the threshold (black dashes; quantile mode: it rolls). Right:
+    cumulative skip rate, gated runs beside the random-skip control that skips at the same rate without looking.
+    Every seed is drawn and named (``logs``: lib.analyze.upstream.gating_logs); no intervals, single runs."""
+    fig, (ax1, ax2) = style.figure(1.0, 0.4, ncols=2)
+    seen = {}
+    thresholds = set()
     for label, log in logs.items():
         method = label.split()[0]
-        c = style.color(method)
+        k = seen[method] = seen.get(method, -1) + 1          # a method's seeds: solid, dashed, dotted, ...
+        c, ls = style.color(method), ("-", "--", ":", "-.")[k % 4]
         if method != "random-skip" and "score" in log and log["score"].notna().any():
-            ax1.plot(log["step"], log["score"], lw=0.7, color=c, label=label)
-            if "threshold" in log and log["threshold"].notna().any():   # quantile mode: it rolls
-                ax1.step(log["step"], log["threshold"], where="post", color=c, lw=0.6, ls=":")
+            ax1.plot(log["step"], log["score"], lw=0.6, color=c, ls=ls, alpha=0.8, label=label)
+            if "threshold" in log and log["threshold"].notna().any():
+                th = log["threshold"]
+                if th.nunique() == 1:
+                    thresholds.add(float(th.iloc[0]))
+                else:
+                    ax1.step(log["step"], th, where="post", color="black", lw=1.0, ls=(0, (4, 2)), zorder=4)
         skipped = log["skipped"].astype(float)
-        ax2.plot(log["step"], skipped.cumsum() / np.arange(1, len(log) + 1), lw=0.9, color=c, label=label,
-                 ls="--" if method == "random-skip" else "-")
+        ax2.plot(log["step"], skipped.cumsum() / np.arange(1, len(log) + 1), lw=0.9, color=c, ls=ls, label=label)
+    for th in sorted(thresholds):
+        ax1.axhline(th, color="black", lw=1.2, ls=(0, (4, 2)), zorder=4, label=f"threshold {th:g}")
     fig.subplots_adjust(wspace=0.35)
     ax1.set(xlabel="training step", ylabel="gate similarity (CLIP cosine)")
     ax2.set(xlabel="training step", ylabel="cumulative skip rate", ylim=(-0.02, 1.02))
     if logs:
-        ax2.legend(fontsize=6, frameon=False)
+        ax1.legend(fontsize=5, frameon=True, framealpha=0.85, edgecolor="none", loc="lower right")
+        ax2.legend(fontsize=5, frameon=False, loc="upper right")
     else:
         _empty(ax1, "no gated run among the results")
     style.save(fig, name, figures_dir)
@@ -130,6 +176,14 @@ def sample_montage(samples: dict[str, dict[str, list[str]]], size: int, figures_
     return fig
 
 
+def _pick(w, s: pd.DataFrame, col: str, desc: str, label):
+    """A multiple choice over a column's values, all selected, each named for a reader: the references'
+    tuning size 0 and an ungated run's empty setting would otherwise show as '0' and a blank line."""
+    values = sorted(s[col].unique(), key=str)
+    return w.SelectMultiple(options=[(label(v), v) for v in values], value=tuple(values), description=desc,
+                            rows=min(6, len(values)))
+
+
 def explorer(s: pd.DataFrame, enabled: bool = True):
     """Pick methods, tuning sizes and gating settings; the FTER table and the T-Gap plane follow.
 
@@ -146,10 +200,9 @@ def explorer(s: pd.DataFrame, enabled: bool = True):
     if not enabled or get_ipython() is None or getattr(get_ipython(), "kernel", None) is None or s.empty:
         print("explorer off (no live kernel, disabled, or no results)")
         return None
-    pick = lambda col, desc: w.SelectMultiple(options=sorted(s[col].unique(), key=str),  # noqa: E731
-                                              value=tuple(sorted(s[col].unique(), key=str)), description=desc,
-                                              rows=min(6, s[col].nunique()))
-    methods, sizes, settings = pick("method", "methods"), pick("tuning_size", "sizes"), pick("setting", "thresholds")
+    methods = _pick(w, s, "method", "methods", str)
+    sizes = _pick(w, s, "tuning_size", "sizes", lambda n: "reference (none)" if n == 0 else f"{n} per label")
+    settings = _pick(w, s, "setting", "settings", lambda st: st or "ungated")
     out = w.Output()
 
     def redraw(*_):
@@ -193,10 +246,12 @@ def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration", null
                        capsize=1.2, color=style.color(r["method"]), label=r["method"])
     plane.axhline(0.5, color="0.6", lw=0.6, ls=":")
     if floor is not None:
-        line = plane.axhline(floor["value"], color=calibration_checks.FLOOR_COLOR, lw=0.8, ls="-.",
-                             label=calibration_checks.floor_label(floor))
-        plane.legend(handles=[line], fontsize=4.5, frameon=False, loc="lower right")
+        plane.axhline(floor["value"], color=calibration_checks.FLOOR_COLOR, lw=0.8, ls="-.",
+                      label=f"view-only floor {floor['value']:.2f}")
     plane.set(xlim=(0.3, 1), ylim=(0.3, 1), aspect="equal")
+    if len(ref):     # the references by colour, and the floor line (its full wording is in the panel below)
+        plane.legend(fontsize=3.8, loc="upper left", frameon=False, handlelength=0.8, handletextpad=0.3,
+                     markerscale=0.6, borderpad=0.1, labelspacing=0.15, borderaxespad=0.2)
     plane.set_xlabel("AUROC (b): train real, test syn.", fontsize=6)
     plane.set_ylabel("AUROC (a): train syn., test real", fontsize=6)
     plane.tick_params(labelsize=5.5)
@@ -208,17 +263,28 @@ def calibration(s: pd.DataFrame, figures_dir, name: str = "06_calibration", null
             if np.isfinite(v):
                 ax.errorbar(v, y, xerr=[[v - lo], [hi - v]], fmt="o", ms=3, lw=0.7, capsize=1.2,
                             color=style.color(r["method"]))
-            else:
-                ax.text(ref_line, y, "undefined", fontsize=5, ha="center", va="center", color="0.4")
+            else:     # inside the row, clear of the axis line and the ticks
+                ax.annotate("undefined", (0.03, y), xycoords=("axes fraction", "data"), fontsize=5, ha="left",
+                            va="center", color="0.4", style="italic")
         ax.axvline(ref_line, color="0.4", lw=0.6, ls="--")
+        ax.set_ylim(-0.7, len(ref) - 0.3)
         ax.set_yticks(ys, list(ref["method"]) if j == 0 else [""] * len(ys), fontsize=5.5)
         ax.set_title(cal.METRICS[metric], fontsize=7)
         ax.tick_params(labelsize=5.5)
     if ref.empty:
         _empty(plane, "no reference generators among the results")
     calibration_checks.draw(fig, outer[1, :], s, null, floor)
+    fig.text(0.01, 0.995, "top: pooled seed means with 95% CIs, two-level bootstrap (seeds, then test images); "
+             "bottom: the checks as judged (permutation null; t-interval over seeds)", fontsize=5.5, va="top")
     style.save(fig, name, figures_dir)
     return fig
+
+
+def fid_scale(values) -> str:
+    """"log" when the positive FIDs span more than 10x (a linear axis piles the close ones up), else "linear"."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return "log" if len(v) > 1 and v.max() / v.min() > 10 else "linear"
 
 
 def fidelity_vs_trainability(s: pd.DataFrame, figures_dir=None, name: str = "06_fidelity_vs_trainability"):
@@ -258,10 +324,15 @@ def fidelity_vs_trainability(s: pd.DataFrame, figures_dir=None, name: str = "06_
             ax.text(0.02, 0.02, "undefined: " + ", ".join(undefined), transform=ax.transAxes, fontsize=5,
                     color="0.4", va="bottom", wrap=True)
         kinds = sorted(set(s["fidelity_extractor"]) - {""}) if "fidelity_extractor" in s else []
-        ax.set_xlabel("FID" + (f" ({', '.join(kinds)} features)" if kinds else ""), fontsize=7)
+        scale = fid_scale(s["fidelity.fid_pooled"]) if "fidelity.fid_pooled" in s else "linear"
+        ax.set_xscale(scale)
+        ax.set_xlabel("FID" + (f" ({', '.join(kinds)} features)" if kinds else "") +
+                      (", log scale" if scale == "log" else ""), fontsize=7)
         ax.set_ylabel(label, fontsize=7)
         ax.tick_params(labelsize=6)
     fig.subplots_adjust(wspace=0.32)
+    fig.text(0.01, 0.995, "pooled seed means; bars: 95% CIs, two-level bootstrap (seeds, then test images)",
+             fontsize=5.5, va="top")
     if s.empty or "fidelity.fid_pooled" not in s or not np.isfinite(s["fidelity.fid_pooled"].astype(float)).any():
         _empty(axes[0], "no fidelity metrics among the results")
     else:

@@ -17,6 +17,15 @@ def _verdict(holds) -> str:
 
 
 FLOOR_COLOR = "0.25"
+FAIL_COLOR = "#c0392b"
+
+
+def flag(ax, holds) -> None:
+    """A check that fails is flagged in its panel: the title says FAILS and the frame turns red."""
+    if holds is False:
+        ax.set_title(ax.get_title() + ": FAILS", fontsize=7, color=FAIL_COLOR, fontweight="bold")
+        for spine in ax.spines.values():
+            spine.set(visible=True, color=FAIL_COLOR, lw=1.2)
 
 
 def floor_label(floor: dict) -> str:
@@ -43,6 +52,7 @@ def null_panel(ax, null: dict | None, floor: dict | None = None) -> None:
     ax.set_xlabel("AUROC (a)", fontsize=6)
     ax.set_yticks([])
     ax.legend(fontsize=5, frameon=False, loc="upper left")
+    flag(ax, null["holds"])
 
 
 def holdout_panel(ax, s: pd.DataFrame) -> None:
@@ -63,7 +73,9 @@ def holdout_panel(ax, s: pd.DataFrame) -> None:
         text = f"{v:.2f} [{lo:.2f}, {hi:.2f}], {n} seeds: {_verdict(bool(lo <= 1 <= hi))}" if judged else \
             f"{v:.2f}, {n} seed(s): not judged (3 needed)"
         ax.annotate(text, (0.02, y), xycoords=("axes fraction", "data"), xytext=(0, 6), textcoords="offset points",
-                    fontsize=5)
+                    fontsize=5, color=FAIL_COLOR if judged and not lo <= 1 <= hi else "black")
+        if judged:
+            flag(ax, bool(lo <= 1 <= hi))
     ax.set_yticks([])
     ax.set_ylim(-0.8, max(len(rows), 1) - 0.2)
     ax.set_xlabel("TR (must contain 1)", fontsize=6)
