@@ -305,7 +305,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         return f"{k * r[m]:{f}} [{k * r[m + '_ci_low']:{f}}, {k * r[m + '_ci_high']:{f}}]"
 
     return pd.DataFrame({"source (train)": table["source"], "target (test)": table["target"],
-                         "within set": np.where(table["diagonal"], "yes (upper bound)", ""),
+                         "within set": np.where(table["diagonal"], "yes (own set; not a bound)", ""),
                          "n train": table["n_train"], "n test": table["n_test"],
                          "left out (tuned on)": table["n_excluded"] if "n_excluded" in table else 0,
                          "AUROC [95% CI]": [cell(r, "auroc") for _, r in table.iterrows()],
