@@ -70,6 +70,13 @@ def color(method: str):
     return METHOD_COLORS.get(method, (0.5, 0.5, 0.5))
 
 
+def ink(rgba) -> str:
+    """Black or white, whichever contrasts more with a cell of colour ``rgba`` (WCAG relative luminance:
+    black above 0.179), so numbers printed on heat maps stay readable on dark and light cells alike."""
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in matplotlib.colors.to_rgb(rgba)]
+    return "black" if 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2] > 0.179 else "white"
+
+
 def label_color(name: str, i: int | None = None):
     """A class's colour: the thesis's for its two classes, else the i-th of CLASS_PALETTE (cycling). Without
     ``i`` the name picks one, the same in every figure (a checksum: Python's hash varies per process)."""

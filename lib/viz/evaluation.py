@@ -63,6 +63,23 @@ def _roc(y, s):
     return fpr, tpr
 
 
+def _confusion(ax, row: dict, k: str) -> None:
+    """Direction k's confusion matrix, each count in the ink its cell's shade needs to be read."""
+    classes = _classes(row)
+    cm = np.array([[row[f"{k}_cm[{t}->{q}]"] for q in classes] for t in classes])
+    im = ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7 if len(classes) < 5 else 5,
+                color=style.ink(im.cmap(im.norm(v))))
+    short = _short(classes)
+    ax.set_xticks(range(len(classes)), short); ax.set_yticks(range(len(classes)), short)
+    if len(classes) > 2:
+        ax.tick_params(labelsize=6)
+        ax.tick_params(axis="x", labelrotation=45)
+    ax.set_xlabel("predicted")
+    ax.set_title(f"({k})" + (" collapsed" if row[f"{k}_collapsed"] else ""), fontsize=8)
+
+
 def roc_and_confusion(pred_a: pd.DataFrame, pred_b: pd.DataFrame, row: dict, figures_dir,
                       name: str = "05_roc_confusion"):
     fig, axes = style.figure(1.0, 0.32, ncols=3, gridspec_kw={"width_ratios": [1.3, 1, 1]})
@@ -82,18 +99,9 @@ def roc_and_confusion(pred_a: pd.DataFrame, pred_b: pd.DataFrame, row: dict, fig
     axes[0].set_xlabel("false positive rate"); axes[0].set_ylabel("true positive rate")
     axes[0].legend(frameon=False, fontsize=6)
     for ax, k in zip(axes[1:], "ab"):
-        classes = _classes(row)
-        cm = np.array([[row[f"{k}_cm[{t}->{q}]"] for q in classes] for t in classes])
-        ax.imshow(cm, cmap="Blues")
-        for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7 if len(classes) < 5 else 5)
-        short = _short(classes)
-        ax.set_xticks(range(len(classes)), short); ax.set_yticks(range(len(classes)), short)
-        if len(classes) > 2:
-            ax.tick_params(labelsize=6)
-            ax.tick_params(axis="x", labelrotation=45)
-        ax.set_xlabel("predicted"); ax.set_ylabel("true"); ax.set_title(f"({k})" + (" collapsed" if row[f"{k}_collapsed"] else ""),
-                                                                         fontsize=8)
+        _confusion(ax, row, k)
+    axes[1].set_ylabel("true")
+    axes[2].set_yticks(axes[1].get_yticks(), [])    # (b) has (a)'s classes: its own labels would overlap (a)
     style.save(fig, name, figures_dir)
     return fig
 
