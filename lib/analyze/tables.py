@@ -227,3 +227,22 @@ def to_latex(t: pd.DataFrame, caption: str) -> str:
     lines += [" & ".join([esc(i)] + [esc(v) for v in row]) + r" \\" for i, row in zip(t.index, t.to_numpy())]
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(caption)}}}", r"\end{table}", ""]
     return "\n".join(lines)
+
+
+def all_tables(records: pd.DataFrame, pairs: list[dict] | None = None, n_boot: int = 200, null: dict | None = None,
+               floor: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Every table of the FTER analysis by one procedure, so the console report (lib.runs.report) and notebook 06
+    print the same intervals and p-values for the same records: the seed summary (``n_boot`` two-level bootstrap
+    replicates; notebook 06's default) with the tuning-only baseline, the matrix, the paired comparisons (with a
+    sweep file's named ``pairs``, Holm across all rows), the calibration checks (``null``, ``floor``: as
+    lib.analyze.calibration's permutation_null and view_floor give them) and orderings, the fidelity table and
+    the variance components. Keys: summary, matrix, compared (numbers), comparisons (printed form),
+    calibration_checks, calibration_orderings, fidelity, variance."""
+    from . import aggregate, calibration, comparisons, tuning_only, variance   # heavy, and only needed here
+
+    summary = tuning_only.add(aggregate.summary(records, n_boot), tuning_only.per_run(records))
+    compared = comparisons.compare(records, pairs=pairs)
+    return {"summary": summary, "matrix": fter_table(summary), "compared": compared,
+            "comparisons": comparisons.table(compared), "calibration_checks": calibration.checks(summary, null, floor),
+            "calibration_orderings": calibration.orderings(summary), "fidelity": fidelity_table(summary),
+            "variance": variance.from_records(records)}

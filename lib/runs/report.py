@@ -13,8 +13,7 @@ import sys
 
 import pandas as pd
 
-from ..analyze import aggregate, agreement, calibration, collection, comparisons, recompute, tables, variance
-from ..analyze import tuning_only
+from ..analyze import agreement, calibration, collection, recompute, tables
 from ..core import config, overrides, paths, stages
 from . import sweep_spec, sweeps
 
@@ -34,38 +33,39 @@ def sweep_runs(sweep_file, sets: list[str] | None, runs_root) -> tuple[list | No
     return [r.directory for r in finished], sw.figures_dir
 
 
-def print_tables(df: pd.DataFrame, pairs: list[dict] | None = None) -> None:
+def print_tables(df: pd.DataFrame, pairs: list[dict] | None = None, n_boot: int = 200) -> dict[str, pd.DataFrame]:
     """The matrix, the ratios explained, the comparisons (with a sweep file's named ``pairs``), the calibration
-    checks and the fidelity table."""
-    s = tuning_only.add(aggregate.summary(df), tuning_only.per_run(df))   # trains the tuning-only baselines not cached
+    checks and the fidelity table, all from lib.analyze.tables.all_tables (the procedure notebook 06 uses, at its
+    default ``n_boot``), so both print the same numbers. Returns the tables printed."""
+    t = tables.all_tables(df, pairs, n_boot, calibration.permutation_null(df), calibration.view_floor(df))
+    s = t["summary"]
     print(f"\nThe trainability matrix ({len(df)} runs; seed means with 95% t-intervals over seeds, none below 3 "
           "seeds; a = train synthetic, test real; b = train real, test synthetic; tuning-only: the same classifier "
           "trained on the run's own tuning set, generator gain = TR - TR tuning-only)")
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 200):
-        print(tables.fter_table(s).to_string(index=False))
+        print(t["matrix"].to_string(index=False))
         print("\n" + tables.explain_ratios(s))
         print("\nPaired comparisons (per-seed differences on shared test sets; t-interval, minimum detectable "
               "effect at 80% power and paired t-test over seeds, Holm across the table; DeLong within seed):")
-        compared = comparisons.compare(df, pairs=pairs)       # with the sweep file's named pairs
-        print(comparisons.table(compared).to_string(index=False))
-        checks = calibration.checks(s, calibration.permutation_null(df), calibration.view_floor(df))   # null: cached draws
+        print(t["comparisons"].to_string(index=False))
+        checks = t["calibration_checks"]
         if not checks.empty:
             print("\nCalibration on reference generators (must hold by construction):")
             print(checks.drop(columns="why").to_string(index=False))
             for why in checks.loc[checks["holds"].isna(), "why"]:
                 print(f"  {why}")
-            print(calibration.orderings(s).to_string(index=False))
-        fid = tables.fidelity_table(s)
+            print(t["calibration_orderings"].to_string(index=False))
+        fid = t["fidelity"]
         if len(fid) and (fid.iloc[:, 4:] != "–").any().any():
             print("\nFidelity, diversity and memorization (seed means with two-level 95% CIs; stage 05, "
                   "lib/evaluate/fidelity.py):")
             print(fid.to_string(index=False))
             print("\n" + agreement.fidelity_agreement(s))
-        components = variance.from_records(df)
-        if len(components):
+        if len(t["variance"]):
             print("\nVariance components of AUROC(a) and TR (records with classifier repeats; s.d. and share between "
                   "generator seeds, between repeats within a seed, test-image bootstrap within a repeat):")
-            print(components.to_string(index=False))
+            print(t["variance"].to_string(index=False))
+    return t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-root", default="runs", help="with --sweep: the runs root it ran in")
     ap.add_argument("--figures", default=None, help="list the figures in this folder")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --sweep: the overrides it ran with")
+    ap.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates of the seed-mean CIs (notebook 06's "
+                    "n_boot; give the same value to print the same intervals)")
     args = ap.parse_args(argv)
     runs, figures = None, args.figures
     if args.sweep:
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{warning}")
     pairs = sweeps.named_pairs(sweep_spec.load(args.sweep, overrides.parse_sets(args.set)), args.runs_root) \
         if args.sweep else []
-    print_tables(df, pairs)
+    print_tables(df, pairs, args.n_boot)
     checked = recompute.check(df)
     print(f"\nall {int(checked['checked'].sum())} reported metric values match their recomputation "
           "from the saved predictions")
