@@ -34,6 +34,7 @@ test: $(STAMP)
 # A failed point fails the target, but only after the table over the finished points is printed.
 demo: $(STAMP)
 	$(PY) -m lib.runs.sweeps params/sweeps/demo.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s)); rc=$$?; \
+	$(PY) -m lib.runs.stale --figures figures || rc=1; \
 	$(PY) -m lib.runs.report --root runs/demo --sweep params/sweeps/demo.yaml $(foreach s,$(SET),--set $(s)); \
 	exit $$(( rc || $$? ))
 
