@@ -57,7 +57,7 @@ def groups_note(gens) -> str:
 
 def _seeds(n) -> str:
     lo, hi = int(min(n)), int(max(n))
-    return f"{lo} seeds" if lo == hi else f"{lo}-{hi} seeds"
+    return f"{lo} seed{'s' * (lo != 1)}" if lo == hi else f"{lo}-{hi} seeds"
 
 
 def _footnote(fig, text: str) -> None:
@@ -92,13 +92,14 @@ def brackets(diffs: pd.DataFrame, records: pd.DataFrame, figures_dir, name: str 
         ax.set_xscale("log")
         ax.set_xticks(ticks, [f"+{t:,}" for t in ticks], fontsize=6)
         ax.minorticks_off()
-        ax.legend(fontsize=5.5, frameon=False)
+        ax.legend(fontsize=5.5, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))   # clear of the lines
     ax.axhline(0.0, color="0.2", lw=0.8)
     ax.set_xlabel("images added per class")
     ax.set_ylabel(f"Δ {metric.replace('_', ' ')} from real only (pp)")
     if not d.empty:
-        _footnote(fig, f"bars: 95% CI of the paired change, two-level bootstrap (seeds, then the same real test "
-                       f"images); {_seeds(d['n_seeds'])}\n{groups_note(gens)}")
+        level = ("two-level bootstrap (seeds, then the same real test images)" if d["n_seeds"].max() > 1 else
+                 "bootstrap over the same real test images (one seed: no seed level)")
+        _footnote(fig, f"bars: 95% CI of the paired change, {level}; {_seeds(d['n_seeds'])}\n{groups_note(gens)}")
     style.save(fig, name, figures_dir)
     return fig
 
