@@ -40,8 +40,10 @@ def test_every_notebook_takes_the_same_run_configuration():
         ["params_file", "overrides", "runs_root", "figures_dir"]
     for p in NOTEBOOKS[:5]:
         params, setup = _cells(p)
-        assert len(params.splitlines()) == 4, f"{p.name} has parameters of its own: {params}"
-        assert f'stages.notebook_config("{p.name[:2]}_' in setup, p.name
+        # the fifth: run_dir, a finished run folder to open instead (issue 25, lib.core.run_folder)
+        assert len(params.splitlines()) == 5 and params.splitlines()[4].startswith("run_dir = None"), \
+            f"{p.name} has parameters of its own: {params}"
+        assert f'stages.notebook_config("{p.name[:2]}_' in setup and "run_dir=run_dir" in setup, p.name
 
 
 def test_a_notebook_whose_parameters_drifted_from_the_previous_one_is_refused(tmp_path, monkeypatch):

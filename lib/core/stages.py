@@ -382,14 +382,26 @@ def _nearest_finished(cfg: Config, stage: str, missing: Path) -> str:
             "overrides as the notebooks before it.")
 
 
-def notebook_config(stage: str, params_file, overrides: dict | None = None, runs_root=None, figures_dir=None):
+def notebook_config(stage: str, params_file, overrides: dict | None = None, runs_root=None, figures_dir=None,
+                    run_dir=None):
     """(config, runs root, figures folder) of a notebook's parameters cell: every notebook takes the same
     ``params_file`` and ``overrides``. For stages 01-05 run interactively, also the drift check above.
 
     ``runs_root`` None: $SUITE_RUNS_ROOT or runs/; ``figures_dir`` None: <runs_root>/<experiment>/figures.
+    ``run_dir``: a finished run's folder (lib.core.run_folder): its params.yaml and runs root replace
+    ``params_file`` and ``runs_root``, and figures go to <run_dir>/figures-lab (the run's own stay as made).
     """
     from .config import load
 
+    if run_dir is not None:
+        from . import run_folder
+
+        if overrides:
+            raise ValueError(f"run_dir {run_dir!r} opens a finished run as it ran; overrides {overrides!r} would make "
+                             "another run: set overrides = {} (or leave run_dir = None and use params_file).")
+        run = run_folder.open_run(run_dir)
+        params_file, runs_root = run.params_file, runs_root or run.runs_root
+        figures_dir = figures_dir or run.directory / "figures-lab"
     cfg = load(params_file, overrides)
     root = paths.runs_root(runs_root)
     figures = paths.resolve(figures_dir) if figures_dir else root / cfg.experiment / "figures"
