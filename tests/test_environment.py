@@ -42,10 +42,11 @@ def test_make_test_uses_its_own_runs_root_and_deletes_nothing_else():
         pytest.skip("no make on this machine")
     plan = subprocess.run(["make", "-n", "test"], cwd=paths.ROOT, capture_output=True,
                           text=True, check=True).stdout
-    removed = re.findall(r"rm -rf (\S+)", plan)
-    assert removed and all(r.strip('"').endswith("/runs/.test") for r in removed), removed
+    removed = [r for line in re.findall(r"rm -rf (.+)", plan) for r in line.split()]
+    # runs/.test, and the browser test's own root beside it (tests/browser, issue 25)
+    assert removed and all(r.strip('"').endswith(("/runs/.test", "/runs/.test-browser")) for r in removed), removed
     runs = [line for line in plan.splitlines() if "pytest" in line]
-    assert len(runs) == 2 and all(f'SUITE_RUNS_ROOT="{paths.ROOT}/runs/.test"' in line for line in runs), runs
+    assert len(runs) == 3 and all(f'SUITE_RUNS_ROOT="{paths.ROOT}/runs/.test"' in line for line in runs), runs
 
 
 def test_notebooks_default_runs_root_follows_suite_runs_root(monkeypatch, tmp_path):

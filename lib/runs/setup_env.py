@@ -46,6 +46,23 @@ def install_kernel(prefix: str | Path | None = None, name: str = KERNEL) -> Path
     return Path(where)
 
 
+# JupyterLab saves each widget's state with the notebook: reopened, the slider and the explorer draw as they were
+# left instead of "widget model not found" (issue 25). Lab reads it from <prefix>/share/jupyter/lab/settings.
+LAB_SETTINGS = {"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True}}
+
+
+def write_lab_settings(prefix: str | Path | None = None) -> Path:
+    """JupyterLab's settings overrides for this environment (merged into an existing overrides.json)."""
+    import json
+
+    target = Path(prefix or sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    current = json.loads(target.read_text()) if target.exists() else {}
+    for plugin, values in LAB_SETTINGS.items():
+        current[plugin] = {**current.get(plugin, {}), **values}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return atomic.write_text(target, json.dumps(current, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     ap = argparse.ArgumentParser(description="Make lib importable and register the synth-suite kernel "
                                              "in this Python environment (what `make setup` does after pip).")
@@ -53,7 +70,8 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     ap.add_argument("--name", default=KERNEL, help=f"kernel name (default {KERNEL}; the notebooks' tests use it)")
     args = ap.parse_args(argv)
     pth, kernel = write_pth(args.prefix), install_kernel(args.prefix, args.name)
-    print(f"lib importable: {pth} -> {paths.ROOT}\nkernel {args.name!r}: {kernel}")
+    lab = write_lab_settings(args.prefix)
+    print(f"lib importable: {pth} -> {paths.ROOT}\nkernel {args.name!r}: {kernel}\nJupyterLab settings: {lab}")
     return pth, kernel
 
 

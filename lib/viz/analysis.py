@@ -192,7 +192,8 @@ def explorer(s: pd.DataFrame, enabled: bool = True):
     """
     try:
         from IPython import get_ipython
-        from IPython.display import display
+        from IPython.core.pylabtools import print_figure
+        from IPython.display import Image, display
         import ipywidgets as w
         import matplotlib.pyplot as plt
     except ImportError:
@@ -207,12 +208,14 @@ def explorer(s: pd.DataFrame, enabled: bool = True):
 
     def redraw(*_):
         keep = s["method"].isin(methods.value) & s["tuning_size"].isin(sizes.value) & s["setting"].isin(settings.value)
+        # Everything drawn and rendered to PNG before the output is cleared, then shown in one message: the front
+        # end never shows a half-replaced output, and no live figure is left for the inline backend to show again.
+        table, fig = tables.fter_table(s[keep]), tgap_plane(s[keep])
+        png = Image(print_figure(fig, "png", bbox_inches="tight"))
+        plt.close(fig)
         with out:
             out.clear_output(wait=True)
-            display(tables.fter_table(s[keep]))
-            fig = tgap_plane(s[keep])
-            display(fig)
-            plt.close(fig)
+            display(table, png)
 
     for widget in (methods, sizes, settings):
         widget.observe(redraw, names="value")

@@ -192,25 +192,18 @@ def threshold_explorer(out_dir):
 
     try:
         import ipywidgets as w
-        from IPython.display import display
+        from IPython import get_ipython
+        from IPython.display import Pretty, display
     except ImportError:
         print(describe(start))
         return None
-    if os.environ.get("SUITE_BATCH"):       # a batch run (lib.runs.runner): nobody will move the slider
+    if os.environ.get("SUITE_BATCH") or get_ipython() is None:   # a batch run (lib.runs.runner) or a script
         print(describe(start))
         return None
     slider = w.FloatSlider(value=start, min=lo, max=hi, step=max((hi - lo) / 200, 1e-6), readout_format=".4f",
                            description="threshold", continuous_update=False)
-    text = w.Output()
-
-    def update(change=None):
-        text.clear_output()
-        with text:
-            print(describe(slider.value))
-
-    slider.observe(update, names="value")
-    update()
-    box = w.VBox([slider, text])
-    display(box)
-    print(describe(start))       # the same line as text, for executed notebooks without a widget front end
-    return box
+    display(slider)
+    # The line is plain text under a display id, updated in place: it follows the slider, and a saved or
+    # executed notebook (no widget front end) still shows it. Returning nothing: no second copy as Out[].
+    line = display(Pretty(describe(start)), display_id=True)
+    slider.observe(lambda change: line.update(Pretty(describe(change["new"]))), names="value")
