@@ -19,12 +19,15 @@ $(STAMP): requirements.txt
 # own (SUITE_RUNS_ROOT, the notebooks' default runs_root): a user's runs/ is never touched. The tests' root
 # is removed first, so nbval executes every stage instead of reusing an earlier checkout's. The 15 slowest unit
 # tests are listed at the end (issue 24: which tests take the time).
+# Last, notebooks 03 and 06 in JupyterLab in headless Chromium (tests/browser: widgets moved, figures shown once), on
+# smoke runs of their own in runs/.test-browser that start from nbval's finished stages; skipped without chromium.
 TEST_RUNS := $(CURDIR)/runs/.test
 test: $(STAMP)
-	rm -rf "$(TEST_RUNS)"
-	SUITE_RUNS_ROOT="$(TEST_RUNS)" $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
+	rm -rf "$(TEST_RUNS)" "$(TEST_RUNS)-browser"
+	SUITE_RUNS_ROOT="$(TEST_RUNS)" $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests --ignore=tests/browser
 	SUITE_RUNS_ROOT="$(TEST_RUNS)" $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-kernel-name $(KERNEL) \
 		--nbval-cell-timeout 900 notebooks
+	SUITE_RUNS_ROOT="$(TEST_RUNS)" $(PY) -m pytest -q -p no:cacheprovider -rs tests/browser
 
 # The demo grid end to end (random, spectral-CLIP, active gating, no-fine-tune and random-skip
 # controls), then the FTER table and the figure paths. Finished points are skipped on a rerun;
@@ -71,8 +74,12 @@ transfer: $(STAMP)
 rehearse: $(STAMP)
 	$(PY) benchmarks/rehearse_thesis.py $(REHEARSE)
 
+# JupyterLab on the project's environment: make lab [LAB_PORT=8888] [NO_BROWSER=1]; as root it adds --allow-root
+# (Jupyter refuses root otherwise). A demo point: open a notebook and set run_dir (README, "Open a demo point").
+LAB_PORT ?= 8888
 lab: $(STAMP)
-	.venv/bin/jupyter lab --notebook-dir=.
+	.venv/bin/jupyter lab --notebook-dir=. --port=$(LAB_PORT) $(if $(NO_BROWSER),--no-browser) \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Live stage-03 training logs (loss, gate scores, skips, validation images) of every run under runs/ (or
 # LOGDIR=...): each stage-03 folder's tb/ (lib/finetune/tracking.py). Open the printed address, by default localhost:6006.
