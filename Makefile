@@ -41,7 +41,7 @@ demo: $(STAMP)
 	$(PY) -m lib.runs.report --root runs/demo --sweep params/sweeps/demo.yaml $(foreach s,$(SET),--set $(s)); \
 	exit $$(( rc || $$? ))
 
-# The study: the demo's arms plus random n5 over seeds 2-6 (it reuses the demo's points; about an hour on 2 cores),
+# The study: the demo's arms plus random n5 over seeds 2-5 (it reuses the demo's points; about an hour on 2 cores),
 # its comparison table with each MDE, then the planner's trade-off from its own runs; figures in figures/study/.
 study: $(STAMP)
 	$(PY) -m lib.runs.sweeps params/sweeps/study.yaml --jobs $(or $(JOBS),2) $(foreach s,$(SET),--set $(s)); rc=$$?; \
