@@ -39,7 +39,7 @@ def session(tmp_path_factory):
     server = lab.Lab(root, tmp_path_factory.mktemp("lab"))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=lab.CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
         console = []
         messages = []
         page.on("console", lambda m: (messages.append(m.text), console.append(m.text) if m.type == "error" else None))
@@ -54,11 +54,13 @@ def session(tmp_path_factory):
 
 
 def _shot(page, locator, name: str) -> None:
+    """With LAB_SCREENSHOTS: the notebook cell holding ``locator``, its input and every output."""
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        locator.scroll_into_view_if_needed()
+        cell = page.locator(".jp-CodeCell", has=locator).last
+        cell.scroll_into_view_if_needed()
         page.wait_for_timeout(300)
-        page.screenshot(path=str(Path(SHOTS) / name))
+        cell.screenshot(path=str(Path(SHOTS) / name))
 
 
 def _shown_once(cells: list[dict]) -> None:
