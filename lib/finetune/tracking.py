@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..core import run_names
+
 import numpy as np
 
 
@@ -32,9 +34,7 @@ def accelerator_kwargs(cfg, out_dir) -> dict:
 
 def run_name(cfg, model: str) -> str:
     """The tracker's run folder under tb/: ``<run id>/<model>``, the run id as the runner names the run."""
-    from ..runs.runner import run_id   # here, not at the top: the runner imports the whole pipeline
-
-    return f"{run_id(cfg)}/{model}"
+    return f"{run_names.run_id(cfg)}/{model}"
 
 
 def skips(cfg) -> bool:
