@@ -51,3 +51,15 @@ def test_an_export_without_git_is_skipped_with_a_note(tmp_path, capsys):
     (tmp_path / "figures").mkdir()
     assert stale.main(["--figures", str(tmp_path / "figures"), "--root", str(tmp_path)]) == 0
     assert "not a git checkout" in capsys.readouterr().err
+
+
+def test_timing_columns_are_not_compared_but_every_other_column_is(repo, capsys):
+    # A fresh demo on another machine takes other seconds: the gate-cost column of 06_comparisons.csv moved every
+    # time, so `make demo` failed its own check wherever it ran.
+    (repo / "figures" / "06_comparisons.csv").write_text("comparison,p,gate cost (stage 03)\ngate,0.025,40 of 130 s\n")
+    subprocess.run(GIT + ["commit", "-qam", "with cost"], cwd=repo, check=True)
+    (repo / "figures" / "06_comparisons.csv").write_text("comparison,p,gate cost (stage 03)\ngate,0.025,55 of 170 s\n")
+    assert stale.main(["--figures", str(repo / "figures"), "--root", str(repo)]) == 0
+    (repo / "figures" / "06_comparisons.csv").write_text("comparison,p,gate cost (stage 03)\ngate,0.026,40 of 130 s\n")
+    assert stale.main(["--figures", str(repo / "figures"), "--root", str(repo)]) == 1
+    assert "committed 'gate,0.025', now 'gate,0.026'" in capsys.readouterr().err

@@ -2,13 +2,18 @@
 lists the CSVs in a figures folder whose content differs from git HEAD's (or that HEAD lacks) and exits 1 if
 any do. `make demo` runs it after the sweep has rewritten figures/: a table that moved means either the code
 changed the result (commit the new table with the change that moved it) or the committed one was stale.
-Only the folder's own CSVs are compared (not its subfolders: figures/study is another target's)."""
+Only the folder's own CSVs are compared (not its subfolders: figures/study is another target's), and not their
+timing columns (a header naming a cost, seconds or wall time: what a machine took, not what the code computed)."""
 from __future__ import annotations
 
 import argparse
+import io
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 from ..core import paths
 
@@ -27,6 +32,18 @@ def _first_difference(old: bytes, new: bytes) -> str:
     return f"committed {len(a)} lines, now {len(b)}"
 
 
+TIMING = re.compile(r"cost|seconds|wall|(^|_)s$|_min$", re.IGNORECASE)
+
+
+def without_timings(data: bytes) -> bytes:
+    """The table with its timing columns left out (the bytes as they are when it is not a CSV pandas reads)."""
+    try:
+        df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError):
+        return data
+    return df[[c for c in df.columns if not TIMING.search(str(c))]].to_csv(index=False).encode()
+
+
 def stale(figures_dir, root=None) -> list[tuple[str, str]]:
     """(path in the checkout, why) for each CSV of ``figures_dir`` that differs from git HEAD's."""
     root = Path(root or paths.ROOT).resolve()
@@ -41,8 +58,8 @@ def stale(figures_dir, root=None) -> list[tuple[str, str]]:
         head = committed(rel, root)
         if head is None:
             out.append((rel, "not in git HEAD (new table: commit it)"))
-        elif head != f.read_bytes():
-            out.append((rel, _first_difference(head, f.read_bytes())))
+        elif without_timings(head) != without_timings(f.read_bytes()):
+            out.append((rel, _first_difference(without_timings(head), without_timings(f.read_bytes()))))
     return out
 
 
