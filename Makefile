@@ -20,7 +20,7 @@ $(STAMP): requirements.txt
 # is removed first, so nbval executes every stage instead of reusing an earlier checkout's. The 15 slowest unit
 # tests are listed at the end (issue 24: which tests take the time).
 # Last, notebooks 03 and 06 in JupyterLab in headless Chromium (tests/browser: widgets moved, figures shown once), on
-# smoke runs of their own in runs/.test-browser that start from nbval's finished stages; skipped without chromium.
+# smoke runs of their own in runs/.test-browser that start from nbval's finished stages (~2 min); skipped without chromium.
 TEST_RUNS := $(CURDIR)/runs/.test
 test: $(STAMP)
 	rm -rf "$(TEST_RUNS)" "$(TEST_RUNS)-browser"

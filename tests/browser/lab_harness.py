@@ -2,7 +2,8 @@
 
 The runs live in a runs root of their own (``<SUITE_RUNS_ROOT>-browser``). When the notebooks' nbval run
 of ``make test`` has filled SUITE_RUNS_ROOT, its finished stage folders (curation, clustering and the
-ungated spectral-CLIP point) are copied in first, so only the gated point and one reference generator run.
+ungated spectral-CLIP point) are copied in first, so only the gated point's training and one reference
+generator run.
 """
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ import nbformat
 from lib.core import paths
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-# the two points the notebooks open: the gated run (03's slider needs gate scores) and a reference generator
-# (a second method and tuning size 0 for 06's explorer)
-POINTS = {"gated": ["gating.enabled=true"], "reference": ["generation.kind=label-shuffled", "generation.n_per_label=42"]}
+# The points and the stage each runs through: the gated run's training (03's slider needs gate scores), and for
+# 06's explorer nbval's own point (reused from its copied stages) and a reference generator (a second method,
+# tuning size 0). label-shuffled needs more synthetic images than classifier.n_train_per_class (40) and at most
+# the 42 the smoke pool holds of its smaller class.
+POINTS = {"gated": (["gating.enabled=true"], "03_dreambooth"), "plain": ([], "05_classifier"),
+          "reference": (["generation.kind=label-shuffled", "generation.n_per_label=42"], "05_classifier")}
 
 
 def runs_root() -> Path:
@@ -37,7 +41,7 @@ def finished_runs(root: Path) -> dict[str, Path]:
     """Make (or find, when finished) the smoke points under ``root``: {name: run folder}."""
     seed_from(paths.runs_root() / "smoke" / "stages", root / "smoke" / "stages")
     with ThreadPoolExecutor(len(POINTS)) as pool:     # two cores: the points in parallel, stage locks keep order
-        done = dict(zip(POINTS, pool.map(lambda sets: _run(root, sets), POINTS.values())))
+        done = dict(zip(POINTS, pool.map(lambda point: _run(root, *point), POINTS.values())))
     return done
 
 
@@ -51,9 +55,9 @@ def seed_from(src: Path, dst: Path) -> None:
             shutil.copytree(d, dst / d.name, ignore=shutil.ignore_patterns("*.lock"))
 
 
-def _run(root: Path, sets: list[str]) -> Path:
+def _run(root: Path, sets: list[str], until: str) -> Path:
     args = [sys.executable, "-m", "lib.runs.runner", "params/smoke.yaml", "--runs-root", str(root),
-            "--until", "05_classifier"] + [a for s in sets for a in ("--set", s)]
+            "--until", until] + [a for s in sets for a in ("--set", s)]
     proc = subprocess.run(args, cwd=paths.ROOT, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -154,7 +154,7 @@ def _offline_plane(s, methods, sizes, settings) -> np.ndarray:
 def test_notebook_06_explorer(session):
     page, console = session["page"], session["console"]
     n_boot = 50
-    nb = lab.parameterized("06_fter_analysis.ipynb", session["root"] / "lab", run_dir=str(session["runs"]["gated"]),
+    nb = lab.parameterized("06_fter_analysis.ipynb", session["root"] / "lab", run_dir=str(session["runs"]["plain"]),
                            n_boot=n_boot)
     cells = lab.open_and_run_all(page, session["lab"], nb, timeout_s=240)
     assert not lab.errors(cells), lab.errors(cells)
@@ -167,7 +167,7 @@ def test_notebook_06_explorer(session):
     labels = {name: [o.replace("\xa0", " ").strip() for o in sel.locator("option").all_inner_texts()]
               for name, sel in (("methods", methods), ("sizes", sizes), ("settings", settings))}
     assert "" not in labels["settings"] and "0" not in labels["sizes"], labels
-    assert len(labels["methods"]) >= 2 and len(labels["settings"]) >= 2, labels
+    assert len(labels["methods"]) >= 2 and len(labels["sizes"]) >= 2, labels
     image = page.locator(".widget-output img")
     _shot(page, selects.first, "06_explorer_before.png")
 
@@ -192,10 +192,10 @@ def test_notebook_06_explorer(session):
         assert drawn.shape == expected.shape and np.abs(drawn - expected).mean() < 1.0, \
             f"after choosing {name} = {picked}, the plane differs from the same subset drawn offline"
 
-    # every redraw after a change of the methods selection (issue 25: only iso-lines and a few ticks), then a setting
+    # every redraw after a change of the methods selection (issue 25: only iso-lines and a few ticks), then the sizes
     choose("methods", methods, labels["methods"][:1])
     choose("methods", methods, labels["methods"][1:2])
     choose("methods", methods, labels["methods"])
-    choose("settings", settings, labels["settings"][:1])
+    choose("sizes", sizes, labels["sizes"][-1:])
     _shot(page, image.first, "06_explorer_after.png")
     assert not console, f"browser console errors: {console}"
