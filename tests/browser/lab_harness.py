@@ -7,7 +7,6 @@ generator run.
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -108,7 +107,8 @@ class Lab:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited ({self.proc.returncode}): {Path(self.log.name).read_text()[-2000:]}")
+                log = Path(self.log.name).read_text()[-2000:]
+                raise RuntimeError(f"jupyter lab exited ({self.proc.returncode}): {log}")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/status?token={self.token}", timeout=2)
                 return
@@ -175,7 +175,3 @@ def shown(cell: dict, mime: str) -> list[str]:
 def text(cell: dict) -> str:
     return "".join(o.get("text", "") if o["output_type"] == "stream" else o.get("data", {}).get("text/plain", "")
                    for o in cell["outputs"])
-
-
-def save_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=1))
