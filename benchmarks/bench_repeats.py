@@ -73,7 +73,8 @@ def collect() -> pd.DataFrame:
         return pd.read_csv(path)
     parts = []
     for rec in records():
-        cfg = ClassifierConfig(**{f: rec[f"param.classifier.{f}"] for f in ClassifierConfig.__dataclass_fields__})
+        cfg = ClassifierConfig(**{f: rec[f"param.classifier.{f}"] for f in ClassifierConfig.__dataclass_fields__
+                                  if f"param.classifier.{f}" in rec})     # a field at its default is not recorded
         real = ROOT / rec["real_baseline"]
         test = manifest(rec["dir"] / "test_a.csv")
         sides = {"a": (manifest(rec["dir"] / "train_a.csv"), rec["seed"]),
