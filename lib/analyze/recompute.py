@@ -4,6 +4,7 @@ than two classes the overall AUROC is the macro one-vs-rest AUROC and a decision
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +61,33 @@ def _recompute_one(r: pd.Series) -> dict:
         for name in classes:
             q = p[p["label"].astype(str) == name]
             out[f"auroc_det_{name}"] = _sk_auroc(q["source"] == "synthetic", q["score"])
+    if _not_estimable(r):          # the held-out cells were too small to measure: recorded as NaN (see below)
+        out = {k: (np.nan if _HELD_OUT.search(k) else v) for k, v in out.items()}
     for name, (num, den, chance) in RATIOS.items():
         if f"auroc_{num}" in out and f"auroc_{den}" in out:
             defined = r.get(f"{name}_defined", True) in (True, "True")
             den_above = out[f"auroc_{den}"] - chance
             out[name] = (out[f"auroc_{num}"] - chance) / den_above if defined and den_above else np.nan
     return out
+
+
+_HELD_OUT = re.compile(r"_(b|tsts|det)(_|$)")         # metrics measured on the held-out synthetic images
+
+
+def _not_estimable(r: pd.Series) -> bool:
+    """Whether the record says its held-out cells could not be estimated, checked against its own test_b.csv
+    (counted here from the file: fewer than 2 unique images of some class), not taken on its word."""
+    note = r.get("held_out_note")
+    if not (isinstance(note, str) and note):
+        return False
+    test = pd.read_csv(Path(r["results_dir"]) / "test_b.csv", dtype=str)
+    key = test["hash"] if "hash" in test and test["hash"].notna().all() else test["image_id"]
+    unique = test.assign(key=key).groupby("label")["key"].nunique()
+    classes = record_classes(r["results_dir"], None)
+    if all(unique.get(c, 0) >= 2 for c in classes):
+        raise AnalysisMismatch(f"{r['results_dir']} records its held-out cells as not estimable ({note}), but its "
+                               f"test_b.csv holds {dict(unique)} unique images per class.")
+    return True
 
 
 def recompute(df: pd.DataFrame) -> pd.DataFrame:
