@@ -52,28 +52,26 @@ def tuning_set(cfg: Config, runs_root="runs") -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def skip_rate_of(stage_dir) -> float:
-    """The skip rate a finished gated stage-03 run reached (for the random-skip control)."""
+def _gated_summary(stage_dir, key: str, missing: str, param: str):
+    """One field of a finished gated stage-03 run's train_summary.json, which a control copies."""
     f = Path(stage_dir) / "train_summary.json"
     if not f.exists():
         raise FileNotFoundError(f"{f} not found: the gated run has not finished stage 03. Run it first, or "
-                                "set gating.skip_rate by hand.")
-    rate = json.loads(f.read_text()).get("skip_rate")
-    if rate is None:
-        raise ValueError(f"{f} records no skip rate (a no-fine-tune run?); set gating.skip_rate by hand.")
-    return float(rate)
+                                f"set {param} by hand.")
+    value = json.loads(f.read_text()).get(key)
+    if value is None:
+        raise ValueError(f"{f} records no {missing}; set {param} by hand.")
+    return value
+
+
+def skip_rate_of(stage_dir) -> float:
+    """The skip rate a finished gated stage-03 run reached (for the random-skip control)."""
+    return float(_gated_summary(stage_dir, "skip_rate", "skip rate (a no-fine-tune run?)", "gating.skip_rate"))
 
 
 def trained_of(stage_dir) -> int:
     """The updates a finished gated stage-03 run trained (for the equal-updates control)."""
-    f = Path(stage_dir) / "train_summary.json"
-    if not f.exists():
-        raise FileNotFoundError(f"{f} not found: the gated run has not finished stage 03. Run it first, or "
-                                "set finetune.updates by hand.")
-    trained = json.loads(f.read_text()).get("trained")
-    if trained is None:
-        raise ValueError(f"{f} records no trained update count; set finetune.updates by hand.")
-    return int(trained)
+    return int(_gated_summary(stage_dir, "trained", "trained update count", "finetune.updates"))
 
 
 def model_dir_names(cfg: Config) -> dict[str, str]:
