@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lib.core import atomic, config, stages
+from lib.core import atomic, compute, config, stages
 from lib.data import curation
 from lib.finetune import diffusion_model, dreambooth
 from lib.evaluate import evaluation, results
@@ -100,3 +100,23 @@ def test_tiny_end_to_end_phantoms_to_fter(runs_root, tmp_path):
     assert 0.0 <= row["a_auroc"] <= 1.0 and 0.0 <= row["b_auroc"] <= 1.0
     assert row["fter"] == pytest.approx(sklearn_fter(out), rel=1e-12)
     assert row["generator_hash"] and row["method"] == results.method_name(cfg)
+
+
+def test_bf16_generation_is_its_own_stage_and_draws_the_fp32_images_within_a_few_levels(runs_root):
+    """generation.precision (issue 24): bf16 autocast halves stage 04 on CPUs with bf16 units; the images must stay
+    those of fp32 (same seeds), and fp32, the default, must keep the stage keys every earlier run was filed under."""
+    fp32, bf16 = small(), small(**{"generation.precision": "bf16"})
+    assert stages.key(fp32, "04_generation") != stages.key(bf16, "04_generation")
+    assert stages.key(fp32, "03_dreambooth") == stages.key(bf16, "03_dreambooth")
+    sampled = small(**{"finetune.sampling_precision": "bf16"})   # the gate's and validation's samples: stage 03 on
+    assert stages.key(sampled, "03_dreambooth") != stages.key(fp32, "03_dreambooth")
+    tiny_stage03(fp32, runs_root)        # stages 01-03 are shared: their keys do not hold generation.precision
+    out = {c.generation.precision: stages.run_stage(c, "04_generation", generation.run, runs_root, progress=False)
+           for c in (fp32, bf16)}
+    m = pd.read_csv(out["fp32"] / "manifest.csv")
+    a = np.stack([np.asarray(Image.open(out["fp32"] / f), dtype=int) for f in m["file"]])
+    b = np.stack([np.asarray(Image.open(out["bf16"] / f), dtype=int) for f in m["file"]])
+    assert np.abs(a - b).mean() < 2 and np.abs(a - b).max() <= 16      # bf16 rounding, not other images
+    assert np.abs(a - np.roll(b, 1, axis=0)).mean() > 5                 # another seed's image is far off
+    with pytest.raises(config.ParamError, match="generation.precision = fp16 needs a GPU"):
+        compute.autocast("fp16", "cpu", "generation.precision")     # no fast CPU path: refused, with what to set

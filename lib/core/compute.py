@@ -37,3 +37,20 @@ def device():
         return PartialState().device
     except Exception:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(precision: str | None, device=None, what: str = "precision"):
+    """An autocast block for sampling in ``precision`` (fp32 / bf16 / fp16; None or fp32: a no-op) on ``device``'s
+    type. fp16 has no fast CPU path: without CUDA it is refused with what to set instead."""
+    import contextlib
+
+    import torch
+
+    if precision in (None, "fp32"):
+        return contextlib.nullcontext()
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if precision == "fp16" and kind == "cpu":
+        from .config import ParamError
+
+        raise ParamError(f"{what} = fp16 needs a GPU; on the CPU set it to bf16 (fast with bf16 units) or fp32.")
+    return torch.autocast(kind, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])

@@ -239,11 +239,19 @@ class Trainer:
         for m in mods:
             m.eval()
         try:
-            with torch.no_grad(), self.acc.autocast():
+            with torch.no_grad(), self._sampling_autocast():
                 yield
         finally:
             for m in mods:
                 m.train()
+
+    def _sampling_autocast(self):
+        """finetune.sampling_precision's autocast, else the training's (accelerate's mixed precision)."""
+        from ..core import compute
+
+        if self.ft.sampling_precision is None:
+            return self.acc.autocast()
+        return compute.autocast(self.ft.sampling_precision, self.acc.device, "finetune.sampling_precision")
 
     # ------------------------------------------------------------------------------- steps
     def _shard(self, n: int) -> tuple[np.ndarray, float]:

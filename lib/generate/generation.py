@@ -111,9 +111,10 @@ def _call(pipe, prompts: list[str], seeds: list[int], cfg: Config) -> np.ndarray
     """One batched pipeline call, one CPU generator per image; N x H x W uint8 grayscale."""
     g, res = cfg.generation, cfg.model.resolution
     gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    out = pipe(prompt=prompts, negative_prompt=[g.negative_prompt] * len(prompts) if g.negative_prompt else None,
-               num_inference_steps=g.steps, guidance_scale=g.guidance_scale, generator=gens,
-               height=res, width=res, output_type="pt").images
+    with compute.autocast(g.precision, pipe.device, "generation.precision"):
+        out = pipe(prompt=prompts, negative_prompt=[g.negative_prompt] * len(prompts) if g.negative_prompt else None,
+                   num_inference_steps=g.steps, guidance_scale=g.guidance_scale, generator=gens,
+                   height=res, width=res, output_type="pt").images
     gray = out.float().mean(1).clamp(0, 1)
     return (gray * 255).round().to(torch.uint8).cpu().numpy()
 
