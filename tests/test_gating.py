@@ -143,3 +143,65 @@ def test_warmup_warning_is_off_for_quantile_mode_for_warn_false_and_after_a_resu
         late = gating.Decider(early.cfg, gating.GateState.from_dict(early.state.to_dict()))
         late.decide(0.83)
     assert len(caplog.records) == 2 and "ranged 0.810-0.830" in caplog.records[1].getMessage()
+
+
+def _drawing_gate(monkeypatch, **over):
+    """A Gate whose draws are recorded: image value = the draw's noise seed (few-step) or -seed (full-step, DDIM),
+    embedded as a unit vector at that angle, so pooled and offset scores can be computed by hand."""
+    calls = []
+
+    def generate(pipe, prompts, steps, resolution, seed, guidance, scheduler=None, autocast=None):
+        calls.append((steps, seed))
+        return torch.full((len(prompts), 2, 2), float(seed if steps == 8 else -seed))
+
+    monkeypatch.setattr(gating, "sampler", lambda pipe, steps: None)
+    monkeypatch.setattr(gating, "generate", generate)
+    monkeypatch.setattr(gating.Gate, "full_step_vectors", lambda self, pipe, prompts, step, autocast=None: self.embed(
+        generate(pipe, self._prompts(prompts), self.cfg.offset_steps, 8, self._noise_seed(step), 3.0)))
+    cfg = config.GatingConfig(threshold=0.5, n_images=2, every_k=2, sampler_steps=8, **over)
+    angle = lambda x: np.array([np.cos(0.1 * x), np.sin(0.1 * x)])  # noqa: E731
+    embed = lambda imgs: np.stack([angle(float(i.mean())) for i in imgs])  # noqa: E731
+    return gating.Gate(cfg, embed, resolution=8, seed=0), calls, angle
+
+
+def test_default_gate_scores_its_latest_draw_only_and_keeps_todays_stage_keys(monkeypatch):
+    gate, calls, angle = _drawing_gate(monkeypatch)
+    data = np.array([[1.0, 0.0]])
+    rows = [gate(step, None, ["a"], data) for step in range(4)]
+    assert [c[1] for c in calls] == [0, 2]                   # fresh at 0 and 2, each from its own noise
+    assert rows[3]["score"] == pytest.approx(angle(2)[0])
+    plain = config.load("params/smoke.yaml", {"gating.enabled": True})
+    assert plain.section_hash("gating") == config.load("params/smoke.yaml", {"gating.enabled": True, "gating.pool": 1,
+                                                                           "gating.offset_steps": 30}).section_hash("gating")
+    assert plain.section_hash("gating") != config.load("params/smoke.yaml", {"gating.enabled": True, "gating.pool": 3}
+                                                       ).section_hash("gating")
+
+
+def test_pooled_gate_scores_the_last_pool_draws_and_common_noise_reuses_one_seed(monkeypatch):
+    gate, calls, angle = _drawing_gate(monkeypatch, pool=2, common_noise=False)
+    data = np.array([[1.0, 0.0]])
+    s = [gate(step, None, ["a"], data)["score"] for step in range(8)]
+    assert s[1] == pytest.approx(angle(0)[0])                          # one draw so far
+    assert s[3] == pytest.approx((angle(0)[0] + angle(2)[0]) / 2)      # draws at steps 0 and 2
+    assert s[7] == pytest.approx((angle(4)[0] + angle(6)[0]) / 2)      # the oldest dropped
+    crn, calls, _ = _drawing_gate(monkeypatch, common_noise=True)
+    for step in range(6):
+        crn(step, None, ["a"], data)
+    assert [c[1] for c in calls] == [0, 0, 0]
+
+
+def test_offset_draws_measure_the_few_step_bias_on_the_same_noise_and_subtract_it(monkeypatch):
+    gate, calls, angle = _drawing_gate(monkeypatch, offset_draws=2, offset_every=2, offset_steps=50)
+    data = angle(3)[None]                                 # few-step draw x scores cos(0.1 (x - 3)), full-step -x
+    rows = [gate(step, None, ["a"], data) for step in range(12)]     # fresh at 0, 2, ..., 10
+    full = [c for c in calls if c[0] == 50]
+    assert [c[1] for c in full] == [0, 4]                  # every 2nd fresh draw, 2 of them, on the gate's noise
+    sc = lambda x: float(angle(x) @ data[0])  # noqa: E731
+    off = [sc(0) - sc(-0), sc(4) - sc(-4)]                 # few-step minus full-step score
+    assert gate.decider.state.offsets == pytest.approx(off) and abs(off[1]) > 0.1
+    assert rows[1]["score"] == pytest.approx(sc(0) - off[0])
+    assert rows[10]["score"] == pytest.approx(sc(10) - np.mean(off))
+    resumed = gating.GateState.from_dict(gate.decider.state.to_dict())
+    assert resumed.offsets == pytest.approx(off)
+    with pytest.raises(config.ParamError, match="gating.pool"):
+        gating.check(config.GatingConfig(pool=0))

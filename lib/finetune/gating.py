@@ -51,6 +51,9 @@ def check(cfg: GatingConfig) -> None:
         raise ParamError(f"gating.threshold = {cfg.threshold} is outside [-1, 1]; it is a cosine similarity.")
     if cfg.n_images < 1 or cfg.every_k < 1 or cfg.sampler_steps < 1:
         raise ParamError("gating.n_images, gating.every_k and gating.sampler_steps must be at least 1.")
+    if cfg.pool < 1 or cfg.offset_every < 1 or cfg.offset_steps < 1 or cfg.offset_draws < 0:
+        raise ParamError("gating.pool, gating.offset_every and gating.offset_steps must be at least 1, "
+                         "gating.offset_draws at least 0.")
     if cfg.skip_rate is not None and not 0.0 <= cfg.skip_rate <= 1.0:
         raise ParamError(f"gating.skip_rate = {cfg.skip_rate} must be in [0, 1].")
 
@@ -65,14 +68,16 @@ class GateState:
     calibrated: float | None = None
     decided: int = 0
     skipped: int = 0
+    offsets: list = field(default_factory=list)    # gating.offset_draws: few-step minus full-step score, per draw
 
     def to_dict(self) -> dict:
         return {"recent": list(self.recent), "calibrated": self.calibrated, "decided": self.decided,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "offsets": list(self.offsets)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "GateState":
-        return cls(list(d.get("recent", [])), d.get("calibrated"), d.get("decided", 0), d.get("skipped", 0))
+        return cls(list(d.get("recent", [])), d.get("calibrated"), d.get("decided", 0), d.get("skipped", 0),
+                   list(d.get("offsets", [])))
 
 
 class Decider:
@@ -172,30 +177,68 @@ def generate(pipe, prompts: list[str], steps: int, resolution: int, seed: int, g
 
 
 class Gate:
-    """Algorithm 1 for one training run: ``__call__(step, prompts, data_vectors)`` -> log row."""
+    """Algorithm 1 for one training run: ``__call__(step, prompts, data_vectors)`` -> log row.
+
+    Calibrations (gating.*; the defaults are the plain gate): ``pool`` scores each batch against the images
+    of the last ``pool`` fresh draws (more images at no extra draw: the model moves little in pool x every_k
+    batches); ``common_noise`` starts every draw from the same noise, so consecutive draws differ by the model
+    only; ``offset_draws`` full-step (``offset_steps`` DDIM) draws on the gate's own noise, at every
+    ``offset_every``-th fresh draw, measure how far the few-step sampler's score sits above the naive gate's,
+    and the mean of those differences is subtracted from every score (their time is in ``seconds``).
+    """
 
     def __init__(self, cfg: GatingConfig, embed, resolution: int, seed: int, state: GateState | None = None):
         self.cfg, self.embed, self.seed = cfg, embed, seed
         self.resolution = cfg.resolution or resolution
         self.decider = Decider(cfg, state)
         self.gen_vectors: np.ndarray | None = None
+        self.draws: list = []           # the last `pool` fresh draws' vectors
+        self.fresh_count = 0
         self._sched = None
+
+    def _prompts(self, prompts: list[str]) -> list[str]:
+        return [prompts[i % len(prompts)] for i in range(self.cfg.n_images)]
+
+    def _noise_seed(self, step: int) -> int:
+        return self.seed * 100003 + (0 if self.cfg.common_noise else step)
 
     def sample_vectors(self, pipe, prompts: list[str], step: int, autocast=None) -> np.ndarray:
         if self._sched is None:
             self._sched = sampler(pipe, self.cfg.sampler_steps)
-        n = self.cfg.n_images
-        prompts = [prompts[i % len(prompts)] for i in range(n)]
-        imgs = generate(pipe, prompts, self.cfg.sampler_steps, self.resolution, self.seed * 100003 + step,
+        imgs = generate(pipe, self._prompts(prompts), self.cfg.sampler_steps, self.resolution, self._noise_seed(step),
                         self.cfg.guidance_scale, self._sched, autocast)
         return self.embed(imgs)
+
+    def full_step_vectors(self, pipe, prompts: list[str], step: int, autocast=None) -> np.ndarray:
+        """The same prompts and noise as this step's gate draw, through offset_steps DDIM steps."""
+        from diffusers import DDIMScheduler
+
+        imgs = generate(pipe, self._prompts(prompts), self.cfg.offset_steps, self.resolution, self._noise_seed(step),
+                        self.cfg.guidance_scale, DDIMScheduler.from_config(pipe.scheduler.config), autocast)
+        return self.embed(imgs)
+
+    def offset(self) -> float:
+        offsets = self.decider.state.offsets
+        return float(np.mean(offsets)) if offsets else 0.0
+
+    def _measure_offset(self, pipe, prompts, step, autocast, fresh_vectors, data_vectors) -> None:
+        c = self.cfg
+        if len(self.decider.state.offsets) < c.offset_draws and (self.fresh_count - 1) % c.offset_every == 0:
+            full = self.full_step_vectors(pipe, prompts, step, autocast)
+            self.decider.state.offsets.append(score(fresh_vectors, data_vectors, c.aggregation)
+                                              - score(full, data_vectors, c.aggregation))
 
     def __call__(self, step: int, pipe, prompts: list[str], data_vectors: np.ndarray, autocast=None) -> dict:
         t0 = time.perf_counter()
         fresh = self.gen_vectors is None or step % self.cfg.every_k == 0
         if fresh:
-            self.gen_vectors = self.sample_vectors(pipe, prompts, step, autocast)
-        s = score(self.gen_vectors, data_vectors, self.cfg.aggregation)
+            v = self.sample_vectors(pipe, prompts, step, autocast)
+            self.fresh_count += 1
+            self.draws = (self.draws + [v])[-self.cfg.pool:]
+            self.gen_vectors = np.concatenate(self.draws)
+            if self.cfg.offset_draws:
+                self._measure_offset(pipe, prompts, step, autocast, v, data_vectors)
+        s = score(self.gen_vectors, data_vectors, self.cfg.aggregation) - self.offset()
         skip, thr = self.decider.decide(s)
         return {"step": step, "score": s, "threshold": thr, "skipped": skip, "generated": fresh,
                 "seconds": time.perf_counter() - t0}

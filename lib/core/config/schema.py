@@ -143,6 +143,12 @@ class GatingConfig:
     resolution: Optional[int] = None        # None = training resolution
     guidance_scale: float = 3.0             # classifier-free guidance of the gating samples
     skip_rate: Optional[float] = None       # random-skip control; None = take it from the gated run
+    pool: int = 1                           # score against the last `pool` fresh draws' images (1 = the latest only)
+    common_noise: bool = False              # every fresh draw starts from the same noise (common random numbers)
+    offset_draws: int = 0                   # full-step draws on the gate's own noise that measure the few-step
+    #                                       sampler's score bias, which is then subtracted (0 = no correction)
+    offset_every: int = 1                   # take them at every offset_every-th fresh draw (spread over the run)
+    offset_steps: int = 50                  # DDIM steps of those draws (the naive gate's)
 
 
 @dataclass
@@ -285,6 +291,12 @@ class Config:
             d["generation"].pop("precision")
         for name in ("num_processes", "tensorboard"):   # how stage 03 runs and logs, not what it computes
             d["finetune"].pop(name)
+        g = d["gating"]
+        for name, default in (("pool", 1), ("common_noise", False), ("offset_draws", 0)):
+            if g[name] == default:   # today's gate: the same keys as before the fields existed
+                g.pop(name)
+        if "offset_draws" not in g:   # no bias correction: its cadence and steps compute nothing
+            g.pop("offset_every"), g.pop("offset_steps")
         if d["classifier"]["repeats"] == 1:   # one classifier, as before the field existed: the same keys
             d["classifier"].pop("repeats")
 
