@@ -62,13 +62,17 @@ class Variant:
 
 
 def train(cfg, runs_root, oracle: dict | None = None, oracle_steps: int = 50, oracle_every: int = 1,
-          variants: list | None = None, **fit):
+          variants: list | None = None, record: dict | None = None, **fit):
     """(wall seconds, CPU seconds, fit summary, gating rows) of one fine-tuning run. With ``oracle`` (a dict
     filled by oracle_fn), the naive oracle is drawn at every ``oracle_every``-th batch and each variant's
-    gate at every batch, all left out of both clocks."""
+    gate at every batch, all left out of both clocks; ``record`` (a dict) then gets, per batch, the batch's
+    mean data vector (``data``) and, at fresh draws, the run's gate vectors (``draws``)."""
     df = dreambooth.tuning_set(cfg, runs_root)
     embed, vecs = dreambooth.data_vectors(cfg, df, progress=False)
     cpu_oracle = [0.0]
+    live: dict = {}                     # the trainer, once made: the hook reads its gate's latest draw
+    if record is not None:
+        record.update(data={}, draws={})
     if oracle is not None:
         naive = oracle_fn(cfg, embed, oracle, oracle_steps)
         shadows = []
@@ -80,6 +84,12 @@ def train(cfg, runs_root, oracle: dict | None = None, oracle_steps: int = 50, or
         def hook(step, pipe, prompts, vectors):
             c = time.process_time()
             try:
+                gate = live["trainer"].gate
+                if record is not None:
+                    record["data"][step] = np.asarray(vectors, np.float32).mean(0)
+                    if gate.gating_rows_fresh != gate.fresh_count:
+                        gate.gating_rows_fresh = gate.fresh_count
+                        record["draws"][step] = np.asarray(gate.draws[-1], np.float32)
                 for v, gate in shadows:
                     v.rows[step] = gate(step, pipe, prompts, vectors)
                 return None if step % oracle_every else naive(step, pipe, prompts, vectors)
@@ -88,6 +98,9 @@ def train(cfg, runs_root, oracle: dict | None = None, oracle_steps: int = 50, or
         fit["oracle"] = hook
     with tempfile.TemporaryDirectory() as tmp, compute.cpu_threads(cfg.finetune.cpu_threads):
         tr = trainer.Trainer(cfg, tmp, df, progress=False, embed=embed, data_vectors=vecs)
+        live["trainer"] = tr
+        if tr.gate is not None:
+            tr.gate.gating_rows_fresh = 0       # the fresh draws the record has seen
         t0, c0 = time.perf_counter(), time.process_time()
         out = tr.fit(resume=False, **fit)
         wall = time.perf_counter() - t0 - sum(r.get("oracle_seconds", 0.0) for r in tr.gating_rows)
@@ -123,14 +136,109 @@ def compare(cfg, taken, store: dict, steps: list, warm: int) -> dict:
             "skip_naive": float(d_naive.mean()), "naive": naive, "again": again, "same": taken == d_naive}
 
 
+def save_record(stem: str, rows: list, store: dict, record: dict, cfg) -> None:
+    """The per-batch record beside the result: ``stem``.csv (one row per batch: the cheap gate's score, fresh or
+    reused, its decision, the oracle's two scores) and ``stem``.npz (the vectors the scores came from: the batch's
+    mean data vector, each fresh draw's gate vectors, both oracle draws), so other rules can be replayed offline
+    (``--replay``). With unit vectors, the mean-pairwise score is mean(gen) . mean(data)."""
+    import pandas as pd
+
+    from lib.core import atomic
+
+    g = cfg.gating
+    both = lambda i, st: gating.score(store[st][i], store[st][2], g.aggregation) if st in store else np.nan  # noqa: E731
+    df = pd.DataFrame([{"step": r["step"], "score": r["score"], "fresh": bool(r["generated"]),
+                        "skipped": bool(r["skipped"]), "threshold": r["threshold"], "gate_seconds": r["seconds"],
+                        "oracle_score": both(0, r["step"]), "oracle_again": both(1, r["step"]),
+                        "oracle_seconds": r.get("oracle_seconds", np.nan)} for r in rows])
+    with atomic.atomic_path(stem + ".csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6f")
+    at = sorted(store)
+    arrays = {"steps": np.array(sorted(record["data"])), "data": np.stack([record["data"][k] for k in sorted(record["data"])]),
+              "draw_steps": np.array(sorted(record["draws"])),
+              "draws": np.stack([record["draws"][k] for k in sorted(record["draws"])]),
+              "oracle_steps": np.array(at), "oracle_a": np.stack([store[k][0] for k in at]).astype(np.float32),
+              "oracle_b": np.stack([store[k][1] for k in at]).astype(np.float32),
+              "threshold": g.threshold, "every_k": g.every_k, "n_images": g.n_images, "seed": cfg.seed,
+              "gate_draw_seconds": float(np.mean([r["seconds"] for r in rows if r["generated"]])),
+              "oracle_draw_seconds": float(np.nanmean(df["oracle_seconds"])) / 2}
+    with atomic.atomic_path(stem + ".npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    print(f"per-batch record: {stem}.csv, {stem}.npz ({len(df)} batches, {len(at)} oracle points)")
+
+
+def replay(rec, pool: int = 1, offset_draws: int = 0, offset_every: int = 1, offset_skip: int = 0,
+           fixed_offset: float = 0.0) -> dict:
+    """A calibrated gate's decisions on a saved record, without retraining (the model states are the recorded
+    run's): scores against the last ``pool`` fresh draws, minus ``fixed_offset`` or the mean few-step minus
+    full-step score difference over ``offset_draws`` fresh draws that have an oracle draw (the oracle's first
+    n images share the gate's prompts and noise), every ``offset_every``-th of them after the first
+    ``offset_skip``. Returns the agreement figures of ``compare`` and the offsets used."""
+    steps, data = rec["steps"], rec["data"].astype(np.float64)
+    dsteps, draws = rec["draw_steps"], rec["draws"].astype(np.float64)
+    ost = {int(s): i for i, s in enumerate(rec["oracle_steps"])}
+    n, thr = int(rec["n_images"]), float(rec["threshold"])
+    dmean = {int(s): d for s, d in zip(steps, data)}
+    gmean = [d.mean(0) for d in draws]
+    eligible = [i for i, s in enumerate(dsteps) if int(s) in ost][offset_skip::offset_every][:offset_draws]
+    offs = [gmean[i] @ dmean[int(dsteps[i])] - rec["oracle_a"][ost[int(dsteps[i])]][:n].astype(np.float64).mean(0)
+            @ dmean[int(dsteps[i])] for i in eligible]
+    at, cheap = [], []
+    for s in sorted(ost):
+        k = int(np.searchsorted(dsteps, s, side="right")) - 1          # the latest fresh draw at step s
+        g = np.mean(gmean[max(0, k - pool + 1): k + 1], axis=0)
+        # an offset is known from its draw on: before it, the offsets measured so far
+        known = [o for o, i in zip(offs, eligible) if dsteps[i] <= s]
+        cheap.append(g @ dmean[s] - (fixed_offset if not offset_draws else (np.mean(known) if known else 0.0)))
+        at.append(s)
+    naive = np.array([rec["oracle_a"][ost[s]].astype(np.float64).mean(0) @ dmean[s] for s in at])
+    again = np.array([rec["oracle_b"][ost[s]].astype(np.float64).mean(0) @ dmean[s] for s in at])
+    taken, dn, da = np.array(cheap) > thr, naive > thr, again > thr
+    agree, self_agree = float((taken == dn).mean()), float((da == dn).mean())
+    return {"n": len(at), "agree": agree, "self": self_agree, "ratio": agree / max(self_agree, 1e-9),
+            "kappa": kappa(taken, dn), "kappa_self": kappa(da, dn), "skip": float(taken.mean()),
+            "skip_naive": float(dn.mean()), "offsets": offs, "bias": float(np.mean(np.array(cheap) - naive))}
+
+
+def replay_report(path: str, specs: list) -> None:
+    """``--replay``: each rule's figures on a saved record, one line each."""
+    rec = np.load(path)
+    print(f"replay of {path}: {len(rec['steps'])} batches, {len(rec['oracle_steps'])} oracle points, threshold "
+          f"{float(rec['threshold']):g}, gate n={int(rec['n_images'])} fresh every {int(rec['every_k'])}, seed {int(rec['seed'])}")
+    print(f"  {'rule':52s} agree   self  ratio  kappa/self  skip/oracle  bias    offsets (n, mean)")
+    for spec in specs:
+        kw = {k: (float(v) if k == "fixed_offset" else int(v)) for k, v in (p.split("=") for p in spec.split(",") if p)}
+        c = replay(rec, **kw)
+        o = f"{len(c['offsets'])}, {np.mean(c['offsets']):+.4f}" if c["offsets"] else "-"
+        print(f"  {spec or 'as run':52s} {c['agree']:6.1%} {c['self']:6.1%} {c['ratio']:6.3f}  {c['kappa']:+.2f}/"
+              f"{c['kappa_self']:+.2f}   {c['skip']:4.0%}/{c['skip_naive']:4.0%}  {c['bias']:+.4f}  {o}")
+
+
 def describe(g, short: bool = False) -> str:
     rule = f"threshold {g.threshold:g}" if g.mode == "absolute" else f"quantile, skip_fraction {g.skip_fraction:g}"
+    cal = (f" pool {g.pool}" if g.pool > 1 else "") + (" CRN" if g.common_noise else "") + (
+        f" offset {g.offset_draws}x{g.offset_steps}st/{g.offset_every}" if g.offset_draws else "")
     if short:
         rule = f"thr {g.threshold:g}" if g.mode == "absolute" else f"q {g.skip_fraction:g}"
         return f"n={g.n_images} steps={g.sampler_steps} k={g.every_k} {g.aggregation} {rule}" + (
-            f" {g.resolution}px" if g.resolution else "")
+            f" {g.resolution}px" if g.resolution else "") + cal
     return (f"n={g.n_images}, {g.sampler_steps} DPM-Solver steps, fresh every {g.every_k} batches, {g.aggregation}, {rule}"
-            + (f", {g.resolution} px" if g.resolution else ""))
+            + (f", {g.resolution} px" if g.resolution else "") + (f";{cal}" if cal else ""))
+
+
+def skip_rates(params: str, over: dict, seeds: list, runs_root: str) -> None:
+    """The gate's skip rate at each seed (gated run only, decisions taken), with the run's CPU seconds."""
+    rates = []
+    for seed in seeds:
+        cfg = config.load(params, {**over, "gating.enabled": True, "seed": seed})
+        wall, cpu, out, rows = train(cfg, runs_root)
+        rates.append(out["skip_rate"])
+        late = np.mean([r["skipped"] for r in rows if r["step"] >= 10])
+        print(f"seed {seed}: skip rate {out['skip_rate']:.1%} ({sum(r['skipped'] for r in rows)} of {len(rows)}; "
+              f"{late:.1%} after batch 10) | CPU {cpu:.1f} s, wall {wall:.1f} s")
+    print(f"SKIP RATES over seeds {','.join(map(str, seeds))}: {' / '.join(f'{r:.1%}' for r in rates)} | spread "
+          f"{100 * (max(rates) - min(rates)):.1f} points (goal: within +-5 points of their mean: max deviation "
+          f"{100 * max(abs(r - np.mean(rates)) for r in rates):.1f})")
 
 
 def main():
@@ -146,7 +254,18 @@ def main():
                          "compared, not taken), e.g. gating.n_images=16,gating.every_k=8; repeatable")
     ap.add_argument("--runs-root", default="runs")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="the run's gate, e.g. gating.n_images=8")
+    ap.add_argument("--record", default="benchmarks/results/bench_gating_batches",
+                    help="where the per-batch record goes (.csv and .npz); '' for none")
+    ap.add_argument("--record-only", action="store_true", help="skip the ungated and dry runs (no cost lines): "
+                    "only the gated run with the oracle, for the record")
+    ap.add_argument("--replay", metavar="NPZ", help="replay rules on a saved record instead of training; each --rule "
+                    "is pool=M,offset_draws=D,offset_every=E,offset_skip=S,fixed_offset=X")
+    ap.add_argument("--rule", action="append", default=None)
+    ap.add_argument("--skip-rates", metavar="SEEDS", help="only the gated run (no oracle) at each seed, e.g. 0,1,2: "
+                    "its skip rate and CPU time")
     a = ap.parse_args()
+    if a.replay:
+        return replay_report(a.replay, a.rule or [""])
     over = {"finetune.validation_images": 0, "finetune.checkpoint_every": 10 ** 6, **overrides.parse_sets(a.set)}
     if a.steps is not None:
         over["finetune.steps"] = a.steps
@@ -162,11 +281,17 @@ def main():
           f"CLIP {emb.clip_model} ({emb.clip_pretrained or 'random weights'}); gate: {describe(g)}, resolution "
           f"{g.resolution or plain.model.resolution}; oracle: n={plain.finetune.batch_size}, {a.oracle_steps} DDIM steps"
           + (f", every {a.oracle_every} batches" if a.oracle_every > 1 else ""))
-    w_plain, c_plain, _, _ = train(plain, a.runs_root)
-    w_dry, c_dry, _, _ = train(gated, a.runs_root, dry_gate=True)
+    if a.skip_rates:
+        return skip_rates(a.params, over, [int(x) for x in a.skip_rates.split(",")], a.runs_root)
+    nan = float("nan")
+    w_plain, c_plain, _, _ = train(plain, a.runs_root) if not a.record_only else (nan, nan, None, None)
+    w_dry, c_dry, _, _ = train(gated, a.runs_root, dry_gate=True) if not a.record_only else (nan, nan, None, None)
     store: dict = {}
+    record: dict = {}
     w_gated, c_gated, s_gated, rows = train(gated, a.runs_root, oracle=store, oracle_steps=a.oracle_steps,
-                                            oracle_every=a.oracle_every, variants=variants)
+                                            oracle_every=a.oracle_every, variants=variants, record=record)
+    if a.record:
+        save_record(a.record, rows, store, record, gated)
     pts = [r for r in rows if r.get("oracle_score") is not None]
     at = [r["step"] for r in pts]
     # nobody skips during calibration (quantile mode; with --oracle-every m the oracle's window spans m x the batches)
@@ -203,7 +328,7 @@ def main():
         per_batch = s_gated["train_seconds"] / max(s_gated["trained"], 1)    # one trained batch, in this run
         print(f"\nother cheap gates on the same model states (decisions compared, not taken; wall ratio estimated as "
               f"1 - skip rate + gate seconds per batch / {per_batch:.3f} s, a trained batch in this run):")
-        print(f"  {'gate':44s}  agree   self  ratio  kappa/self  skip/oracle  s/batch  est. wall")
+        print(f"  {'gate':60s}  agree   self  ratio  kappa/self  skip/oracle  s/batch  est. wall")
         est = lambda secs, skip: 1 - skip + np.mean(secs) / per_batch  # noqa: E731
         lines = [("(run) " + describe(g, True), main_, [r["seconds"] for r in rows], s_gated["skip_rate"])]
         for v in variants:
@@ -212,7 +337,7 @@ def main():
             lines.append((describe(v.cfg.gating, True), compare(v.cfg, [v.rows[s]["skipped"] for s in at], store, at, vw),
                           [r["seconds"] for r in vr], float(np.mean([r["skipped"] for r in vr]))))
         for name, c, secs, skip in lines:
-            print(f"  {name:44s} {c['agree']:6.1%} {c['self']:6.1%} {c['ratio']:6.3f}  {c['kappa']:+.2f}/{c['kappa_self']:+.2f}"
+            print(f"  {name:60s} {c['agree']:6.1%} {c['self']:6.1%} {c['ratio']:6.3f}  {c['kappa']:+.2f}/{c['kappa_self']:+.2f}"
                   f"   {c['skip']:4.0%}/{c['skip_naive']:4.0%}    {np.mean(secs):6.3f}  {est(secs, skip):.2f}x "
                   f"(all trained {est(secs, 0):.2f}x)")
     agree, n = main_["agree"], main_["n"]
