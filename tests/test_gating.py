@@ -195,11 +195,12 @@ def test_offset_draws_measure_the_few_step_bias_on_the_same_noise_and_subtract_i
     data = angle(3)[None]                                 # few-step draw x scores cos(0.1 (x - 3)), full-step -x
     rows = [gate(step, None, ["a"], data) for step in range(12)]     # fresh at 0, 2, ..., 10
     full = [c for c in calls if c[0] == 50]
-    assert [c[1] for c in full] == [0, 4]                  # every 2nd fresh draw, 2 of them, on the gate's noise
+    assert [c[1] for c in full] == [2, 6]                  # every 2nd fresh draw, 2 of them, on the gate's noise
     sc = lambda x: float(angle(x) @ data[0])  # noqa: E731
-    off = [sc(0) - sc(-0), sc(4) - sc(-4)]                 # few-step minus full-step score
+    off = [sc(2) - sc(-2), sc(6) - sc(-6)]                 # few-step minus full-step score
     assert gate.decider.state.offsets == pytest.approx(off) and abs(off[1]) > 0.1
-    assert rows[1]["score"] == pytest.approx(sc(0) - off[0])
+    assert rows[1]["score"] == pytest.approx(sc(0))       # nothing measured yet: no correction
+    assert rows[3]["score"] == pytest.approx(sc(2) - off[0])
     assert rows[10]["score"] == pytest.approx(sc(10) - np.mean(off))
     resumed = gating.GateState.from_dict(gate.decider.state.to_dict())
     assert resumed.offsets == pytest.approx(off)

@@ -183,7 +183,7 @@ class Gate:
     of the last ``pool`` fresh draws (more images at no extra draw: the model moves little in pool x every_k
     batches); ``common_noise`` starts every draw from the same noise, so consecutive draws differ by the model
     only; ``offset_draws`` full-step (``offset_steps`` DDIM) draws on the gate's own noise, at every
-    ``offset_every``-th fresh draw, measure how far the few-step sampler's score sits above the naive gate's,
+    ``offset_every``-th fresh draw (the first at draw offset_every: past the base model when > 1), measure how far the few-step sampler's score sits above the naive gate's,
     and the mean of those differences is subtracted from every score (their time is in ``seconds``).
     """
 
@@ -223,7 +223,7 @@ class Gate:
 
     def _measure_offset(self, pipe, prompts, step, autocast, fresh_vectors, data_vectors) -> None:
         c = self.cfg
-        if len(self.decider.state.offsets) < c.offset_draws and (self.fresh_count - 1) % c.offset_every == 0:
+        if len(self.decider.state.offsets) < c.offset_draws and self.fresh_count % c.offset_every == 0:
             full = self.full_step_vectors(pipe, prompts, step, autocast)
             self.decider.state.offsets.append(score(fresh_vectors, data_vectors, c.aggregation)
                                               - score(full, data_vectors, c.aggregation))
