@@ -103,6 +103,8 @@ def train(cfg, runs_root, oracle: dict | None = None, oracle_steps: int = 50, or
             tr.gate.gating_rows_fresh = 0       # the fresh draws the record has seen
         t0, c0 = time.perf_counter(), time.process_time()
         out = tr.fit(resume=False, **fit)
+        if record is not None and tr.gate is not None:
+            record["offsets"] = list(tr.gate.decider.state.offsets)
         wall = time.perf_counter() - t0 - sum(r.get("oracle_seconds", 0.0) for r in tr.gating_rows)
         cpu = time.process_time() - c0 - cpu_oracle[0]
         return wall, cpu, out, tr.gating_rows
@@ -160,11 +162,16 @@ def save_record(stem: str, rows: list, store: dict, record: dict, cfg) -> None:
               "oracle_steps": np.array(at), "oracle_a": np.stack([store[k][0] for k in at]).astype(np.float32),
               "oracle_b": np.stack([store[k][1] for k in at]).astype(np.float32),
               "threshold": g.threshold, "every_k": g.every_k, "n_images": g.n_images, "seed": cfg.seed,
+              "offsets": np.array(live_gate_offsets(rows, record), float),
               "gate_draw_seconds": float(np.mean([r["seconds"] for r in rows if r["generated"]])),
               "oracle_draw_seconds": float(np.nanmean(df["oracle_seconds"])) / 2}
     with atomic.atomic_path(stem + ".npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
     print(f"per-batch record: {stem}.csv, {stem}.npz ({len(df)} batches, {len(at)} oracle points)")
+
+
+def live_gate_offsets(rows, record) -> list:
+    return list(record.get("offsets", []))
 
 
 def replay(rec, pool: int = 1, offset_draws: int = 0, offset_every: int = 1, offset_skip: int = 0,
@@ -258,6 +265,8 @@ def main():
                     help="where the per-batch record goes (.csv and .npz); '' for none")
     ap.add_argument("--record-only", action="store_true", help="skip the ungated and dry runs (no cost lines): "
                     "only the gated run with the oracle, for the record")
+    ap.add_argument("--skip-dry", action="store_true", help="skip the dry run (gate computed, all batches trained): "
+                    "its line reads nan; the SUMMARY needs only the ungated and gated runs")
     ap.add_argument("--replay", metavar="NPZ", help="replay rules on a saved record instead of training; each --rule "
                     "is pool=M,offset_draws=D,offset_every=E,offset_skip=S,fixed_offset=X")
     ap.add_argument("--rule", action="append", default=None)
@@ -285,7 +294,8 @@ def main():
         return skip_rates(a.params, over, [int(x) for x in a.skip_rates.split(",")], a.runs_root)
     nan = float("nan")
     w_plain, c_plain, _, _ = train(plain, a.runs_root) if not a.record_only else (nan, nan, None, None)
-    w_dry, c_dry, _, _ = train(gated, a.runs_root, dry_gate=True) if not a.record_only else (nan, nan, None, None)
+    w_dry, c_dry, _, _ = (train(gated, a.runs_root, dry_gate=True) if not (a.record_only or a.skip_dry)
+                          else (nan, nan, None, None))
     store: dict = {}
     record: dict = {}
     w_gated, c_gated, s_gated, rows = train(gated, a.runs_root, oracle=store, oracle_steps=a.oracle_steps,
