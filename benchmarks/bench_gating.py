@@ -175,36 +175,50 @@ def live_gate_offsets(rows, record) -> list:
 
 
 def replay(rec, pool: int = 1, offset_draws: int = 0, offset_every: int = 1, offset_skip: int = 0,
-           fixed_offset: float = 0.0) -> dict:
+           fixed_offset: float = 0.0, run_offsets: int = 0, quantile: float = 0.0, window: int = 20) -> dict:
     """A calibrated gate's decisions on a saved record, without retraining (the model states are the recorded
-    run's): scores against the last ``pool`` fresh draws, minus ``fixed_offset`` or the mean few-step minus
+    run's): scores against the last ``pool`` fresh draws, minus ``fixed_offset``, or minus the mean few-step minus
     full-step score difference over ``offset_draws`` fresh draws that have an oracle draw (the oracle's first
     n images share the gate's prompts and noise), every ``offset_every``-th of them after the first
-    ``offset_skip``. Returns the agreement figures of ``compare`` and the offsets used."""
-    steps, data = rec["steps"], rec["data"].astype(np.float64)
+    ``offset_skip``, or (``run_offsets=E``) minus the run gate's own offsets, measured at every E-th fresh draw.
+    Each offset counts from the batch it was measured at. ``quantile=F`` decides by the rolling-quantile rule
+    (skip fraction F, window ``window``) instead of the threshold. Returns compare's figures."""
+    steps, data = [int(x) for x in rec["steps"]], rec["data"].astype(np.float64)
     dsteps, draws = rec["draw_steps"], rec["draws"].astype(np.float64)
     ost = {int(s): i for i, s in enumerate(rec["oracle_steps"])}
-    n, thr = int(rec["n_images"]), float(rec["threshold"])
-    dmean = {int(s): d for s, d in zip(steps, data)}
+    n, thr, k = int(rec["n_images"]), float(rec["threshold"]), int(rec["every_k"])
+    dmean = dict(zip(steps, data))
     gmean = [d.mean(0) for d in draws]
-    eligible = [i for i, s in enumerate(dsteps) if int(s) in ost][offset_skip::offset_every][:offset_draws]
-    offs = [gmean[i] @ dmean[int(dsteps[i])] - rec["oracle_a"][ost[int(dsteps[i])]][:n].astype(np.float64).mean(0)
-            @ dmean[int(dsteps[i])] for i in eligible]
-    at, cheap = [], []
-    for s in sorted(ost):
-        k = int(np.searchsorted(dsteps, s, side="right")) - 1          # the latest fresh draw at step s
-        g = np.mean(gmean[max(0, k - pool + 1): k + 1], axis=0)
-        # an offset is known from its draw on: before it, the offsets measured so far
-        known = [o for o, i in zip(offs, eligible) if dsteps[i] <= s]
-        cheap.append(g @ dmean[s] - (fixed_offset if not offset_draws else (np.mean(known) if known else 0.0)))
-        at.append(s)
+    if run_offsets:
+        offs = [float(o) for o in rec["offsets"]]
+        known_at = [k * (run_offsets * (j + 1) - 1) for j in range(len(offs))]
+    else:
+        eligible = [i for i, s in enumerate(dsteps) if int(s) in ost][offset_skip::offset_every][:offset_draws]
+        offs = [float(gmean[i] @ dmean[int(dsteps[i])] - rec["oracle_a"][ost[int(dsteps[i])]][:n].astype(np.float64)
+                      .mean(0) @ dmean[int(dsteps[i])]) for i in eligible]
+        known_at = [int(dsteps[i]) for i in eligible]
+    cheap = {}
+    for s in steps:
+        j = int(np.searchsorted(dsteps, s, side="right")) - 1          # the latest fresh draw at step s
+        g = np.mean(gmean[max(0, j - pool + 1): j + 1], axis=0)
+        known = [o for o, t in zip(offs, known_at) if t <= s]
+        off = np.mean(known) if known else 0.0
+        cheap[s] = float(g @ dmean[s]) - (off if (offset_draws or run_offsets) else fixed_offset)
+    if quantile:
+        decider = gating.Decider(config.GatingConfig(mode="quantile", skip_fraction=quantile, warmup_batches=window),
+                                 warn=False)
+        dec = {s: decider.decide(cheap[s])[0] for s in steps}
+    else:
+        dec = {s: cheap[s] > thr for s in steps}
+    at = sorted(ost)
     naive = np.array([rec["oracle_a"][ost[s]].astype(np.float64).mean(0) @ dmean[s] for s in at])
     again = np.array([rec["oracle_b"][ost[s]].astype(np.float64).mean(0) @ dmean[s] for s in at])
-    taken, dn, da = np.array(cheap) > thr, naive > thr, again > thr
+    taken, dn, da = np.array([dec[s] for s in at]), naive > thr, again > thr
     agree, self_agree = float((taken == dn).mean()), float((da == dn).mean())
     return {"n": len(at), "agree": agree, "self": self_agree, "ratio": agree / max(self_agree, 1e-9),
             "kappa": kappa(taken, dn), "kappa_self": kappa(da, dn), "skip": float(taken.mean()),
-            "skip_naive": float(dn.mean()), "offsets": offs, "bias": float(np.mean(np.array(cheap) - naive))}
+            "skip_all": float(np.mean([dec[s] for s in steps])), "skip_naive": float(dn.mean()), "offsets": offs,
+            "bias": float(np.mean([cheap[s] for s in at]) - naive.mean())}
 
 
 def replay_report(path: str, specs: list) -> None:
@@ -214,10 +228,11 @@ def replay_report(path: str, specs: list) -> None:
           f"{float(rec['threshold']):g}, gate n={int(rec['n_images'])} fresh every {int(rec['every_k'])}, seed {int(rec['seed'])}")
     print(f"  {'rule':52s} agree   self  ratio  kappa/self  skip/oracle  bias    offsets (n, mean)")
     for spec in specs:
-        kw = {k: (float(v) if k == "fixed_offset" else int(v)) for k, v in (p.split("=") for p in spec.split(",") if p)}
+        kw = {k: (float(v) if k in ("fixed_offset", "quantile") else int(v))
+              for k, v in (p.split("=") for p in spec.split(",") if p)}
         c = replay(rec, **kw)
         o = f"{len(c['offsets'])}, {np.mean(c['offsets']):+.4f}" if c["offsets"] else "-"
-        print(f"  {spec or 'as run':52s} {c['agree']:6.1%} {c['self']:6.1%} {c['ratio']:6.3f}  {c['kappa']:+.2f}/"
+        print(f"  {spec or 'plain gate (pool=1, no offset)':52s} {c['agree']:6.1%} {c['self']:6.1%} {c['ratio']:6.3f}  {c['kappa']:+.2f}/"
               f"{c['kappa_self']:+.2f}   {c['skip']:4.0%}/{c['skip_naive']:4.0%}  {c['bias']:+.4f}  {o}")
 
 
