@@ -24,6 +24,11 @@ POOLS = ["tuning", "train", "test"]
 MANIFEST_COLUMNS = ["image_id", "path", "label", "patient", "view", "findings", "hash"]
 
 
+def _columns(df: pd.DataFrame) -> list[str]:
+    """The manifest's columns: the phantom mode world's images also carry their acquisition ``mode``."""
+    return MANIFEST_COLUMNS + (["mode"] if "mode" in df.columns else [])
+
+
 @dataclass
 class Curated:
     """The usable images with their binary labels, and what was excluded on the way."""
@@ -47,7 +52,7 @@ def data_root(cfg: Config, progress: bool = True) -> tuple[Path, Path | None]:
     d = cfg.data
     if d.source == "phantom":
         root = phantoms.generate(d.phantom_n, d.image_size, d.phantom_seed, d.phantom_textbook,
-                                 csv=d.csv, progress=progress)
+                                 csv=d.csv, progress=progress, modes=d.phantom_modes)
         return root, root / "Data_Entry_2017.csv"
     if not d.nih_root:
         raise DataError("data.source is 'nih' but data.nih_root is not set; point it at the folder with "
@@ -111,6 +116,8 @@ def label_table(meta: pd.DataFrame, views: list[str]) -> pd.DataFrame:
         "view": meta["View Position"].to_numpy(),
         "findings": meta["Finding Labels"].to_numpy(),
     })
+    if phantoms.MODE_COLUMN in meta.columns:
+        table["mode"] = meta[phantoms.MODE_COLUMN].to_numpy()
     for label in nih.LABELS:
         if not (table["label"] == label).any():
             raise DataError(f"class '{label}' is empty after filtering (views={views}); "
@@ -157,7 +164,7 @@ def curate(cfg: Config, progress: bool = True) -> Curated:
     for label in domains.classes(cfg):
         if not (table["label"] == label).any():
             raise DataError(f"class '{label}' has no readable image on disk under {root}.")
-    return Curated(table[MANIFEST_COLUMNS], root, missing, corrupt)
+    return Curated(table[_columns(table)], root, missing, corrupt)
 
 
 def _take_patients(table: pd.DataFrame, patients: np.ndarray, n: int, pool: str) -> tuple[pd.DataFrame, np.ndarray]:
@@ -223,7 +230,7 @@ def check_leakage(pools: dict[str, pd.DataFrame]) -> None:
 def write_manifests(pools: dict[str, pd.DataFrame], out_dir: str | Path) -> dict[str, Path]:
     """One CSV per pool (image path, label, patient, content hash ...), each written atomically."""
     out_dir = Path(out_dir)
-    return {name: atomic.write_csv(out_dir / f"{name}.csv", df[MANIFEST_COLUMNS]) for name, df in pools.items()}
+    return {name: atomic.write_csv(out_dir / f"{name}.csv", df[_columns(df)]) for name, df in pools.items()}
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

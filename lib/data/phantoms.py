@@ -6,6 +6,45 @@ by the image, so follow-up images of one patient look alike, which is what makes
 split matter. Findings are drawn with a random severity, some faint, so a classifier cannot reach
 AUROC 1.0 trivially. The output has the NIH layout (``images/*.png`` and ``Data_Entry_2017.csv``),
 so the same loader reads it as the real data.
+
+Acquisition modes (``data.phantom_modes``; off by default, when every image and stage key is as before)
+----------------------------------------------------------------------------------------------------------
+Real chest X-rays come from a long tail of acquisition conditions. With modes on, each image gets one mode,
+drawn per image (``sample_mode``: its own random stream, from the image id and the phantom seed) at these
+prevalences, and recorded in the set's CSV (column ``Acquisition Mode``, the manifests' ``mode``):
+
+=============  ==========  ===================================================  =========================================
+mode           prevalence  what it does to the pixels                           findings it hides (RMS finding-vs-erased
+                                                                                difference against normal's, 12 images)
+=============  ==========  ===================================================  =========================================
+normal         70%         nothing                                              -
+devices        12%         opaque lines over the image: a midline tube, a       what lies under a line: Nodule 0.88,
+                           central line from one clavicle to the heart, 2-4     Pneumothorax 0.86, Edema 0.91,
+                           ECG discs with their wires (mean up)                 Consolidation 0.94
+rotated        5%          turned 8-15 degrees; the hemithorax turned away is   unilateral dense findings on that side,
+                           denser (a lateral ramp) under a film shoulder        Effusion above all 0.62, Hernia 0.55,
+                                                                                Cardiomegaly 0.69, lung findings ~0.75
+under_exposed  3%          too few photons: brighter (mean up), dense regions   dense findings: Effusion 0.70, Hernia
+                           saturate white, more quantum noise                   0.49, Cardiomegaly 0.92, Mass 0.93;
+                                                                                lung findings keep theirs
+over_exposed   3%          burnt out: darker (mean down), all below a           lucent findings: Pneumothorax 0.71,
+                           threshold goes black, the rest stretched             Emphysema 0.93; dense ones gain contrast
+pediatric      2%          a small patient: the chest shrunk to 60-75% in the   every finding's area shrinks with the
+                           middle of the frame, air around it                   chest: all ~0.67
+collimated     3%          tight collimation: unexposed (white) borders, the    findings at the bases: Hernia 0.12,
+                           lower one cutting into the bases, a lead marker      Effusion 0.69, Emphysema 0.66,
+                                                                                Cardiomegaly 0.78
+lateral_like   2%          both hemithoraces superimposed (the image averaged   unilateral findings' contrast halves:
+                           with its mirror), as in a lateral projection         Consolidation 0.71, Effusion 0.71,
+                                                                                Nodule 0.71; bilateral Edema 0.94,
+                                                                                Emphysema 0.93 keep theirs
+=============  ==========  ===================================================  =========================================
+
+Common modes (normal) make 70% of images, ``devices`` 12%, the rare ones 2-5% each. A mode is drawn after the
+default image and transforms it with its own random stream, so a mode-world image is its default image
+(same pose, anatomy, findings) seen through the mode, and ``erase`` still pairs an image with its findings-free
+twin through the same mode. The mode world has its own folders (phantom_dir's ``-modes<MODES_VERSION>`` tag) and
+stage keys (``data.phantom_modes`` enters the data section only when true).
 """
 from __future__ import annotations
 
@@ -23,6 +62,10 @@ from ..core.progress import tqdm
 
 GENERATOR_VERSION = 4
 fingerprints.register_source("phantom", f"p{GENERATOR_VERSION}")   # redrawn phantoms are new data
+MODES_VERSION = 1        # redrawn modes are new data: in the mode world's folder tag
+MODE_PREVALENCE = {"normal": 0.70, "devices": 0.12, "rotated": 0.05, "under_exposed": 0.03,
+                   "over_exposed": 0.03, "pediatric": 0.02, "collimated": 0.03, "lateral_like": 0.02}
+MODES = list(MODE_PREVALENCE)
 FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
             "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax"]
 
@@ -162,8 +205,99 @@ def _add_findings(img, cv, lungs, a, findings, r, textbook, finding_scale: float
     return img
 
 
+def sample_mode(image_index: str, seed: int = 0) -> str:
+    """The image's acquisition mode, at MODE_PREVALENCE, from a stream of its own (the default draw is untouched)."""
+    u = _rng("mode", seed, image_index).random()
+    cum = np.cumsum(list(MODE_PREVALENCE.values()))
+    return MODES[min(int(np.searchsorted(cum, u, side="right")), len(MODES) - 1)]
+
+
+def _line(cv: _Canvas, xs, ys, width: float) -> np.ndarray:
+    """A soft opaque polyline through the points (xs, ys) in canvas coordinates, as a [0, 1] mask."""
+    mask = np.zeros_like(cv.x)
+    for x0, y0, x1, y1 in zip(xs[:-1], ys[:-1], xs[1:], ys[1:]):
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((cv.x - x0) * dx + (cv.y - y0) * dy) / (dx * dx + dy * dy + 1e-12), 0, 1)
+        d = np.hypot(cv.x - x0 - t * dx, cv.y - y0 - t * dy) - width
+        mask = np.maximum(mask, _sigmoid_mask(d, cv.soft))
+    return mask
+
+
+def _devices(img, cv, r):
+    """A midline tube, a central line from one clavicle to the heart, ECG discs: opaque, they replace the pixels."""
+    w = 0.015
+    side = -1 if r.random() < 0.5 else 1
+    mask = _line(cv, [0.01, 0.02 + r.uniform(-0.03, 0.03)], [-1.0, r.uniform(-0.35, -0.2)], w)
+    mask = np.maximum(mask, _line(cv, [side * 0.5, side * 0.3, side * 0.1, 0.04 + r.uniform(-0.03, 0.03)],
+                                  [-0.62, -0.55 + r.uniform(-0.05, 0.05), -0.3, r.uniform(-0.1, 0.15)], w))
+    for _ in range(r.integers(2, 5)):    # ECG leads: a disc and its wire running out of the frame
+        x, y = r.uniform(-0.6, 0.6), r.uniform(-0.6, 0.3)
+        mask = np.maximum(mask, cv.ellipse(x, y, 0.04, 0.04))
+        mask = np.maximum(mask, _line(cv, [x, x + r.uniform(-0.3, 0.3), np.sign(x) * 1.1], [y, y + 0.3, r.uniform(-0.2, 0.9)], w * 0.6))
+    return np.maximum(img, 0.92 * mask)
+
+
+def _rotated(img, cv, r):
+    """Turned 8-15 degrees; the hemithorax turned away is denser, under a soft shoulder that compresses it."""
+    side = -1 if r.random() < 0.5 else 1
+    out = ndimage.rotate(img, side * r.uniform(8, 15), reshape=False, order=1, mode="nearest")
+    ramp = np.clip(side * cv.x, 0, 1) * r.uniform(0.25, 0.4)
+    return 0.75 * np.tanh((out + ramp) / 0.75)     # slope 1 in the lungs, a shoulder for dense pixels
+
+
+def _pediatric(img, r):
+    """A small patient: the chest shrunk to 60-75% in the middle of the frame, air around it."""
+    n = img.shape[0]
+    m = int(round(n * r.uniform(0.6, 0.75)))
+    small = ndimage.zoom(img, m / n, order=1)[:m, :m]
+    out = np.full_like(img, float(np.percentile(img[:, : max(1, n // 16)], 50)))
+    o = (n - small.shape[0]) // 2
+    out[o:o + small.shape[0], o:o + small.shape[1]] = small
+    return out
+
+
+def _collimated(img, cv, r):
+    """Unexposed (white) borders, the lower one cutting into the bases, and a lead marker in an upper corner."""
+    left, right, top = r.uniform(0.6, 0.8), r.uniform(0.6, 0.8), r.uniform(0.65, 0.85)
+    bottom = r.uniform(0.2, 0.35)
+    open_ = (cv.x > -left) & (cv.x < right) & (cv.y > -top) & (cv.y < bottom)
+    out = np.where(open_, img, 0.95)
+    mx = -0.85 if r.random() < 0.5 else 0.75
+    marker = (cv.x > mx) & (cv.x < mx + 0.1) & (cv.y > -0.95) & (cv.y < -0.82)
+    return np.where(marker, 1.0, out)
+
+
+def apply_mode(img: np.ndarray, mode: str, image_index: str, seed: int = 0) -> np.ndarray:
+    """The default image seen through an acquisition mode (module docstring), float32 in [0, 1]."""
+    if mode not in MODE_PREVALENCE:
+        raise ValueError(f"acquisition mode {mode!r} is not one of {MODES}")
+    if mode == "normal":
+        return img
+    r = _rng("mode-pixels", seed, image_index)
+    n = img.shape[0]
+    cv = _Canvas(n, shift=(0.0, 0.0), angle=0.0, scale=1.0)     # the frame's own coordinates
+    out = img.astype(np.float64)
+    if mode == "devices":
+        out = _devices(out, cv, r)
+    elif mode == "rotated":
+        out = _rotated(out, cv, r)
+    elif mode == "under_exposed":
+        out = np.clip(0.42 + 1.1 * out, 0, 1) + r.uniform(0.03, 0.06) * r.standard_normal(out.shape)
+    elif mode == "over_exposed":
+        t = r.uniform(0.15, 0.22)
+        out = np.clip((out - t) / (1 - t), 0, 1)
+    elif mode == "pediatric":
+        out = _pediatric(out, r)
+    elif mode == "collimated":
+        out = _collimated(out, cv, r)
+    elif mode == "lateral_like":
+        out = 0.5 * (out + out[:, ::-1])
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
 def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", size: int = 64,
-         seed: int = 0, textbook: bool = False, finding_scale: float = 1.0, erase: bool = False) -> np.ndarray:
+         seed: int = 0, textbook: bool = False, finding_scale: float = 1.0, erase: bool = False,
+         mode: str | None = None) -> np.ndarray:
     """One phantom as float32 in [0, 1], deterministic from its arguments.
 
     ``finding_scale`` multiplies every finding's severity (and Cardiomegaly's heart enlargement): the
@@ -171,7 +305,9 @@ def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", 
     ``erase``: the image drawn with ``findings`` but none of them shown (no painted finding, no enlarged heart,
     no diaphragm a finding moved). Every random draw the findings make is still made, so pose, anatomy, markings,
     exposure and noise are the image's own: it differs from the default draw only where the findings are (the
-    findings-erased reference; drawing with findings=[] instead shifts the random stream and redraws them all)."""
+    findings-erased reference; drawing with findings=[] instead shifts the random stream and redraws them all).
+    ``mode``: an acquisition mode (module docstring) applied to the finished image; None (the default world) and
+    "normal" leave it bit-identical."""
     a = _anatomy(patient, textbook)
     r = _rng("image", seed, image_index)
     spread = 0.3 if textbook else 1.0
@@ -227,7 +363,8 @@ def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", 
     img = np.clip(img * gain, 0, 1) ** gamma
     img = ndimage.gaussian_filter(img, sigma=0.5 * size / 64)
     noise = (0.01 if textbook else r.uniform(0.01, 0.04)) * r.standard_normal(img.shape)
-    return np.clip(img + noise, 0, 1).astype(np.float32)
+    img = np.clip(img + noise, 0, 1).astype(np.float32)
+    return img if mode is None else apply_mode(img, mode, image_index, seed)
 
 
 def sample_rows(meta: pd.DataFrame, n: int, seed: int, textbook: bool = False) -> pd.DataFrame:
@@ -246,32 +383,42 @@ def sample_rows(meta: pd.DataFrame, n: int, seed: int, textbook: bool = False) -
     return rows.sort_values("Image Index").head(n).reset_index(drop=True)
 
 
-def phantom_dir(n: int, size: int, seed: int, textbook: bool, csv: str | Path | None = None) -> Path:
+def phantom_dir(n: int, size: int, seed: int, textbook: bool, csv: str | Path | None = None,
+                modes: bool = False) -> Path:
     """data/phantoms/<tag>: the tag names everything the set is drawn from, a user's metadata CSV included."""
     tag = f"v{GENERATOR_VERSION}-n{n}-s{size}-seed{seed}" + ("-textbook" if textbook else "")
+    tag += f"-modes{MODES_VERSION}" if modes else ""    # the mode world is other data
     if csv is not None:   # another metadata file is other data (the bundled one keeps the plain tag)
         src = paths.resolve(csv)
         tag += "-csv" + hashlib.sha256(src.read_bytes() if src.is_file() else str(src).encode()).hexdigest()[:10]
     return paths.DATA / "phantoms" / tag
 
 
+MODE_COLUMN = "Acquisition Mode"     # the mode world's CSV column (curation's manifest column ``mode``)
+
+
 def _write_one(args) -> None:
     out, row, size, seed, textbook = args
     findings = [] if row["Finding Labels"] == "No Finding" else row["Finding Labels"].split("|")
-    arr = draw(row["Image Index"], str(row["Patient ID"]), findings, row["View Position"], size, seed, textbook)
+    arr = draw(row["Image Index"], str(row["Patient ID"]), findings, row["View Position"], size, seed, textbook,
+               mode=row.get(MODE_COLUMN))
     atomic.save_image(out, Image.fromarray((arr * 255).round().astype(np.uint8), mode="L"))
 
 
 def generate(n: int = 2000, size: int = 64, seed: int = 0, textbook: bool = False,
-             out_dir: str | Path | None = None, csv: str | Path | None = None, progress: bool = True) -> Path:
-    """Write an NIH-layout phantom set and return its folder; images already there are kept (resume)."""
+             out_dir: str | Path | None = None, csv: str | Path | None = None, progress: bool = True,
+             modes: bool = False) -> Path:
+    """Write an NIH-layout phantom set and return its folder; images already there are kept (resume).
+    ``modes``: each image drawn through its acquisition mode, recorded in the CSV's MODE_COLUMN."""
     if not 32 <= size <= 512:
         raise ValueError(f"phantom size {size} must be between 32 and 512")
-    out = paths.resolve(out_dir) if out_dir else phantom_dir(n, size, seed, textbook, csv)
+    out = paths.resolve(out_dir) if out_dir else phantom_dir(n, size, seed, textbook, csv, modes)
     entry = out / "Data_Entry_2017.csv"
     if entry.exists():
         return out
     rows = sample_rows(nih.read_metadata(csv), n, seed, textbook)
+    if modes:
+        rows[MODE_COLUMN] = [sample_mode(i, seed) for i in rows["Image Index"]]
     (out / "images").mkdir(parents=True, exist_ok=True)
     todo = [(out / "images" / r["Image Index"], r, size, seed, textbook)
             for _, r in rows.iterrows() if not (out / "images" / r["Image Index"]).exists()]

@@ -30,6 +30,7 @@ class DataConfig:
     phantom_n: int = 2000                   # how many real metadata rows get a phantom (shapes: images in all)
     phantom_textbook: bool = False          # typical, single-finding, clean phantoms (Experiment 5)
     phantom_seed: int = 0                   # the phantom (or shapes) data set's own seed (pools use the run seed)
+    phantom_modes: bool = False             # phantoms drawn through long-tailed acquisition modes (lib/data/phantoms.py)
     check_images: bool = True               # open every image once to exclude corrupt ones
     max_missing_fraction: float = 0.01      # more images named in the CSV but absent on disk stop curation
     near_duplicates: Literal["refuse", "warn"] = "refuse"  # a near-copy of a real test image in a training
@@ -281,6 +282,8 @@ class Config:
                 d["selection"].pop(name)
         d["data"].pop("near_duplicates")     # what a leak check does on a find, not what a stage computes
         d.pop("development_seeds")           # a record of how the parameters were chosen, computes nothing
+        if not d["data"]["phantom_modes"]:   # the default phantom world: keys as before the field existed
+            d["data"].pop("phantom_modes")
         if d["generation"]["shuffled_fraction"] is None:   # unset (every kind but partly-shuffled): keys as before
             d["generation"].pop("shuffled_fraction")
         if d["finetune"]["updates"] is None:   # unset (every run but equal-updates): keys as before
