@@ -155,6 +155,12 @@ def test_tables_report_changes_in_percentage_points_with_paired_statistics(measu
     viz.brackets(d, records, tmp_path)
     viz.ratios(mixing_tables.seed_table(records, "ratios"), tmp_path)
     assert {p.name for p in tmp_path.iterdir()} >= {"07_brackets.pdf", "07_brackets.png", "07_ratios.png"}
+    # a run of one experiment (no ratio arms) leaves the other's figure and table as they were
+    mixing_tables.save_tables({"ratios": rt}, tmp_path)
+    before = {f: (tmp_path / f).read_bytes() for f in ("07_ratios.png", "07_table_ratios.csv")}
+    viz.ratios(mixing_tables.seed_table(records.iloc[:0], "ratios"), tmp_path)
+    mixing_tables.save_tables({"ratios": rt.iloc[:0]}, tmp_path)
+    assert {f: (tmp_path / f).read_bytes() for f in before} == before
 
 
 def test_finished_stages_are_reused_and_keys_follow_only_their_own_fields(measured):

@@ -269,8 +269,12 @@ def ratio_table(records: pd.DataFrame, n_boot: int = 1000, seed: int = 0, thresh
 
 
 def save_tables(tables: dict[str, pd.DataFrame], figures_dir) -> list[Path]:
-    """Each table as 07_table_<name>.csv beside the figures."""
+    """Each table as 07_table_<name>.csv beside the figures; an empty one never replaces a table already there
+    (a brackets-only run leaves the ratios table that ratios.yaml wrote, and the reverse)."""
     out = []
     for name, t in tables.items():
-        out.append(atomic.write_csv(paths.resolve(figures_dir) / f"07_table_{name}.csv", t))
+        f = paths.resolve(figures_dir) / f"07_table_{name}.csv"
+        if t.empty and f.exists():
+            continue
+        out.append(atomic.write_csv(f, t))
     return out

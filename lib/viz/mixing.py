@@ -14,6 +14,16 @@ from ..analyze import mixing_arms
 from ..core import style
 
 
+def _save(fig, name: str, figures_dir, empty: bool) -> None:
+    """Save, except an empty placeholder over a figure already there: a brackets-only run (notebook 07 of
+    brackets.yaml) must not blank out the ratios figure that ratios.yaml drew in the same folder, nor the reverse."""
+    from ..core import paths
+
+    if empty and (paths.resolve(figures_dir) / f"{name}.png").exists():
+        return
+    style.save(fig, name, figures_dir)
+
+
 def _empty(ax, text="no mixing results yet: run notebooks 01-05 for a point first"):
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=7, color="0.4")
 
@@ -100,7 +110,7 @@ def brackets(diffs: pd.DataFrame, records: pd.DataFrame, figures_dir, name: str 
         level = ("two-level bootstrap (seeds, then the same real test images)" if d["n_seeds"].max() > 1 else
                  "bootstrap over the same real test images (one seed: no seed level)")
         _footnote(fig, f"bars: 95% CI of the paired change, {level}; {_seeds(d['n_seeds'])}\n{groups_note(gens)}")
-    style.save(fig, name, figures_dir)
+    _save(fig, name, figures_dir, empty=d.empty)
     return fig
 
 
@@ -134,5 +144,5 @@ def ratios(table: pd.DataFrame, figures_dir, name: str = "07_ratios", metrics=("
     if not table.empty:
         _footnote(fig, f"bars and grey band: ± 1 s.d. over {_seeds(table['n_seeds'])} (the spread of seeds, not a "
                        f"CI; the paired CIs are in 07_table_ratios)\n{groups_note(table['generator'])}")
-    style.save(fig, name, figures_dir)
+    _save(fig, name, figures_dir, empty=table.empty)
     return fig
