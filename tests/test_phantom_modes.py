@@ -135,3 +135,16 @@ def test_default_curation_writes_no_mode_column(tmp_path, monkeypatch):
                             "pools": {"tuning": 15, "train": 15, "test": 15}})
     curation.run(cfg, tmp_path / "cur", progress=False)
     assert list(curation.read_manifest(tmp_path / "cur" / "test.csv").columns) == curation.MANIFEST_COLUMNS
+
+
+def test_a_redrawn_mode_world_gets_new_stage_keys(monkeypatch):
+    """MODES_VERSION is in the keys of the mode world: bumping it must not reuse stages drawn by the old modes."""
+    from lib.core import config, stages
+    from lib.data import phantoms
+
+    cfg = config.load("params/smoke.yaml", {"data.phantom_modes": True})
+    before = stages.key(cfg, "01_data_curation")
+    monkeypatch.setattr(phantoms, "MODES_VERSION", phantoms.MODES_VERSION + 1)
+    assert stages.key(cfg, "01_data_curation") != before
+    default = config.load("params/smoke.yaml")
+    assert stages.key(default, "01_data_curation") == stages.key(default, "01_data_curation")
