@@ -98,8 +98,10 @@ def key(cfg: Config, stage: str, data: str | None = None) -> str:
     # A reference kind whose output changed (lib.generate.references.VERSIONS) must not reuse the old folders.
     if tag := fingerprints.reference_version(cfg, stage, secs):
         base = hashlib.sha256(f"{base}|{tag}".encode()).hexdigest()[:10]
-    # A new phantom (or shapes) generator is new data: it must not reuse stages built on the old one.
-    return base + fingerprints.source_suffix(cfg.data.source)
+    # A new phantom (or shapes) generator is new data: it must not reuse stages built on the old one; the phantoms'
+    # acquisition-mode world registers its own suffix (lib.data.phantoms: MODES_VERSION), so redrawn modes are new data.
+    modes = cfg.data.source == "phantom" and cfg.data.phantom_modes
+    return base + fingerprints.source_suffix(cfg.data.source + ("+modes" if modes else ""))
 
 
 def unused_gating(cfg: Config) -> set[str]:

@@ -63,6 +63,7 @@ from ..core.progress import tqdm
 GENERATOR_VERSION = 4
 fingerprints.register_source("phantom", f"p{GENERATOR_VERSION}")   # redrawn phantoms are new data
 MODES_VERSION = 1        # redrawn modes are new data: in the mode world's folder tag
+fingerprints.register_source("phantom+modes", f"p{GENERATOR_VERSION}m{MODES_VERSION}")   # and in its stage keys
 MODE_PREVALENCE = {"normal": 0.70, "devices": 0.12, "rotated": 0.05, "under_exposed": 0.03,
                    "over_exposed": 0.03, "pediatric": 0.02, "collimated": 0.03, "lateral_like": 0.02}
 MODES = list(MODE_PREVALENCE)

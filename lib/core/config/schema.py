@@ -284,10 +284,6 @@ class Config:
         d.pop("development_seeds")           # a record of how the parameters were chosen, computes nothing
         if not d["data"]["phantom_modes"]:   # the default phantom world: keys as before the field existed
             d["data"].pop("phantom_modes")
-        else:      # a redrawn mode world (lib.data.phantoms.MODES_VERSION) is new data: it gets new keys
-            from ...data.phantoms import MODES_VERSION
-
-            d["data"]["phantom_modes"] = f"modes-v{MODES_VERSION}"
         if d["generation"]["shuffled_fraction"] is None:   # unset (every kind but partly-shuffled): keys as before
             d["generation"].pop("shuffled_fraction")
         if d["finetune"]["updates"] is None:   # unset (every run but equal-updates): keys as before
