@@ -84,3 +84,26 @@ def test_a_test_sample_without_modes_is_refused_with_what_to_do(tmp_path):
     _stage(tmp_path / "s0", seed=0, with_mode=False)
     with pytest.raises(DataError, match=r"test_a.csv has no 'mode' column.*data.phantom_modes"):
         subgroups.per_mode(tmp_path / "s0")
+
+
+def test_mode_shares_and_clusters_against_modes_on_known_sets():
+    """Shares and TV distance counted by hand; clusters that are the modes score AMI 1, shuffled ones about 0."""
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    from lib.analyze import subgroups
+
+    test = pd.DataFrame({"mode": ["normal"] * 8 + ["rotated"] * 2})
+    tuning = pd.DataFrame({"mode": ["normal"] * 5 + ["rotated"] * 5})
+    s = subgroups.mode_shares({"test pool": test, "tuning": tuning})
+    assert s.loc["rotated", "tuning"] == 0.5 and s.loc["rotated", "test pool"] == 0.2
+    assert s.loc["TV distance", "tuning"] == pytest.approx(0.3) and s.loc["TV distance", "test pool"] == 0
+    with pytest.raises(Exception, match="phantom_modes"):
+        subgroups.mode_shares({"x": pd.DataFrame({"label": [1]})})
+    rng = np.random.default_rng(0)
+    modes = rng.choice(["normal", "devices", "rotated"], size=600, p=[0.9, 0.06, 0.04])
+    same = pd.Series(modes).map({"normal": 0, "devices": 1, "rotated": 2}).to_numpy()
+    r = subgroups.clusters_against_modes(same, modes)
+    assert r["ami"] == pytest.approx(1.0) and r["rare_concentration"] == {"devices": 1.0, "rotated": 1.0}
+    assert abs(subgroups.clusters_against_modes(rng.permutation(same), modes)["ami"]) < 0.05

@@ -99,3 +99,29 @@ def write(stage_dirs, out_dir: str | Path, level: float = 0.95) -> dict[str, Pat
     out_dir = Path(out_dir)
     return {"summary": atomic.write_csv(out_dir / SUMMARY_FILE, summary),
             "runs": atomic.write_csv(out_dir / RUNS_FILE, runs)}
+
+
+# ------------------------------------------------------------------ the mechanism: what selection does to the modes
+def mode_shares(sets: dict[str, pd.DataFrame], reference: str = "test pool") -> pd.DataFrame:
+    """Each set's share of every mode (rows: modes, columns: sets), and each set's total variation distance from
+    ``reference`` (row 'TV distance'): how far a tuning set's acquisition mix sits from the test pool's."""
+    for name, df in sets.items():
+        if MODE not in df:
+            raise DataError(f"set {name!r} has no {MODE!r} column: draw the data with data.phantom_modes: true.")
+    shares = pd.DataFrame({name: df[MODE].value_counts(normalize=True) for name, df in sets.items()}).fillna(0.0)
+    if reference in shares:
+        shares.loc["TV distance"] = 0.5 * (shares.sub(shares[reference], axis=0)).abs().sum()
+    return shares
+
+
+def clusters_against_modes(clusters: np.ndarray, modes) -> dict:
+    """How far clusters follow the modes: adjusted mutual information and adjusted Rand index (0: independent,
+    1: the clusters are the modes), and the largest share any one cluster holds of each rare mode (< 10% of images)."""
+    from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
+
+    modes = np.asarray(modes)
+    table = pd.crosstab(pd.Series(modes, name=MODE), pd.Series(np.asarray(clusters), name="cluster"))
+    rare = [m for m, share in pd.Series(modes).value_counts(normalize=True).items() if share < 0.10]
+    return {"ami": float(adjusted_mutual_info_score(modes, clusters)), "ari": float(adjusted_rand_score(modes, clusters)),
+            "rare_concentration": {m: float(table.loc[m].max() / table.loc[m].sum()) for m in rare},
+            "table": table}

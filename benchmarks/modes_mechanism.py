@@ -1,0 +1,60 @@
+"""Issue 27's mechanism, measured before any fine-tuning: in the phantom mode world (data.phantom_modes), how far each
+tuning-set selection moves the acquisition-mode mix away from the test pool's, and how far each embedding's clusters
+follow the modes. Stages 01-02 of params/demo.yaml per seed, in runs/.modes-check (not a test; ~1 min per seed).
+
+    .venv/bin/python benchmarks/modes_mechanism.py [--seeds 0 1] [--out benchmarks/results/modes_mechanism.txt]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def one_seed(seed: int, root: str) -> str:
+    import pandas as pd
+
+    from lib.analyze import subgroups
+    from lib.core import config, stages
+    from lib.data import curation
+    from lib.tuningset import selection
+
+    cfg = config.load("params/demo.yaml", {"data.phantom_modes": True, "seed": seed, "experiment": "modes-check"})
+    t = time.perf_counter()
+    d01 = stages.run_stage(cfg, "01_data_curation", curation.run, root, progress=False)
+    d02 = stages.run_stage(cfg, "02_clustering", selection.run, root, progress=False)
+    pools, res, pool = curation.load_pools(d01), selection.load(d02), selection.tuning_pool(cfg, root)
+    modes = pool[["image_id", "mode"]]
+    sets = {"test pool": pools["test"], "tuning pool": pools["tuning"]}
+    sets |= {f"tuning {m}": df.merge(modes, on="image_id", how="left") if "mode" not in df else df
+             for m, df in res["tuning_sets"].items()}
+    lines = [f"== seed {seed} (stages 01-02 {time.perf_counter() - t:.0f} s): mode shares; last row the total "
+             "variation distance from the test pool", subgroups.mode_shares(sets).round(3).to_string()]
+    for m, df in res["clusters"].items():
+        c = df.merge(modes, on="image_id", how="left")
+        r = subgroups.clusters_against_modes(c["cluster"].to_numpy(), c["mode"].to_numpy())
+        conc = ", ".join(f"{k} {v:.2f}" for k, v in r["rare_concentration"].items())
+        lines.append(f"{m}: clusters against modes AMI {r['ami']:.3f}, ARI {r['ari']:.3f}; the largest share one "
+                     f"cluster holds of each rare mode: {conc}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--runs-root", default="runs/.modes-check")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    text = "\n\n".join(one_seed(s, a.runs_root) for s in a.seeds)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
