@@ -258,6 +258,47 @@ for _algo in ALGORITHMS:
         register(f"{_algo}-{_kind}", embedding=_kind, check=_quota_per_cluster)(_clustered(_algo, _kind))
 
 
+# ------------------------------------------------------------- known-answer selections of the mode world (issue 27)
+RARE_SHARE = 0.10     # a mode under this share of the tuning pool is rare (lib.data.phantoms.MODE_PREVALENCE: 2-5%)
+
+
+def _needs_modes(cfg: Config) -> str | None:
+    if not (cfg.data.source == "phantom" and cfg.data.phantom_modes):
+        return ("selection methods 'mode-matched' and 'rare-modes' select by acquisition mode: they need "
+                "data.source: phantom with data.phantom_modes: true.")
+    return None
+
+
+def _mode_codes(pool: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    if "mode" not in pool:
+        raise SelectionError("the tuning pool has no 'mode' column: draw the data with data.phantom_modes: true.")
+    names = sorted(pool["mode"].unique())
+    return pool["mode"].map({m: i for i, m in enumerate(names)}).to_numpy(), names
+
+
+@register("mode-matched", check=_needs_modes)
+def _mode_matched(req: Request) -> Selection:
+    """Each label's tuning images in the tuning pool's own mode shares (proportional quotas over the modes): the
+    pools are patient splits of one population, so this is the test pool's acquisition mix, without sampling noise."""
+    codes, _ = _mode_codes(req.pool)
+    chosen = req.once(lambda: select(req.pool, codes, req.cfg.selection.per_label, req.cfg.seed, "proportional"))
+    return Selection(chosen, req.pool)
+
+
+@register("rare-modes", check=_needs_modes)
+def _rare_modes(req: Request) -> Selection:
+    """Each label's tuning images from the rare modes only (under RARE_SHARE of the pool), an equal quota per mode:
+    a mix far from the test pool's by construction, the known-worse side of the known-answer pair."""
+    codes, names = _mode_codes(req.pool)
+    shares = req.pool["mode"].value_counts(normalize=True)
+    rare = req.pool["mode"].map(shares < RARE_SHARE).to_numpy()
+    if not rare.any():
+        raise SelectionError(f"no mode is under {RARE_SHARE:.0%} of the tuning pool: nothing rare to select.")
+    pool = req.pool[rare].reset_index(drop=True)
+    chosen = req.once(lambda: select(pool, codes[rare], req.cfg.selection.per_label, req.cfg.seed, "equal"))
+    return Selection(chosen, pool)
+
+
 # ------------------------------------------------------------------------------------------- stage 02
 def tuning_pool(cfg: Config, runs_root="runs") -> pd.DataFrame:
     return curation.read_manifest(stages.require(cfg, "01_data_curation", runs_root) / "tuning.csv")
