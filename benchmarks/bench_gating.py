@@ -159,8 +159,10 @@ def save_record(stem: str, rows: list, store: dict, record: dict, cfg) -> None:
     arrays = {"steps": np.array(sorted(record["data"])), "data": np.stack([record["data"][k] for k in sorted(record["data"])]),
               "draw_steps": np.array(sorted(record["draws"])),
               "draws": np.stack([record["draws"][k] for k in sorted(record["draws"])]),
-              "oracle_steps": np.array(at), "oracle_a": np.stack([store[k][0] for k in at]).astype(np.float32),
-              "oracle_b": np.stack([store[k][1] for k in at]).astype(np.float32),
+              # batches differ in size (a tuning set not a multiple of the batch): the points' rows, concatenated
+              "oracle_steps": np.array(at), "oracle_rows": np.array([len(store[k][0]) for k in at]),
+              "oracle_a": np.concatenate([store[k][0] for k in at]).astype(np.float32),
+              "oracle_b": np.concatenate([store[k][1] for k in at]).astype(np.float32),
               "threshold": g.threshold, "every_k": g.every_k, "n_images": g.n_images, "seed": cfg.seed,
               "offsets": np.array(live_gate_offsets(rows, record), float),
               "gate_draw_seconds": float(np.mean([r["seconds"] for r in rows if r["generated"]])),
@@ -183,6 +185,8 @@ def replay(rec, pool: int = 1, offset_draws: int = 0, offset_every: int = 1, off
     ``offset_skip``, or (``run_offsets=E``) minus the run gate's own offsets, measured at every E-th fresh draw.
     Each offset counts from the batch it was measured at. ``quantile=F`` decides by the rolling-quantile rule
     (skip fraction F, window ``window``) instead of the threshold. Returns compare's figures."""
+    cut = np.cumsum(rec["oracle_rows"])[:-1]
+    rec = {**rec, "oracle_a": np.split(rec["oracle_a"], cut), "oracle_b": np.split(rec["oracle_b"], cut)}
     steps, data = [int(x) for x in rec["steps"]], rec["data"].astype(np.float64)
     dsteps, draws = rec["draw_steps"], rec["draws"].astype(np.float64)
     ost = {int(s): i for i, s in enumerate(rec["oracle_steps"])}
@@ -223,7 +227,7 @@ def replay(rec, pool: int = 1, offset_draws: int = 0, offset_every: int = 1, off
 
 def replay_report(path: str, specs: list) -> None:
     """``--replay``: each rule's figures on a saved record, one line each."""
-    rec = np.load(path)
+    rec = dict(np.load(path))
     print(f"replay of {path}: {len(rec['steps'])} batches, {len(rec['oracle_steps'])} oracle points, threshold "
           f"{float(rec['threshold']):g}, gate n={int(rec['n_images'])} fresh every {int(rec['every_k'])}, seed {int(rec['seed'])}")
     print(f"  {'rule':52s} agree   self  ratio  kappa/self  skip/oracle  bias    offsets (n, mean)")
@@ -315,8 +319,6 @@ def main():
     record: dict = {}
     w_gated, c_gated, s_gated, rows = train(gated, a.runs_root, oracle=store, oracle_steps=a.oracle_steps,
                                             oracle_every=a.oracle_every, variants=variants, record=record)
-    if a.record:
-        save_record(a.record, rows, store, record, gated)
     pts = [r for r in rows if r.get("oracle_score") is not None]
     at = [r["step"] for r in pts]
     # nobody skips during calibration (quantile mode; with --oracle-every m the oracle's window spans m x the batches)
@@ -370,6 +372,8 @@ def main():
           f"self-agreement {main_['self']:.1%} | ratio {main_['ratio']:.3f} (goal >= 0.95) | wall time "
           f"gated/ungated {w_gated / w_plain:.2f}x (goal <= 1.25; CPU time {c_gated / c_plain:.2f}x)"
           + ("" if n >= 100 else f" | only {n} decisions: use --steps for at least 100"))
+    if a.record:        # after the figures, so that a failed save cannot lose them
+        save_record(a.record, rows, store, record, gated)
 
 
 if __name__ == "__main__":
