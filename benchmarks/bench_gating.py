@@ -177,14 +177,17 @@ def live_gate_offsets(rows, record) -> list:
 
 
 def replay(rec, pool: int = 1, offset_draws: int = 0, offset_every: int = 1, offset_skip: int = 0,
-           fixed_offset: float = 0.0, run_offsets: int = 0, quantile: float = 0.0, window: int = 20) -> dict:
+           fixed_offset: float = 0.0, run_offsets: int = 0, quantile: float = 0.0, window: int = 20,
+           oracle_rule: int = 0) -> dict:
     """A calibrated gate's decisions on a saved record, without retraining (the model states are the recorded
     run's): scores against the last ``pool`` fresh draws, minus ``fixed_offset``, or minus the mean few-step minus
     full-step score difference over ``offset_draws`` fresh draws that have an oracle draw (the oracle's first
     n images share the gate's prompts and noise), every ``offset_every``-th of them after the first
     ``offset_skip``, or (``run_offsets=E``) minus the run gate's own offsets, measured at every E-th fresh draw.
     Each offset counts from the batch it was measured at. ``quantile=F`` decides by the rolling-quantile rule
-    (skip fraction F, window ``window``) instead of the threshold. Returns compare's figures."""
+    (skip fraction F, window ``window``) instead of the threshold; ``oracle_rule=1`` applies that rule to the
+    oracle too (its window spanning the same batches, the first window left out), as the benchmark's quantile
+    mode does; otherwise the oracle keeps the record's absolute threshold. Returns compare's figures."""
     cut = np.cumsum(rec["oracle_rows"])[:-1]
     rec = {**rec, "oracle_a": np.split(rec["oracle_a"], cut), "oracle_b": np.split(rec["oracle_b"], cut)}
     steps, data = [int(x) for x in rec["steps"]], rec["data"].astype(np.float64)
@@ -217,7 +220,15 @@ def replay(rec, pool: int = 1, offset_draws: int = 0, offset_every: int = 1, off
     at = sorted(ost)
     naive = np.array([rec["oracle_a"][ost[s]].astype(np.float64).mean(0) @ dmean[s] for s in at])
     again = np.array([rec["oracle_b"][ost[s]].astype(np.float64).mean(0) @ dmean[s] for s in at])
-    taken, dn, da = np.array([dec[s] for s in at]), naive > thr, again > thr
+    if quantile and oracle_rule:     # the oracle under the same rule, its window spanning the same batches
+        every = at[1] - at[0] if len(at) > 1 else 1
+        ocfg = config.GatingConfig(mode="quantile", skip_fraction=quantile, warmup_batches=-(-window // every))
+        warm = ocfg.warmup_batches
+        dn, da = (np.array([d.decide(v)[0] for v in vals]) for d, vals in
+                  ((gating.Decider(ocfg, warn=False), naive), (gating.Decider(ocfg, warn=False), again)))
+        taken, dn, da = np.array([dec[s] for s in at])[warm:], dn[warm:], da[warm:]
+    else:
+        taken, dn, da = np.array([dec[s] for s in at]), naive > thr, again > thr
     agree, self_agree = float((taken == dn).mean()), float((da == dn).mean())
     return {"n": len(at), "agree": agree, "self": self_agree, "ratio": agree / max(self_agree, 1e-9),
             "kappa": kappa(taken, dn), "kappa_self": kappa(da, dn), "skip": float(taken.mean()),
@@ -243,7 +254,8 @@ def replay_report(path: str, specs: list) -> None:
 def describe(g, short: bool = False) -> str:
     rule = f"threshold {g.threshold:g}" if g.mode == "absolute" else f"quantile, skip_fraction {g.skip_fraction:g}"
     cal = (f" pool {g.pool}" if g.pool > 1 else "") + (" CRN" if g.common_noise else "") + (
-        f" offset {g.offset_draws}x{g.offset_steps}st/{g.offset_every}" if g.offset_draws else "")
+        f" offset {g.offset_draws}x{g.offset_steps}st/{g.offset_every}" if g.offset_draws else
+        f" offset {g.score_offset:+g} (fixed)" if g.score_offset else "")
     if short:
         rule = f"thr {g.threshold:g}" if g.mode == "absolute" else f"q {g.skip_fraction:g}"
         return f"n={g.n_images} steps={g.sampler_steps} k={g.every_k} {g.aggregation} {rule}" + (

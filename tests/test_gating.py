@@ -206,3 +206,18 @@ def test_offset_draws_measure_the_few_step_bias_on_the_same_noise_and_subtract_i
     assert resumed.offsets == pytest.approx(off)
     with pytest.raises(config.ParamError, match="gating.pool"):
         gating.check(config.GatingConfig(pool=0))
+
+
+def test_fixed_score_offset_is_subtracted_until_offset_draws_measure_one(monkeypatch):
+    data = np.array([[1.0, 0.0]])
+    fixed, _, angle = _drawing_gate(monkeypatch, score_offset=0.25)
+    assert [fixed(s, None, ["a"], data)["score"] for s in (0, 1)] == pytest.approx([angle(0)[0] - 0.25] * 2)
+    both, _, _ = _drawing_gate(monkeypatch, score_offset=0.25, offset_draws=1, offset_every=2)
+    rows = [both(s, None, ["a"], data) for s in range(4)]
+    assert rows[0]["score"] == pytest.approx(angle(0)[0] - 0.25)         # nothing measured yet: the fixed offset
+    assert rows[3]["score"] == pytest.approx(angle(2)[0] - both.decider.state.offsets[0])   # then the measured one
+    plain = config.load("params/smoke.yaml", {"gating.enabled": True})
+    assert plain.section_hash("gating") == config.load(
+        "params/smoke.yaml", {"gating.enabled": True, "gating.score_offset": 0.0}).section_hash("gating")
+    assert plain.section_hash("gating") != config.load(
+        "params/smoke.yaml", {"gating.enabled": True, "gating.score_offset": 0.0076}).section_hash("gating")

@@ -147,3 +147,8 @@ def test_a_redrawn_mode_world_gets_new_stage_keys():
         assert stages.key(cfg, stage).endswith(f"p{phantoms.GENERATOR_VERSION}m{phantoms.MODES_VERSION}")
     default = config.load("params/smoke.yaml")
     assert stages.key(default, "01_data_curation").endswith(f"p{phantoms.GENERATOR_VERSION}")
+
+
+def test_phantom_modes_with_another_source_is_refused_naming_the_keys():
+    with pytest.raises(config.ParamError, match=r"data.phantom_modes = true.*data.source = 'nih'"):
+        config.load("params/smoke.yaml", {"data.phantom_modes": True, "data.source": "nih"})

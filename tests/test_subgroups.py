@@ -107,3 +107,20 @@ def test_mode_shares_and_clusters_against_modes_on_known_sets():
     r = subgroups.clusters_against_modes(same, modes)
     assert r["ami"] == pytest.approx(1.0) and r["rare_concentration"] == {"devices": 1.0, "rotated": 1.0}
     assert abs(subgroups.clusters_against_modes(rng.permutation(same), modes)["ami"]) < 0.05
+
+
+def test_notebook_report_labels_gated_runs_apart_and_skips_records_outside_the_mode_world(tmp_path):
+    from lib.viz import subgroups as viz
+
+    for s in range(3):
+        _stage(tmp_path / f"s{s}", seed=s)
+    params = lambda modes: {"data": {"phantom_modes": modes}}  # noqa: E731
+    records = pd.DataFrame({"results_dir": [str(tmp_path / f"s{s}") for s in (0, 1, 2, 0)],
+                            "method": ["random"] * 4, "gating": [False, False, True, False],
+                            "params": [params(True), params(True), params(True), params(False)]})
+    dirs, labels = subgroups.mode_world_runs(records)
+    assert labels == ["random", "random", "random (gated)"] and len(dirs) == 3
+    summary = viz.report(records, tmp_path / "fig")
+    assert set(summary["method"]) == {"random", "random (gated)"}
+    assert (tmp_path / "fig" / "06_by_subgroup.csv").exists() and (tmp_path / "fig" / "06_by_subgroup.png").exists()
+    assert viz.report(records.iloc[3:], tmp_path / "none") is None and not (tmp_path / "none").exists()

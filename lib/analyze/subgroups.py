@@ -77,10 +77,13 @@ def _run_info(stage_dir: Path, i: int) -> dict:
     return {"method": row.get("method", "run"), "seed": row.get("seed", i), "stage_dir": str(stage_dir)}
 
 
-def by_subgroup(stage_dirs, level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary, per-run rows): per method and mode, the seed-level mean and t-interval of AUROC(a) and TR."""
-    runs = pd.concat([per_mode(d).assign(**_run_info(Path(d), i)) for i, d in enumerate(stage_dirs)],
-                     ignore_index=True)
+def by_subgroup(stage_dirs, level: float = 0.95, labels: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary, per-run rows): per method and mode, the seed-level mean and t-interval of AUROC(a) and TR.
+    ``labels`` names each folder's method (default: the method its results.csv records)."""
+    info = [_run_info(Path(d), i) for i, d in enumerate(stage_dirs)]
+    for row, label in zip(info, labels or []):
+        row["method"] = label
+    runs = pd.concat([per_mode(d).assign(**row) for d, row in zip(stage_dirs, info)], ignore_index=True)
     rows = []
     for (method, mode), g in runs.groupby(["method", MODE], sort=True):
         row = {"method": method, MODE: mode, "images_per_run": float(g["images"].mean())}
@@ -93,12 +96,22 @@ def by_subgroup(stage_dirs, level: float = 0.95) -> tuple[pd.DataFrame, pd.DataF
     return pd.DataFrame(rows), runs
 
 
-def write(stage_dirs, out_dir: str | Path, level: float = 0.95) -> dict[str, Path]:
+def write(stage_dirs, out_dir: str | Path, level: float = 0.95, labels: list | None = None) -> dict[str, Path]:
     """06_by_subgroup.csv (the seed-level table) and 06_by_subgroup_runs.csv (one row per run and mode)."""
-    summary, runs = by_subgroup(stage_dirs, level)
+    summary, runs = by_subgroup(stage_dirs, level, labels)
     out_dir = Path(out_dir)
     return {"summary": atomic.write_csv(out_dir / SUMMARY_FILE, summary),
             "runs": atomic.write_csv(out_dir / RUNS_FILE, runs)}
+
+
+def mode_world_runs(records: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(stage-05 folders, method labels) of the records drawn in the mode world (data.phantom_modes); a gated
+    run is labelled "<method> (gated)" so that it is not pooled with the same set ungated."""
+    if records.empty:
+        return [], []
+    rows = records[records["params"].map(lambda p: bool(p.get("data", {}).get("phantom_modes")))]
+    labels = [m + (" (gated)" if g else "") for m, g in zip(rows["method"], rows["gating"].astype(bool))]
+    return list(rows["results_dir"]), labels
 
 
 # ------------------------------------------------------------------ the mechanism: what selection does to the modes

@@ -29,6 +29,10 @@ METHOD_COLORS = dict(zip(METHODS, _PALETTE))
 # The equal-updates control beside random-skip, in a colour of its own: the other methods keep theirs.
 METHODS.insert(METHODS.index("random-skip") + 1, "equal-updates")
 METHOD_COLORS["equal-updates"] = _PALETTE[-1]
+# The mode world's known-answer selections (lib.tuningset, issue 27), after the thesis's methods.
+for _name, _c in zip(["mode-matched", "rare-modes"], sns.color_palette("dark", 10)[2:4]):
+    METHODS.append(_name)
+    METHOD_COLORS[_name] = _c
 # Reference generators (lib.generate.references): a palette of their own, so they never pass for a method.
 REFERENCES = ["real-holdout", "vae-roundtrip", "exaggerated", "findings-erased", "collapsed", "label-shuffled",
               "folder"]

@@ -184,7 +184,8 @@ class Gate:
     batches); ``common_noise`` starts every draw from the same noise, so consecutive draws differ by the model
     only; ``offset_draws`` full-step (``offset_steps`` DDIM) draws on the gate's own noise, at every
     ``offset_every``-th fresh draw (the first at draw offset_every: past the base model when > 1), measure how far the few-step sampler's score sits above the naive gate's,
-    and the mean of those differences is subtracted from every score (their time is in ``seconds``).
+    and the mean of those differences is subtracted from every score (their time is in ``seconds``);
+    without them, ``score_offset`` is subtracted: a bias measured once on a development seed's record.
     """
 
     def __init__(self, cfg: GatingConfig, embed, resolution: int, seed: int, state: GateState | None = None):
@@ -218,8 +219,9 @@ class Gate:
         return self.embed(imgs)
 
     def offset(self) -> float:
+        """The score bias subtracted: the mean measured offset, else the fixed gating.score_offset."""
         offsets = self.decider.state.offsets
-        return float(np.mean(offsets)) if offsets else 0.0
+        return float(np.mean(offsets)) if offsets else self.cfg.score_offset
 
     def _measure_offset(self, pipe, prompts, step, autocast, fresh_vectors, data_vectors) -> None:
         c = self.cfg

@@ -150,6 +150,9 @@ class GatingConfig:
     #                                       sampler's score bias, which is then subtracted (0 = no correction)
     offset_every: int = 1                   # take them at every offset_every-th fresh draw (spread over the run)
     offset_steps: int = 50                  # DDIM steps of those draws (the naive gate's)
+    score_offset: float = 0.0               # a fixed few-step score bias subtracted from every score when no
+    #                                       offset draws are measured: the mean cheap-minus-naive score of a
+    #                                       development seed's record (benchmarks/bench_gating.py --record)
 
 
 @dataclass
@@ -295,7 +298,7 @@ class Config:
         for name in ("num_processes", "tensorboard"):   # how stage 03 runs and logs, not what it computes
             d["finetune"].pop(name)
         g = d["gating"]
-        for name, default in (("pool", 1), ("common_noise", False), ("offset_draws", 0)):
+        for name, default in (("pool", 1), ("common_noise", False), ("offset_draws", 0), ("score_offset", 0.0)):
             if g[name] == default:   # today's gate: the same keys as before the fields existed
                 g.pop(name)
         if "offset_draws" not in g:   # no bias correction: its cadence and steps compute nothing

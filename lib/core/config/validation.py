@@ -95,6 +95,10 @@ def validate(cfg: Config) -> None:
 def _validate_data(cfg: Config) -> None:
     """Which keys each data source reads (lib/data/domains.py for folder, csv and shapes)."""
     d = cfg.data
+    if d.phantom_modes and d.source != "phantom":
+        raise ParamError(f"data.phantom_modes = true draws phantoms through acquisition modes; data.source = "
+                         f"{d.source!r} reads its images as they are. Remove data.phantom_modes (or use "
+                         f"data.source: phantom).")
     if d.source in ("phantom", "nih") and d.classes is not None:
         raise ParamError(f"data.classes = {d.classes} is read by the folder, csv and shapes sources only; data.source "
                          f"= {d.source!r} has the classes 'No Finding' and 'Unhealthy'. Remove data.classes.")
