@@ -178,7 +178,7 @@ def live_gate_offsets(rows, record) -> list:
 
 def replay(rec, pool: int = 1, offset_draws: int = 0, offset_every: int = 1, offset_skip: int = 0,
            fixed_offset: float = 0.0, run_offsets: int = 0, quantile: float = 0.0, window: int = 20,
-           oracle_rule: int = 0) -> dict:
+           oracle_rule: int = 0, every: int = 0) -> dict:
     """A calibrated gate's decisions on a saved record, without retraining (the model states are the recorded
     run's): scores against the last ``pool`` fresh draws, minus ``fixed_offset``, or minus the mean few-step minus
     full-step score difference over ``offset_draws`` fresh draws that have an oracle draw (the oracle's first
@@ -187,13 +187,20 @@ def replay(rec, pool: int = 1, offset_draws: int = 0, offset_every: int = 1, off
     Each offset counts from the batch it was measured at. ``quantile=F`` decides by the rolling-quantile rule
     (skip fraction F, window ``window``) instead of the threshold; ``oracle_rule=1`` applies that rule to the
     oracle too (its window spanning the same batches, the first window left out), as the benchmark's quantile
-    mode does; otherwise the oracle keeps the record's absolute threshold. Returns compare's figures."""
+    mode does; otherwise the oracle keeps the record's absolute threshold. ``every=E`` (a multiple of the
+    record's every_k) keeps only the fresh draws at every E-th batch: a gate that draws less often. Returns
+    compare's figures."""
     cut = np.cumsum(rec["oracle_rows"])[:-1]
     rec = {**rec, "oracle_a": np.split(rec["oracle_a"], cut), "oracle_b": np.split(rec["oracle_b"], cut)}
     steps, data = [int(x) for x in rec["steps"]], rec["data"].astype(np.float64)
     dsteps, draws = rec["draw_steps"], rec["draws"].astype(np.float64)
     ost = {int(s): i for i, s in enumerate(rec["oracle_steps"])}
     n, thr, k = int(rec["n_images"]), float(rec["threshold"]), int(rec["every_k"])
+    if every:
+        if every % k:
+            raise SystemExit(f"--rule every={every} must be a multiple of the record's every_k ({k})")
+        keep = [i for i, st in enumerate(dsteps) if int(st) % every == 0]
+        dsteps, draws = dsteps[keep], draws[keep]
     dmean = dict(zip(steps, data))
     gmean = [d.mean(0) for d in draws]
     if run_offsets:

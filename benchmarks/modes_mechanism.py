@@ -1,8 +1,12 @@
 """Issue 27's mechanism, measured before any fine-tuning: in the phantom mode world (data.phantom_modes), how far each
 tuning-set selection moves the acquisition-mode mix away from the test pool's, and how far each embedding's clusters
 follow the modes. Stages 01-02 of params/demo.yaml per seed, in runs/.modes-check (not a test; ~1 min per seed).
+With --generated ROOT, after fine-tuning instead: whether each finished run's generator kept its tuning set's mode
+mix (lib/analyze/generated_modes.py: a mode classifier fitted on the real training pool, checked on the test
+pool, applied to the real tuning set and the synthetic set).
 
     .venv/bin/python benchmarks/modes_mechanism.py [--seeds 0 1] [--out benchmarks/results/modes_mechanism.txt]
+    .venv/bin/python benchmarks/modes_mechanism.py --generated runs/modes [--out benchmarks/results/modes_generated.txt]
 """
 from __future__ import annotations
 
@@ -43,13 +47,35 @@ def one_seed(seed: int, root: str) -> str:
     return "\n".join(lines)
 
 
+def generated(root: str) -> str:
+    import pandas as pd
+
+    from lib.analyze import collection, generated_modes
+
+    t = time.perf_counter()
+    shares, checks = generated_modes.table(collection.collect(root))
+    pd.set_option("display.width", 200)
+    per_method = shares.groupby(["method", "mode"], sort=False)[["tuning_true", "tuning_predicted",
+                                                                 "synthetic_predicted"]].mean().unstack(0)
+    return "\n".join([
+        f"== {root}: does the generator keep its tuning set's acquisition modes? ({time.perf_counter() - t:.0f} s)",
+        "mode classifier (logistic regression on 32 px pixels, fitted on the real training pool), held out on the "
+        "real test pool, per seed:", checks.round(3).to_string(index=False),
+        "\nper method, seed means: the share of images outside the normal mode, and the total variation distance "
+        "between the synthetic set's and the real tuning set's predicted mode shares",
+        generated_modes.summary(shares).round(3).to_string(),
+        "\nper mode (seed means): tuning set true / predicted share, synthetic set predicted share",
+        per_method.round(3).to_string()])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--runs-root", default="runs/.modes-check")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--generated", metavar="ROOT", default=None, help="the finished runs under ROOT instead")
     a = ap.parse_args()
-    text = "\n\n".join(one_seed(s, a.runs_root) for s in a.seeds)
+    text = generated(a.generated) if a.generated else "\n\n".join(one_seed(s, a.runs_root) for s in a.seeds)
     print(text)
     if a.out:
         Path(a.out).write_text(text + "\n")

@@ -152,3 +152,23 @@ def test_a_redrawn_mode_world_gets_new_stage_keys():
 def test_phantom_modes_with_another_source_is_refused_naming_the_keys():
     with pytest.raises(config.ParamError, match=r"data.phantom_modes = true.*data.source = 'nih'"):
         config.load("params/smoke.yaml", {"data.phantom_modes": True, "data.source": "nih"})
+
+
+def test_references_redraw_a_mode_world_image_through_its_mode(mode_pools):
+    """findings-erased/exaggerated redraw the pool's rows: at finding scale 1 the redraw is stage 01's image pixel
+    for pixel, mode included (a redraw without the mode would differ for every non-normal row)."""
+    from PIL import Image
+
+    from lib.core import paths
+    from lib.generate import references
+
+    out, _ = mode_pools
+    cfg = config.from_dict({"data": {"image_size": 32, "phantom_n": 700, "phantom_seed": 2, "phantom_modes": True}})
+    pool = curation.load_pools(out)["tuning"]
+    rows = pool[pool["mode"] != "normal"].head(4).assign(source_image_id=lambda d: d["image_id"])
+    assert len(rows) == 4
+    for _, r in rows.iterrows():
+        stage01 = np.asarray(Image.open(paths.resolve(r["path"])).convert("L"), dtype=np.uint8)
+        assert np.array_equal(references._redraw(r, cfg, 1.0), stage01), (r["image_id"], r["mode"])
+        plain = config.from_dict({"data": {"image_size": 32, "phantom_n": 700, "phantom_seed": 2}})
+        assert not np.array_equal(references._redraw(r, plain, 1.0), stage01)

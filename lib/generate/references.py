@@ -213,7 +213,7 @@ def _phantom_rows(req: Request) -> pd.DataFrame:
     d = req.cfg.data
     req.params.update(phantom_version=phantoms.GENERATOR_VERSION, image_size=d.image_size,
                       phantom_seed=d.phantom_seed, textbook=d.phantom_textbook, rows="view-balanced",
-                      redraw="pixel-paired")
+                      redraw="pixel-paired", **({"modes_version": phantoms.MODES_VERSION} if d.phantom_modes else {}))
     return df
 
 
@@ -355,7 +355,7 @@ def _redraw(row, cfg: Config, scale: float | None) -> np.ndarray:
     findings = [] if row["findings"] == "No Finding" else str(row["findings"]).split("|")
     arr = phantoms.draw(row["source_image_id"], str(row["patient"]), findings, row["view"], d.image_size,
                         d.phantom_seed, d.phantom_textbook, finding_scale=1.0 if scale is None else scale,
-                        erase=scale is None)
+                        erase=scale is None, mode=row.get("mode") if d.phantom_modes else None)   # its mode too
     return (arr * 255).round().astype(np.uint8)
 
 
