@@ -80,7 +80,7 @@ def table(records: pd.DataFrame, size: int = 32) -> tuple[pd.DataFrame, pd.DataF
         true_ = shares(sets["tuning"][MODE])
         pred_tuning = shares(clf.predict(_pixels(sets["tuning"]["path"], size)))
         pred_syn = shares(clf.predict(_pixels(sets["synthetic"]["_path"], size)))
-        method = r["method"] + (" (gated)" if bool(r.get("gating", False)) else "")
+        method = r["method"] + (" (gated)" if bool(r.get("gating", False)) and "gating" not in r["method"] else "")
         for m in MODES:
             rows.append({"method": method, "seed": int(r["seed"]), MODE: m, "tuning_true": true_[m],
                          "tuning_predicted": pred_tuning[m], "synthetic_predicted": pred_syn[m]})

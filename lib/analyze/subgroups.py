@@ -110,7 +110,8 @@ def mode_world_runs(records: pd.DataFrame) -> tuple[list[str], list[str]]:
     if records.empty:
         return [], []
     rows = records[records["params"].map(lambda p: bool(p.get("data", {}).get("phantom_modes")))]
-    labels = [m + (" (gated)" if g else "") for m, g in zip(rows["method"], rows["gating"].astype(bool))]
+    labels = [m + (" (gated)" if g and "gating" not in m else "")
+              for m, g in zip(rows["method"], rows["gating"].astype(bool))]
     return list(rows["results_dir"]), labels
 
 
