@@ -53,7 +53,9 @@ def generated(root: str) -> str:
     from lib.analyze import collection, generated_modes
 
     t = time.perf_counter()
-    shares, checks = generated_modes.table(collection.collect(root))
+    records = collection.collect(root)
+    shares, checks = generated_modes.table(records)
+    control = generated_modes.roundtrip_control(records)
     pd.set_option("display.width", 200)
     per_method = shares.groupby(["method", "mode"], sort=False)[["tuning_true", "tuning_predicted",
                                                                  "synthetic_predicted"]].mean().unstack(0)
@@ -61,6 +63,9 @@ def generated(root: str) -> str:
         f"== {root}: does the generator keep its tuning set's acquisition modes? ({time.perf_counter() - t:.0f} s)",
         "mode classifier (logistic regression on 32 px pixels, fitted on the real training pool), held out on the "
         "real test pool, per seed:", checks.round(3).to_string(index=False),
+        "\ncontrol: the real test pool's non-normal share before and after the frozen VAE's round trip (the same "
+        "classifier; unchanged means the decoder alone does not make images read as non-normal)",
+        control.round(3).to_string(index=False),
         "\nper method, seed means: the share of images outside the normal mode, and the total variation distance "
         "between the synthetic set's and the real tuning set's predicted mode shares",
         generated_modes.summary(shares).round(3).to_string(),

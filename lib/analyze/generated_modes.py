@@ -87,6 +87,32 @@ def table(records: pd.DataFrame, size: int = 32) -> tuple[pd.DataFrame, pd.DataF
     return pd.DataFrame(rows), pd.DataFrame(checks)
 
 
+def roundtrip_control(records: pd.DataFrame, size: int = 32) -> pd.DataFrame:
+    """Is "non-normal" the generator's or the classifier's reading of any decoded image? Per seed, the real test
+    pool's non-normal share: true, predicted on the images, and predicted after the frozen VAE's round trip
+    (encode -> latent mode -> decode, as the vae-roundtrip reference does). A round trip that left the share
+    where it was puts the synthetic sets' shift on the sampling, not on the decoder or the classifier."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    rows = []
+    diffusion = records[records["generator_kind"] == "diffusion"]
+    for seed, g in diffusion.groupby("seed"):
+        r = g.iloc[0]
+        sets = run_sets(r)
+        clf, _ = fit(sets["train"], sets["test"], size, int(seed))
+        vae = AutoencoderKL.from_pretrained(upstream.upstream_dir(r, "03_dreambooth") / "model" / "vae").eval()
+        x = torch.from_numpy(images.load_stack(list(sets["test"]["path"]), size))
+        with torch.no_grad():
+            y = vae.decode(vae.encode((x * 2 - 1)[:, None].expand(-1, 3, -1, -1).contiguous()).latent_dist.mode()).sample
+        decoded = ((y.clamp(-1, 1) + 1) / 2).mean(1).numpy().reshape(len(x), -1)
+        non_normal = lambda labels: 1 - shares(labels)["normal"]  # noqa: E731
+        rows.append({"seed": int(seed), "test non-normal (true)": non_normal(sets["test"][MODE]),
+                     "predicted on the images": non_normal(clf.predict(_pixels(sets["test"]["path"], size))),
+                     "predicted after the VAE round trip": non_normal(clf.predict(decoded))})
+    return pd.DataFrame(rows)
+
+
 def summary(shares_: pd.DataFrame) -> pd.DataFrame:
     """Seed means per method: the share of images outside the normal mode, and the total variation distance
     between the synthetic set's predicted shares and the real tuning set's predicted shares (0: the generator
