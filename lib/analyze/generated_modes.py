@@ -9,7 +9,6 @@ at the generator's resolution, standardised (multinomial; balanced class weights
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,7 @@ from ..data import curation, images
 from ..data.nih import DataError
 from ..data.phantoms import MODES
 from ..tuningset import selection
-from . import upstream
+from . import subgroups, upstream
 
 MODE = "mode"
 
@@ -64,23 +63,33 @@ def run_sets(row: pd.Series) -> dict:
     return {"train": pools["train"], "test": pools["test"], "tuning": tuning, "synthetic": synthetic}
 
 
+_FITTED: dict = {}     # one mode classifier per curation folder and size, shared by table and roundtrip_control
+
+
+def _classifier(r: pd.Series, sets: dict, size: int):
+    """(classifier, held-out figures the first time this curation's classifier is fitted, else None)."""
+    key = (str(upstream.upstream_dir(r, "01_data_curation")), size)
+    if key in _FITTED:
+        return _FITTED[key], None
+    _FITTED[key], held_out = fit(sets["train"], sets["test"], size, int(r["seed"]))
+    return _FITTED[key], held_out
+
+
 def table(records: pd.DataFrame, size: int = 32) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(shares, classifier checks): per diffusion record and mode, the tuning set's true share, the mode
     classifier's predicted share of the real tuning set and of the synthetic set; and per seed the classifier's
     held-out accuracy on the real test pool. One classifier per seed (its curation)."""
-    rows, checks, fitted = [], [], {}
+    rows, checks = [], []
     for _, r in records[records["generator_kind"] == "diffusion"].iterrows():
         sets = run_sets(r)
-        key = upstream.upstream_dir(r, "01_data_curation")
-        if key not in fitted:
-            fitted[key], held_out = fit(sets["train"], sets["test"], size, int(r["seed"]))
+        clf, held_out = _classifier(r, sets, size)
+        if held_out is not None:
             checks.append({"seed": int(r["seed"]), **{k: v for k, v in held_out.items() if k != "recall"},
                            **{f"recall[{m}]": v for m, v in held_out["recall"].items()}})
-        clf = fitted[key]
         true_ = shares(sets["tuning"][MODE])
         pred_tuning = shares(clf.predict(_pixels(sets["tuning"]["path"], size)))
         pred_syn = shares(clf.predict(_pixels(sets["synthetic"]["_path"], size)))
-        method = r["method"] + (" (gated)" if bool(r.get("gating", False)) and "gating" not in r["method"] else "")
+        method = subgroups.label(r["method"], bool(r.get("gating", False)))
         for m in MODES:
             rows.append({"method": method, "seed": int(r["seed"]), MODE: m, "tuning_true": true_[m],
                          "tuning_predicted": pred_tuning[m], "synthetic_predicted": pred_syn[m]})
@@ -100,7 +109,7 @@ def roundtrip_control(records: pd.DataFrame, size: int = 32) -> pd.DataFrame:
     for seed, g in diffusion.groupby("seed"):
         r = g.iloc[0]
         sets = run_sets(r)
-        clf, _ = fit(sets["train"], sets["test"], size, int(seed))
+        clf, _ = _classifier(r, sets, size)
         vae = AutoencoderKL.from_pretrained(upstream.upstream_dir(r, "03_dreambooth") / "model" / "vae").eval()
         x = torch.from_numpy(images.load_stack(list(sets["test"]["path"]), size))
         with torch.no_grad():
@@ -128,9 +137,3 @@ def summary(shares_: pd.DataFrame) -> pd.DataFrame:
                         0.5 * float((g["synthetic_predicted"] - g["tuning_predicted"]).abs().sum())})
     return pd.DataFrame(out).groupby("method").mean(numeric_only=True).drop(columns="seed")
 
-
-def write(shares_: pd.DataFrame, checks: pd.DataFrame, out_dir: str | Path) -> None:
-    from ..core import atomic
-
-    atomic.write_csv(Path(out_dir) / "06_generated_modes.csv", shares_)
-    atomic.write_csv(Path(out_dir) / "06_generated_modes_classifier.csv", checks)

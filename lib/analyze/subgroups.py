@@ -110,9 +110,12 @@ def mode_world_runs(records: pd.DataFrame) -> tuple[list[str], list[str]]:
     if records.empty:
         return [], []
     rows = records[records["params"].map(lambda p: bool(p.get("data", {}).get("phantom_modes")))]
-    labels = [m + (" (gated)" if g and "gating" not in m else "")
-              for m, g in zip(rows["method"], rows["gating"].astype(bool))]
-    return list(rows["results_dir"]), labels
+    return list(rows["results_dir"]), [label(m, g) for m, g in zip(rows["method"], rows["gating"].astype(bool))]
+
+
+def label(method: str, gated: bool) -> str:
+    """A record's method, "(gated)" added when the gate ran and the name does not already say so."""
+    return method + (" (gated)" if gated and "gating" not in method else "")
 
 
 # ------------------------------------------------------------------ the mechanism: what selection does to the modes
