@@ -20,7 +20,6 @@ sys.path.insert(0, str(ROOT))
 
 
 def one_seed(seed: int, root: str) -> str:
-
     from lib.analyze import subgroups
     from lib.core import config, stages
     from lib.data import curation
