@@ -172,3 +172,32 @@ def test_references_redraw_a_mode_world_image_through_its_mode(mode_pools):
         assert np.array_equal(references._redraw(r, cfg, 1.0), stage01), (r["image_id"], r["mode"])
         plain = config.from_dict({"data": {"image_size": 32, "phantom_n": 700, "phantom_seed": 2}})
         assert not np.array_equal(references._redraw(r, plain, 1.0), stage01)
+
+
+def test_mode_conspicuity_fades_findings_in_the_rare_modes_only():
+    """data.mode_conspicuity: a rare mode's findings at that share of their contrast; normal and devices images, the
+    findings-erased twin and every key at 1.0 are as before."""
+    assert set(P.RARE_MODES) == set(P.MODES) - {"normal", "devices"}
+    for mode in ("normal", "devices"):
+        assert _sha(P.draw("c.png", "5", ["Effusion"], mode=mode, conspicuity=0.2)) == \
+            _sha(P.draw("c.png", "5", ["Effusion"], mode=mode))
+    faint = lambda m, f, c: np.sqrt(np.mean([np.square(P.draw(f"c{i}.png", str(i), [f], size=48, mode=m, conspicuity=c)
+                                                       - P.draw(f"c{i}.png", str(i), [f], size=48, mode=m, erase=True))
+                                             for i in range(4)]))
+    for mode, finding in (("lateral_like", "Consolidation"), ("rotated", "Effusion"), ("pediatric", "Nodule")):
+        assert _sha(P.draw("c.png", "5", [finding], mode=mode, erase=True, conspicuity=0.2)) == \
+            _sha(P.draw("c.png", "5", [finding], mode=mode, erase=True))
+        assert faint(mode, finding, 0.2) < 0.3 * faint(mode, finding, 1.0), mode
+    assert P.phantom_dir(100, 32, 0, False, modes=True, conspicuity=0.25).name.endswith("-c0.25")
+    base = config.from_dict({"data": {"phantom_modes": True}})
+    same = config.from_dict({"data": {"phantom_modes": True, "mode_conspicuity": 1.0}})
+    faded = config.from_dict({"data": {"phantom_modes": True, "mode_conspicuity": 0.25}})
+    assert stages.key(same, "01_data_curation") == stages.key(base, "01_data_curation")
+    assert stages.key(faded, "01_data_curation") != stages.key(base, "01_data_curation")
+
+
+@pytest.mark.parametrize("over,match", [({"data.phantom_modes": True, "data.mode_conspicuity": 1.5}, r"in \[0, 1\]"),
+                                        ({"data.mode_conspicuity": 0.5}, "data.phantom_modes is off")])
+def test_a_bad_mode_conspicuity_is_refused_saying_what_to_change(over, match):
+    with pytest.raises(config.ParamError, match=match):
+        config.load("params/smoke.yaml", over)

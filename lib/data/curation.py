@@ -52,7 +52,8 @@ def data_root(cfg: Config, progress: bool = True) -> tuple[Path, Path | None]:
     d = cfg.data
     if d.source == "phantom":
         root = phantoms.generate(d.phantom_n, d.image_size, d.phantom_seed, d.phantom_textbook,
-                                 csv=d.csv, progress=progress, modes=d.phantom_modes)
+                                 csv=d.csv, progress=progress, modes=d.phantom_modes,
+                                 conspicuity=d.mode_conspicuity)
         return root, root / "Data_Entry_2017.csv"
     if not d.nih_root:
         raise DataError("data.source is 'nih' but data.nih_root is not set; point it at the folder with "

@@ -67,6 +67,7 @@ fingerprints.register_source("phantom+modes", f"p{GENERATOR_VERSION}m{MODES_VERS
 MODE_PREVALENCE = {"normal": 0.70, "devices": 0.12, "rotated": 0.05, "under_exposed": 0.03,
                    "over_exposed": 0.03, "pediatric": 0.02, "collimated": 0.03, "lateral_like": 0.02}
 MODES = list(MODE_PREVALENCE)
+RARE_MODES = [m for m, p in MODE_PREVALENCE.items() if p < 0.10]   # as lib.tuningset.selection.RARE_SHARE reads them
 FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
             "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax"]
 
@@ -298,7 +299,7 @@ def apply_mode(img: np.ndarray, mode: str, image_index: str, seed: int = 0) -> n
 
 def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", size: int = 64,
          seed: int = 0, textbook: bool = False, finding_scale: float = 1.0, erase: bool = False,
-         mode: str | None = None) -> np.ndarray:
+         mode: str | None = None, conspicuity: float = 1.0) -> np.ndarray:
     """One phantom as float32 in [0, 1], deterministic from its arguments.
 
     ``finding_scale`` multiplies every finding's severity (and Cardiomegaly's heart enlargement): the
@@ -308,7 +309,14 @@ def draw(image_index: str, patient: str, findings: list[str], view: str = "PA", 
     exposure and noise are the image's own: it differs from the default draw only where the findings are (the
     findings-erased reference; drawing with findings=[] instead shifts the random stream and redraws them all).
     ``mode``: an acquisition mode (module docstring) applied to the finished image; None (the default world) and
-    "normal" leave it bit-identical."""
+    "normal" leave it bit-identical.
+    ``conspicuity``: in a rare mode (RARE_MODES), every finding shown at this share of its contrast (the image
+    blended with its findings-erased twin), as findings are harder to see on portable, rotated or badly exposed films
+    (``data.mode_conspicuity``; 1.0 changes nothing)."""
+    if mode in RARE_MODES and conspicuity != 1.0 and not erase:
+        kw = dict(view=view, size=size, seed=seed, textbook=textbook, finding_scale=finding_scale)
+        shown, hidden = draw(image_index, patient, findings, **kw), draw(image_index, patient, findings, erase=True, **kw)
+        return apply_mode(hidden + np.float32(conspicuity) * (shown - hidden), mode, image_index, seed)
     a = _anatomy(patient, textbook)
     r = _rng("image", seed, image_index)
     spread = 0.3 if textbook else 1.0
@@ -385,10 +393,11 @@ def sample_rows(meta: pd.DataFrame, n: int, seed: int, textbook: bool = False) -
 
 
 def phantom_dir(n: int, size: int, seed: int, textbook: bool, csv: str | Path | None = None,
-                modes: bool = False) -> Path:
+                modes: bool = False, conspicuity: float = 1.0) -> Path:
     """data/phantoms/<tag>: the tag names everything the set is drawn from, a user's metadata CSV included."""
     tag = f"v{GENERATOR_VERSION}-n{n}-s{size}-seed{seed}" + ("-textbook" if textbook else "")
     tag += f"-modes{MODES_VERSION}" if modes else ""    # the mode world is other data
+    tag += f"-c{conspicuity:g}" if modes and conspicuity != 1.0 else ""
     if csv is not None:   # another metadata file is other data (the bundled one keeps the plain tag)
         src = paths.resolve(csv)
         tag += "-csv" + hashlib.sha256(src.read_bytes() if src.is_file() else str(src).encode()).hexdigest()[:10]
@@ -399,21 +408,22 @@ MODE_COLUMN = "Acquisition Mode"     # the mode world's CSV column (curation's m
 
 
 def _write_one(args) -> None:
-    out, row, size, seed, textbook = args
+    out, row, size, seed, textbook, conspicuity = args
     findings = [] if row["Finding Labels"] == "No Finding" else row["Finding Labels"].split("|")
     arr = draw(row["Image Index"], str(row["Patient ID"]), findings, row["View Position"], size, seed, textbook,
-               mode=row.get(MODE_COLUMN))
+               mode=row.get(MODE_COLUMN), conspicuity=conspicuity)
     atomic.save_image(out, Image.fromarray((arr * 255).round().astype(np.uint8), mode="L"))
 
 
 def generate(n: int = 2000, size: int = 64, seed: int = 0, textbook: bool = False,
              out_dir: str | Path | None = None, csv: str | Path | None = None, progress: bool = True,
-             modes: bool = False) -> Path:
+             modes: bool = False, conspicuity: float = 1.0) -> Path:
     """Write an NIH-layout phantom set and return its folder; images already there are kept (resume).
-    ``modes``: each image drawn through its acquisition mode, recorded in the CSV's MODE_COLUMN."""
+    ``modes``: each image drawn through its acquisition mode, recorded in the CSV's MODE_COLUMN; ``conspicuity``:
+    the rare modes' findings at that share of their contrast (draw)."""
     if not 32 <= size <= 512:
         raise ValueError(f"phantom size {size} must be between 32 and 512")
-    out = paths.resolve(out_dir) if out_dir else phantom_dir(n, size, seed, textbook, csv, modes)
+    out = paths.resolve(out_dir) if out_dir else phantom_dir(n, size, seed, textbook, csv, modes, conspicuity)
     entry = out / "Data_Entry_2017.csv"
     if entry.exists():
         return out
@@ -421,7 +431,7 @@ def generate(n: int = 2000, size: int = 64, seed: int = 0, textbook: bool = Fals
     if modes:
         rows[MODE_COLUMN] = [sample_mode(i, seed) for i in rows["Image Index"]]
     (out / "images").mkdir(parents=True, exist_ok=True)
-    todo = [(out / "images" / r["Image Index"], r, size, seed, textbook)
+    todo = [(out / "images" / r["Image Index"], r, size, seed, textbook, conspicuity)
             for _, r in rows.iterrows() if not (out / "images" / r["Image Index"]).exists()]
     for job in tqdm(todo, desc="phantoms", disable=not progress, mininterval=2):
         _write_one(job)

@@ -213,7 +213,8 @@ def _phantom_rows(req: Request) -> pd.DataFrame:
     d = req.cfg.data
     req.params.update(phantom_version=phantoms.GENERATOR_VERSION, image_size=d.image_size,
                       phantom_seed=d.phantom_seed, textbook=d.phantom_textbook, rows="view-balanced",
-                      redraw="pixel-paired", **({"modes_version": phantoms.MODES_VERSION} if d.phantom_modes else {}))
+                      redraw="pixel-paired", **({"modes_version": phantoms.MODES_VERSION} if d.phantom_modes else {}),
+                      **({"mode_conspicuity": d.mode_conspicuity} if d.mode_conspicuity != 1.0 else {}))
     return df
 
 
@@ -355,7 +356,8 @@ def _redraw(row, cfg: Config, scale: float | None) -> np.ndarray:
     findings = [] if row["findings"] == "No Finding" else str(row["findings"]).split("|")
     arr = phantoms.draw(row["source_image_id"], str(row["patient"]), findings, row["view"], d.image_size,
                         d.phantom_seed, d.phantom_textbook, finding_scale=1.0 if scale is None else scale,
-                        erase=scale is None, mode=row.get("mode") if d.phantom_modes else None)   # its mode too
+                        erase=scale is None, mode=row.get("mode") if d.phantom_modes else None,   # its mode too
+                        conspicuity=d.mode_conspicuity)
     return (arr * 255).round().astype(np.uint8)
 
 

@@ -31,6 +31,7 @@ class DataConfig:
     phantom_textbook: bool = False          # typical, single-finding, clean phantoms (Experiment 5)
     phantom_seed: int = 0                   # the phantom (or shapes) data set's own seed (pools use the run seed)
     phantom_modes: bool = False             # phantoms drawn through long-tailed acquisition modes (lib/data/phantoms.py)
+    mode_conspicuity: float = 1.0           # with phantom_modes: the rare modes' findings at this share of their contrast
     check_images: bool = True               # open every image once to exclude corrupt ones
     max_missing_fraction: float = 0.01      # more images named in the CSV but absent on disk stop curation
     near_duplicates: Literal["refuse", "warn"] = "refuse"  # a near-copy of a real test image in a training
@@ -287,6 +288,8 @@ class Config:
         d.pop("development_seeds")           # a record of how the parameters were chosen, computes nothing
         if not d["data"]["phantom_modes"]:   # the default phantom world: keys as before the field existed
             d["data"].pop("phantom_modes")
+        if d["data"]["mode_conspicuity"] == 1.0:   # the modes as first drawn: keys as before the field existed
+            d["data"].pop("mode_conspicuity")
         if d["generation"]["shuffled_fraction"] is None:   # unset (every kind but partly-shuffled): keys as before
             d["generation"].pop("shuffled_fraction")
         if d["finetune"]["updates"] is None:   # unset (every run but equal-updates): keys as before

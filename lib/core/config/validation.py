@@ -99,6 +99,12 @@ def _validate_data(cfg: Config) -> None:
         raise ParamError(f"data.phantom_modes = true draws phantoms through acquisition modes; data.source = "
                          f"{d.source!r} reads its images as they are. Remove data.phantom_modes (or use "
                          f"data.source: phantom).")
+    if not 0.0 <= d.mode_conspicuity <= 1.0:
+        raise ParamError(f"data.mode_conspicuity = {d.mode_conspicuity} is the share of a finding's severity kept in the "
+                         f"rare modes: give a number in [0, 1] (1.0 draws the modes unchanged).")
+    if d.mode_conspicuity != 1.0 and not d.phantom_modes:
+        raise ParamError(f"data.mode_conspicuity = {d.mode_conspicuity} changes how findings look in the rare acquisition "
+                         f"modes, but data.phantom_modes is off. Set data.phantom_modes: true or remove data.mode_conspicuity.")
     if d.source in ("phantom", "nih") and d.classes is not None:
         raise ParamError(f"data.classes = {d.classes} is read by the folder, csv and shapes sources only; data.source "
                          f"= {d.source!r} has the classes 'No Finding' and 'Unhealthy'. Remove data.classes.")
