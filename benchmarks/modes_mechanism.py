@@ -6,7 +6,7 @@ mix (lib/analyze/generated_modes.py: a mode classifier fitted on the real traini
 pool, applied to the real tuning set and the synthetic set).
 
     .venv/bin/python benchmarks/modes_mechanism.py [--seeds 0 1] [--out benchmarks/results/modes_mechanism.txt]
-    .venv/bin/python benchmarks/modes_mechanism.py --generated runs/modes [--out benchmarks/results/modes_generated.txt]
+    .venv/bin/python benchmarks/modes_mechanism.py --generated runs/modes [--conspicuity 0.25] [--seeds 2 3 ...] [--out ...]
 """
 from __future__ import annotations
 
@@ -45,20 +45,25 @@ def one_seed(seed: int, root: str) -> str:
     return "\n".join(lines)
 
 
-def generated(root: str) -> str:
+def generated(root: str, conspicuity: float = 1.0, seeds: list[int] | None = None) -> str:
     import pandas as pd
 
     from lib.analyze import collection, generated_modes
 
     t = time.perf_counter()
     records = collection.collect(root)
+    # one world at a time: the runs drawn at this data.mode_conspicuity (1.0: the key is absent)
+    records = records[records["params"].map(lambda p: p.get("data", {}).get("mode_conspicuity", 1.0) == conspicuity)]
+    if seeds is not None:                   # e.g. the reported seeds only, leaving a pilot's development seeds out
+        records = records[records["seed"].isin(seeds)]
     shares, checks = generated_modes.table(records)
     control = generated_modes.roundtrip_control(records)
     pd.set_option("display.width", 200)
     per_method = shares.groupby(["method", "mode"], sort=False)[["tuning_true", "tuning_predicted",
                                                                  "synthetic_predicted"]].mean().unstack(0)
     return "\n".join([
-        f"== {root}: does the generator keep its tuning set's acquisition modes? ({time.perf_counter() - t:.0f} s)",
+        f"== {root}, data.mode_conspicuity {conspicuity:g} ({len(records)} runs): does the generator keep its tuning "
+        f"set's acquisition modes? ({time.perf_counter() - t:.0f} s)",
         "mode classifier (logistic regression on 32 px pixels, fitted on the real training pool), held out on the "
         "real test pool, per seed:", checks.round(3).to_string(index=False),
         "\ncontrol: the real test pool's non-normal share before and after the frozen VAE's round trip (the same "
@@ -73,12 +78,15 @@ def generated(root: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="the seeds (default 0 1; with --generated: all)")
     ap.add_argument("--runs-root", default="runs/.modes-check")
     ap.add_argument("--out", default=None)
     ap.add_argument("--generated", metavar="ROOT", default=None, help="the finished runs under ROOT instead")
+    ap.add_argument("--conspicuity", type=float, default=1.0, help="with --generated: the runs of this "
+                    "data.mode_conspicuity only (default 1.0, the first mode world)")
     a = ap.parse_args()
-    text = generated(a.generated) if a.generated else "\n\n".join(one_seed(s, a.runs_root) for s in a.seeds)
+    text = (generated(a.generated, a.conspicuity, a.seeds) if a.generated
+            else "\n\n".join(one_seed(s, a.runs_root) for s in a.seeds or [0, 1]))
     print(text)
     if a.out:
         Path(a.out).write_text(text + "\n")

@@ -45,6 +45,12 @@ default image and transforms it with its own random stream, so a mode-world imag
 (same pose, anatomy, findings) seen through the mode, and ``erase`` still pairs an image with its findings-free
 twin through the same mode. The mode world has its own folders (phantom_dir's ``-modes<MODES_VERSION>`` tag) and
 stage keys (``data.phantom_modes`` enters the data section only when true).
+
+The pixel transforms above hide some findings partly (ratios 0.5-0.9). ``data.mode_conspicuity`` (default 1.0, the
+world above, in no key) makes the interaction strong: in the rare modes (RARE_MODES, all but normal and devices) each
+finding is shown at that share of its contrast, the image blended with its findings-erased twin before the mode is
+applied, as findings are harder to see on rotated, badly exposed, collimated, pediatric and lateral films. Its set has
+its own folder (``-c<value>``) and keys. ``params/sweeps/modes_faint.yaml`` runs it at 0.25.
 """
 from __future__ import annotations
 
