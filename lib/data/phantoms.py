@@ -73,7 +73,8 @@ fingerprints.register_source("phantom+modes", f"p{GENERATOR_VERSION}m{MODES_VERS
 MODE_PREVALENCE = {"normal": 0.70, "devices": 0.12, "rotated": 0.05, "under_exposed": 0.03,
                    "over_exposed": 0.03, "pediatric": 0.02, "collimated": 0.03, "lateral_like": 0.02}
 MODES = list(MODE_PREVALENCE)
-RARE_MODES = [m for m, p in MODE_PREVALENCE.items() if p < 0.10]   # as lib.tuningset.selection.RARE_SHARE reads them
+RARE_SHARE = 0.10        # a mode under this share is rare: by prevalence here, by the pool's own shares in selection
+RARE_MODES = [m for m, p in MODE_PREVALENCE.items() if p < RARE_SHARE]
 FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
             "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax"]
 

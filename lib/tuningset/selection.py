@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..core import atomic, config, stages
 from . import clustering, embeddings
-from ..data import curation
+from ..data import curation, phantoms
 from ..core.config import Config
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ for _algo in ALGORITHMS:
 
 
 # ------------------------------------------------------------- known-answer selections of the mode world (issue 27)
-RARE_SHARE = 0.10     # a mode under this share of the tuning pool is rare (lib.data.phantoms.MODE_PREVALENCE: 2-5%)
+RARE_SHARE = phantoms.RARE_SHARE     # a mode under this share of the tuning pool is rare (MODE_PREVALENCE: 2-5%)
 
 
 def _needs_modes(cfg: Config) -> str | None:

@@ -100,7 +100,7 @@ def _validate_data(cfg: Config) -> None:
                          f"{d.source!r} reads its images as they are. Remove data.phantom_modes (or use "
                          f"data.source: phantom).")
     if not 0.0 <= d.mode_conspicuity <= 1.0:
-        raise ParamError(f"data.mode_conspicuity = {d.mode_conspicuity} is the share of a finding's severity kept in the "
+        raise ParamError(f"data.mode_conspicuity = {d.mode_conspicuity} is the share of a finding's contrast kept in the "
                          f"rare modes: give a number in [0, 1] (1.0 draws the modes unchanged).")
     if d.mode_conspicuity != 1.0 and not d.phantom_modes:
         raise ParamError(f"data.mode_conspicuity = {d.mode_conspicuity} changes how findings look in the rare acquisition "
